@@ -1,0 +1,365 @@
+"""One typed schema for the whole params.yaml.
+
+Every stage calls :func:`load_params` first, so a typo, a wrong type or an inconsistent value
+fails before any work is done, with an error that names the key, e.g.
+``download.max_heigth: unknown key (did you mean max_height?)``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PARAMS_FILE = "params.yaml"
+
+
+class ParamsError(ValueError):
+    """params.yaml is missing, unreadable or invalid; the message names every bad key."""
+
+
+class Section(BaseModel):
+    # extra="forbid" turns a misspelt key into an error instead of a silently ignored setting.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _power_of_two(n: int) -> bool:
+    return n >= 1 and (n & (n - 1)) == 0
+
+
+# --------------------------------------------------------------------------------------------
+# download
+# --------------------------------------------------------------------------------------------
+class RecorderParams(Section):
+    """The embedded Atari replay recorder (`atari:<Game>` sources)."""
+
+    episodes: int = Field(6, ge=1, description="episodes recorded per atari source (one video each)")
+    fps: int = Field(20, ge=1, le=60, description="recording rate; ALE runs at 60 Hz, so frameskip = 60/fps")
+    max_frames: int = Field(400, ge=8, description="frames per episode at `fps` (episodes may end sooner)")
+    sticky_prob: float = Field(0.8, ge=0.0, lt=1.0, description="probability the agent repeats its last action")
+    crf: int = Field(18, ge=0, le=51, description="x264 quality of the recorded video")
+
+    @field_validator("fps")
+    @classmethod
+    def _divides_60(cls, v: int) -> int:
+        if 60 % v:
+            raise ValueError(f"must divide 60 (ALE runs at 60 Hz), got {v}")
+        return v
+
+
+class DownloadParams(Section):
+    sources: list[str] = Field(min_length=1)
+    max_videos: int = Field(6, ge=1, description="videos per source (playlist/channel entries, recorder episodes)")
+    max_height: int = Field(360, ge=64, description="resolution cap handed to yt-dlp's format selector")
+    archive: bool = True
+    sleep_interval: float = Field(0.0, ge=0.0)
+    max_sleep_interval: float = Field(0.0, ge=0.0)
+    retries: int = Field(3, ge=0)
+    rate_limit: str | None = Field(None, description="e.g. '2M' (bytes/s, yt-dlp syntax)")
+    cookies_file: str | None = None
+    fail_fast: bool = False
+    recorder: RecorderParams = RecorderParams()
+
+    @field_validator("sources")
+    @classmethod
+    def _known_scheme(cls, sources: list[str]) -> list[str]:
+        for i, s in enumerate(sources):
+            if not (s.startswith(("http://", "https://", "file://", "atari:")) or s.startswith("@")):
+                raise ValueError(
+                    f"[{i}] {s!r}: expected an http(s):// or file:// URL, a YouTube @handle, or atari:<Game>"
+                )
+        return sources
+
+    @model_validator(mode="after")
+    def _sleep_order(self) -> "DownloadParams":
+        if self.max_sleep_interval and self.max_sleep_interval < self.sleep_interval:
+            raise ValueError("max_sleep_interval must be >= sleep_interval")
+        return self
+
+
+# --------------------------------------------------------------------------------------------
+# extract
+# --------------------------------------------------------------------------------------------
+class SplitParams(Section):
+    train: float = Field(0.7, ge=0.0, le=1.0)
+    val: float = Field(0.15, ge=0.0, le=1.0)
+    test: float = Field(0.15, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> "SplitParams":
+        total = self.train + self.val + self.test
+        if not math.isclose(total, 1.0, abs_tol=1e-6):
+            raise ValueError(f"train + val + test must be 1, got {total:g}")
+        return self
+
+
+class ExtractParams(Section):
+    fps: float = Field(20.0, gt=0)
+    size: int = Field(64, ge=8, description="square output side in pixels")
+    resize_mode: Literal["center_crop", "letterbox", "squash"] = "center_crop"
+    hud_masks: list[tuple[float, float, float, float]] = Field(
+        default_factory=list, description="rectangles x0, y0, x1, y1 in normalised source coordinates"
+    )
+    skip_start_s: float = Field(0.0, ge=0.0)
+    skip_end_s: float = Field(0.0, ge=0.0)
+    max_frames: int = Field(0, ge=0, description="per video; 0 = no limit")
+    splits: SplitParams = SplitParams()
+    chunk_frames: int = Field(32, ge=1)
+    shard_frames: int = Field(1024, ge=1)
+    workers: int = Field(2, ge=1)
+
+    @field_validator("hud_masks")
+    @classmethod
+    def _masks_in_unit_square(cls, masks):
+        for i, (x0, y0, x1, y1) in enumerate(masks):
+            if not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
+                raise ValueError(f"[{i}] {masks[i]}: need 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1")
+        return masks
+
+    @model_validator(mode="after")
+    def _shards_hold_whole_chunks(self) -> "ExtractParams":
+        if self.shard_frames % self.chunk_frames:
+            raise ValueError(
+                f"shard_frames ({self.shard_frames}) must be a multiple of chunk_frames ({self.chunk_frames})"
+            )
+        return self
+
+
+# --------------------------------------------------------------------------------------------
+# tokenizer
+# --------------------------------------------------------------------------------------------
+class TokenizerParams(Section):
+    arch: Literal["conv", "transformer"] = "conv"
+    latent_channels: int = Field(8, ge=1)
+    downsample: int = Field(4, ge=1, description="spatial compression factor (power of two)")
+    base_channels: int = Field(32, ge=4, description="conv width (conv arch)")
+    patch_size: int = Field(8, ge=1, description="transformer arch")
+    dim: int = Field(256, ge=16, description="transformer arch")
+    depth: int = Field(4, ge=1, description="transformer arch")
+    heads: int = Field(4, ge=1, description="transformer arch")
+    mask_max: float = Field(0.0, ge=0.0, lt=1.0, description="masking probability ~ U(0, mask_max)")
+    lpips_weight: float = Field(0.2, ge=0.0)
+    steps: int = Field(1500, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    warmup_steps: int = Field(100, ge=0)
+    weight_decay: float = Field(0.01, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    ema_decay: float = Field(0.999, ge=0, lt=1)
+    val_every: int = Field(250, ge=1)
+    checkpoint_every: int = Field(250, ge=1)
+    val_frames: int = Field(256, ge=1)
+    encode_batch_size: int = Field(256, ge=1, description="tokenize stage batch")
+
+    @field_validator("downsample")
+    @classmethod
+    def _pow2(cls, v: int) -> int:
+        if not _power_of_two(v):
+            raise ValueError(f"must be a power of two, got {v}")
+        return v
+
+
+# --------------------------------------------------------------------------------------------
+# dynamics model and its training
+# --------------------------------------------------------------------------------------------
+class ModelParams(Section):
+    dim: int = Field(128, ge=8)
+    depth: int = Field(4, ge=1)
+    heads: int = Field(4, ge=1)
+    kv_heads: int = Field(4, ge=1, description="< heads for grouped-query attention")
+    patch_size: int = Field(2, ge=1, description="latent patch per spatial token")
+    num_registers: int = Field(2, ge=0)
+    temporal_every: int = Field(2, ge=1, description="causal temporal attention every N layers")
+    mlp_ratio: float = Field(4.0, gt=0)
+    logit_softcap: float = Field(50.0, ge=0, description="0 disables")
+    k_max: int = Field(64, ge=1, description="finest shortcut step is 1/k_max")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ModelParams":
+        if self.dim % self.heads:
+            raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
+        if self.heads % self.kv_heads:
+            raise ValueError(f"heads ({self.heads}) must be divisible by kv_heads ({self.kv_heads})")
+        if not _power_of_two(self.k_max):
+            raise ValueError(f"k_max must be a power of two, got {self.k_max}")
+        if self.temporal_every > self.depth:
+            raise ValueError(f"temporal_every ({self.temporal_every}) > depth ({self.depth}): no temporal layer")
+        return self
+
+
+class TrainParams(Section):
+    steps: int = Field(1500, ge=1)
+    seq_len_short: int = Field(16, ge=1)
+    seq_len_long: int = Field(32, ge=1)
+    batch_size_short: int = Field(8, ge=1)
+    batch_size_long: int = Field(4, ge=1)
+    long_ratio: float = Field(0.1, ge=0, le=1)
+    stride: int = Field(4, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    warmup_steps: int = Field(100, ge=0)
+    weight_decay: float = Field(0.01, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    ema_decay: float = Field(0.999, ge=0, lt=1)
+    bootstrap_fraction: float = Field(0.25, ge=0, le=1, description="share of each batch with shortcut targets")
+    bootstrap_space: Literal["velocity", "x"] = "velocity"
+    single_frame_fraction: float = Field(0.1, ge=0, le=1)
+    log_every: int = Field(25, ge=1)
+    val_every: int = Field(250, ge=1)
+    checkpoint_every: int = Field(250, ge=1)
+    val_taus: list[float] = Field(default_factory=lambda: [0.1, 0.5, 0.9])
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    nproc_per_node: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _lengths(self) -> "TrainParams":
+        if self.seq_len_long < self.seq_len_short:
+            raise ValueError(
+                f"seq_len_long ({self.seq_len_long}) must be >= seq_len_short ({self.seq_len_short})"
+            )
+        if any(not 0 <= t < 1 for t in self.val_taus):
+            raise ValueError(f"val_taus must lie in [0, 1), got {self.val_taus}")
+        return self
+
+
+# --------------------------------------------------------------------------------------------
+# benchmark
+# --------------------------------------------------------------------------------------------
+class WorkloadParams(Section):
+    context: int = Field(ge=1)
+    predict: int = Field(ge=1)
+
+
+class FarParams(Section):
+    """FAR as host: official weights from a directory (default $FAR_WEIGHTS_DIR) or the hub."""
+
+    weights_dir: str | None = None
+    variant: Literal["FAR_B_UCF101", "FAR_B_Long_DMLab"] = "FAR_B_UCF101"
+    dmlab_npz: str | None = Field(None, description="directory of DMLab episodes in FAR's npz format")
+    sampling_steps: int = Field(20, ge=1)
+    allow_hub_download: bool = False
+
+
+class BenchmarkParams(Section):
+    host: Literal["pipeline", "far"] = "pipeline"
+    policies: list[str] = Field(
+        default_factory=lambda: ["recent_window", "packcache", "causalcache_vdm", "flowcache", "full_history"],
+        min_length=1,
+    )
+    modes: list[Literal["recompute", "kv"]] = Field(default_factory=lambda: ["recompute", "kv"], min_length=1)
+    workloads: dict[str, WorkloadParams] = Field(
+        default_factory=lambda: {
+            "short": WorkloadParams(context=5, predict=11),
+            "long": WorkloadParams(context=36, predict=36),
+        },
+        min_length=1,
+    )
+    budgets: dict[str, int | None] = Field(
+        default_factory=lambda: {"full": None, "medium": 8, "tight": 4},
+        min_length=1,
+        description="name -> max_frames (null = unlimited)",
+    )
+    n_clips: int = Field(4, ge=1)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    sampling_steps: int = Field(4, ge=1)
+    tau_ctx: float = Field(0.1, ge=0, lt=1)
+    media_clips: int = Field(2, ge=0)
+    far: FarParams = FarParams()
+
+    @field_validator("budgets")
+    @classmethod
+    def _positive(cls, budgets: dict[str, int | None]) -> dict[str, int | None]:
+        for name, n in budgets.items():
+            if n is not None and n < 1:
+                raise ValueError(f"{name}: max_frames must be >= 1 or null, got {n}")
+        return budgets
+
+    @field_validator("sampling_steps")
+    @classmethod
+    def _pow2(cls, v: int) -> int:
+        if not _power_of_two(v):
+            raise ValueError(f"must be a power of two (a shortcut step d = 1/K), got {v}")
+        return v
+
+
+# --------------------------------------------------------------------------------------------
+# the whole file
+# --------------------------------------------------------------------------------------------
+class Params(Section):
+    seed: int = 0
+    download: DownloadParams
+    extract: ExtractParams = ExtractParams()
+    tokenizer: TokenizerParams = TokenizerParams()
+    model: ModelParams = ModelParams()
+    train: TrainParams = TrainParams()
+    benchmark: BenchmarkParams = BenchmarkParams()
+
+    @model_validator(mode="after")
+    def _across_sections(self) -> "Params":
+        errors = []
+        if self.extract.size % self.tokenizer.downsample:
+            errors.append(
+                f"tokenizer.downsample: {self.tokenizer.downsample} does not divide extract.size ({self.extract.size})"
+            )
+        latent_side = self.extract.size // self.tokenizer.downsample
+        if latent_side % self.model.patch_size:
+            errors.append(
+                f"model.patch_size: {self.model.patch_size} does not divide the latent side ({latent_side})"
+            )
+        if self.benchmark.sampling_steps > self.model.k_max:
+            errors.append(
+                f"benchmark.sampling_steps: {self.benchmark.sampling_steps} > model.k_max ({self.model.k_max})"
+            )
+        if errors:
+            raise ValueError("; ".join(errors))
+        return self
+
+
+def _field_names(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The valid keys at `loc` (a path of field names) in the schema, for suggestions."""
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return []
+        model = field.annotation
+    return list(model.model_fields)
+
+
+def _format_error(err: dict) -> str:
+    loc = tuple(err["loc"])
+    key = ".".join(str(p) for p in loc) or "<top>"
+    if err["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(str(loc[-1]), _field_names(Params, loc[:-1]), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        return f"{key}: unknown key{hint}"
+    if err["type"] == "missing":
+        return f"{key}: required key is missing"
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] not in ("value_error", "assertion_error"):
+        msg += f" (got {err.get('input')!r})"
+    return f"{key}: {msg}"
+
+
+def parse_params(raw: Any, source: str = PARAMS_FILE) -> Params:
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        lines = [_format_error(e) for e in exc.errors()]
+        raise ParamsError(f"{source}: invalid params\n  " + "\n  ".join(lines)) from None
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> Params:
+    """Read and validate params.yaml; raises ParamsError naming each bad key."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: not found (run from the project root)") from None
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    return parse_params(raw, str(path))
