@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -73,6 +74,14 @@ class DownloadParams(Section):
                     f"[{i}] {s!r}: expected an http(s):// or file:// URL, a YouTube @handle, or atari:<Game>"
                 )
         return sources
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate_syntax(cls, v: str | None) -> str | None:
+        # yt-dlp's syntax (utils.parse_bytes): a number with an optional K/M/G... suffix (bytes/s).
+        if v is not None and not re.fullmatch(r"\d+(\.\d+)?[kKmMgGtTpPeEzZyY]?", v):
+            raise ValueError(f"expected bytes per second like '500K' or '2M', got {v!r}")
+        return v
 
     @model_validator(mode="after")
     def _sleep_order(self) -> "DownloadParams":
@@ -241,6 +250,9 @@ class FarParams(Section):
     dmlab_npz: str | None = Field(None, description="directory of DMLab episodes in FAR's npz format")
     sampling_steps: int = Field(20, ge=1)
     allow_hub_download: bool = False
+    guidance_scale: float = Field(
+        1.0, description="FAR_Long actions: 1 = conditioned, -1 = null actions, > 1 = CFG (the reference's DMLab eval: 1.5)"
+    )
 
 
 class BenchmarkParams(Section):

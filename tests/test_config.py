@@ -1,0 +1,103 @@
+"""params.yaml schema: every bad value fails before any work, naming the key."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import ParamsError, load_params, parse_params
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def with_change(path: str, value, raw: dict = DEFAULT) -> dict:
+    """A copy of `raw` (the default params) with `path` (dotted) set to value."""
+    raw = copy.deepcopy(raw)
+    *parents, last = path.split(".")
+    node = raw
+    for key in parents:
+        node = node[key]
+    node[last] = value
+    return raw
+
+
+def error_of(raw) -> str:
+    with pytest.raises(ParamsError) as exc:
+        parse_params(raw)
+    return str(exc.value)
+
+
+def test_the_default_params_file_is_valid_and_offline():
+    p = load_params(ROOT / "params.yaml")
+    assert p.download.sources == ["atari:Boxing"]
+    assert p.download.recorder.episodes >= 3  # train/val/test all non-empty
+
+
+def test_unknown_key_is_named_with_a_suggestion():
+    raw = with_change("download.max_heigth", 480)
+    assert "download.max_heigth: unknown key (did you mean max_height?)" in error_of(raw)
+
+
+def test_unknown_nested_key_is_named_with_its_full_path():
+    assert "download.recorder.episode: unknown key (did you mean episodes?)" in error_of(
+        with_change("download.recorder.episode", 2)
+    )
+
+
+@pytest.mark.parametrize(
+    "path, value, expected",
+    [
+        ("download.max_videos", "many", "download.max_videos: "),
+        ("download.max_height", 10, "download.max_height: "),
+        ("download.retries", -1, "download.retries: "),
+        ("download.sources", [], "download.sources: "),
+        ("download.sources", ["ftp://example.com/a.mp4"], "download.sources: [0] 'ftp://example.com/a.mp4'"),
+        ("download.rate_limit", "fast", "download.rate_limit: expected bytes per second"),
+        ("download.recorder.fps", 7, "download.recorder.fps: must divide 60"),
+        ("download.recorder.sticky_prob", 1.0, "download.recorder.sticky_prob: "),
+        ("extract.resize_mode", "stretch", "extract.resize_mode: "),
+        ("tokenizer.downsample", 3, "tokenizer.downsample: must be a power of two"),
+    ],
+)
+def test_wrong_type_or_range_names_the_key(path, value, expected):
+    assert expected in error_of(with_change(path, value))
+
+
+@pytest.mark.parametrize(
+    "changes, expected",
+    [
+        ({"download.sleep_interval": 10, "download.max_sleep_interval": 5}, "max_sleep_interval must be >= sleep_interval"),
+        ({"extract.splits": {"train": 0.5, "val": 0.1, "test": 0.1}}, "extract.splits: train + val + test must be 1"),
+        ({"model.heads": 3}, "dim (128) must be divisible by heads (3)"),
+        ({"train.seq_len_long": 8}, "seq_len_long (8) must be >= seq_len_short"),
+        ({"extract.size": 66}, "tokenizer.downsample: 4 does not divide extract.size (66)"),
+    ],
+)
+def test_inconsistent_values_are_named(changes, expected):
+    raw = DEFAULT
+    for path, value in changes.items():
+        raw = with_change(path, value, raw)
+    assert expected in error_of(raw)
+
+
+def test_all_errors_are_reported_at_once():
+    raw = with_change("extract.fps", -1, with_change("download.max_videos", 0))
+    msg = error_of(raw)
+    assert "download.max_videos" in msg and "extract.fps" in msg
+
+
+def test_missing_file_and_bad_yaml_name_the_file(tmp_path):
+    with pytest.raises(ParamsError, match="not found"):
+        load_params(tmp_path / "params.yaml")
+    (tmp_path / "params.yaml").write_text("download: [unclosed")
+    with pytest.raises(ParamsError, match="params.yaml: not valid YAML"):
+        load_params(tmp_path / "params.yaml")
+
+
+def test_missing_download_section_is_named():
+    raw = {k: v for k, v in DEFAULT.items() if k != "download"}
+    assert "download: required key is missing" in error_of(raw)
