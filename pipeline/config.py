@@ -179,13 +179,13 @@ class ModelParams(Section):
     dim: int = Field(128, ge=8)
     depth: int = Field(4, ge=1)
     heads: int = Field(4, ge=1)
-    kv_heads: int = Field(4, ge=1, description="< heads for grouped-query attention")
-    patch_size: int = Field(2, ge=1, description="latent patch per spatial token")
+    kv_heads: int = Field(2, ge=1, description="< heads for grouped-query attention")
+    patch_size: int = Field(4, ge=1, description="latent patch per spatial token")
     num_registers: int = Field(2, ge=0)
     temporal_every: int = Field(2, ge=1, description="causal temporal attention every N layers")
     mlp_ratio: float = Field(4.0, gt=0)
     logit_softcap: float = Field(50.0, ge=0, description="0 disables")
-    k_max: int = Field(64, ge=1, description="finest shortcut step is 1/k_max")
+    k_max: int = Field(16, ge=1, description="finest shortcut step is 1/k_max")
 
     @model_validator(mode="after")
     def _consistent(self) -> "ModelParams":
@@ -201,24 +201,24 @@ class ModelParams(Section):
 
 
 class TrainParams(Section):
-    steps: int = Field(1500, ge=1)
+    steps: int = Field(500, ge=1)
     seq_len_short: int = Field(16, ge=1)
     seq_len_long: int = Field(32, ge=1)
     batch_size_short: int = Field(8, ge=1)
     batch_size_long: int = Field(4, ge=1)
     long_ratio: float = Field(0.1, ge=0, le=1)
     stride: int = Field(4, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    warmup_steps: int = Field(100, ge=0)
+    lr: float = Field(2e-3, gt=0)
+    warmup_steps: int = Field(50, ge=0)
     weight_decay: float = Field(0.01, ge=0)
     grad_clip: float = Field(1.0, gt=0)
-    ema_decay: float = Field(0.999, ge=0, lt=1)
+    ema_decay: float = Field(0.99, ge=0, lt=1)
     bootstrap_fraction: float = Field(0.25, ge=0, le=1, description="share of each batch with shortcut targets")
     bootstrap_space: Literal["velocity", "x"] = "velocity"
     single_frame_fraction: float = Field(0.1, ge=0, le=1)
     log_every: int = Field(25, ge=1)
-    val_every: int = Field(250, ge=1)
-    checkpoint_every: int = Field(250, ge=1)
+    val_every: int = Field(100, ge=1)
+    checkpoint_every: int = Field(100, ge=1)
     val_taus: list[float] = Field(default_factory=lambda: [0.1, 0.5, 0.9])
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     nproc_per_node: int = Field(1, ge=1)
