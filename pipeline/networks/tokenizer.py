@@ -1,0 +1,252 @@
+"""Frame tokenizer: an autoencoder from frames (3, H, W) in [0, 1] to latents (C, h, w) in [-1, 1].
+
+As in DreamerV4, the bottleneck is a tanh, so latents are bounded (the dynamics model diffuses
+in this space), and training may mask input patches (masked autoencoding) so that the encoder
+learns to represent a frame from part of it. Two architectures share the interface:
+
+- ``conv`` (CPU default): a small convolutional encoder/decoder (ResNet blocks, stride-2
+  downsampling ``log2(downsample)`` times), latents (C, H/downsample, W/downsample).
+- ``transformer`` (DreamerV4-style, for GPUs): patch tokens plus h·w learned latent tokens in one
+  transformer; the latent tokens go through a linear + tanh bottleneck; the decoder reads them
+  with learned patch queries. Frames are encoded independently, so DreamerV4's causal-in-time
+  attention reduces to attention within the frame.
+
+``build_tokenizer(config)`` builds either from a JSON-able dict (what checkpoints store);
+``load_tokenizer(dir)`` loads a trained one (EMA weights, strict, eval mode).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.checkpoint import load_model
+
+KIND = "tokenizer"
+ARCH_KEYS = {
+    "conv": ("latent_channels", "downsample", "base_channels", "patch_size"),
+    "transformer": ("latent_channels", "downsample", "patch_size", "dim", "depth", "heads"),
+}
+
+
+def tokenizer_config(params, image_size: int | tuple[int, int]) -> dict:
+    """The checkpoint config of a tokenizer from ``params.tokenizer`` and the frame size."""
+    h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
+    t = params if isinstance(params, dict) else params.model_dump()
+    config = {"arch": t["arch"], "image_size": [h, w], **{k: t[k] for k in ARCH_KEYS[t["arch"]]}}
+    config["latent_shape"] = [config["latent_channels"], h // config["downsample"], w // config["downsample"]]
+    return config
+
+
+def random_patch_mask(batch: int, grid: tuple[int, int], max_prob: float, device=None) -> torch.Tensor | None:
+    """Bool (B, gh, gw): each sample masks patches with its own probability p ~ U(0, max_prob)."""
+    if max_prob <= 0:
+        return None
+    p = torch.rand(batch, 1, 1, device=device) * max_prob
+    return torch.rand(batch, *grid, device=device) < p
+
+
+# --------------------------------------------------------------------------------------------
+# convolutional
+# --------------------------------------------------------------------------------------------
+def _norm(ch: int) -> nn.GroupNorm:
+    return nn.GroupNorm(min(8, ch), ch)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, ch: int):
+        super().__init__()
+        self.block = nn.Sequential(
+            _norm(ch), nn.SiLU(), nn.Conv2d(ch, ch, 3, padding=1), _norm(ch), nn.SiLU(), nn.Conv2d(ch, ch, 3, padding=1)
+        )
+
+    def forward(self, x):
+        return x + self.block(x)
+
+
+class ConvEncoder(nn.Module):
+    def __init__(self, latent_channels: int, downsample: int, base_channels: int):
+        super().__init__()
+        levels = int(math.log2(downsample))
+        chs = [base_channels * 2**i for i in range(levels + 1)]
+        layers: list[nn.Module] = [nn.Conv2d(3, chs[0], 3, padding=1)]
+        for i in range(levels):
+            layers += [ResBlock(chs[i]), nn.Conv2d(chs[i], chs[i + 1], 4, stride=2, padding=1)]
+        layers += [ResBlock(chs[-1]), _norm(chs[-1]), nn.SiLU(), nn.Conv2d(chs[-1], latent_channels, 3, padding=1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class ConvDecoder(nn.Module):
+    def __init__(self, latent_channels: int, downsample: int, base_channels: int):
+        super().__init__()
+        levels = int(math.log2(downsample))
+        chs = [base_channels * 2**i for i in range(levels + 1)][::-1]
+        layers: list[nn.Module] = [nn.Conv2d(latent_channels, chs[0], 3, padding=1), ResBlock(chs[0])]
+        for i in range(levels):
+            layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(chs[i], chs[i + 1], 3, padding=1), ResBlock(chs[i + 1])]
+        layers += [_norm(chs[-1]), nn.SiLU(), nn.Conv2d(chs[-1], 3, 3, padding=1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z):
+        return self.net(z)
+
+
+# --------------------------------------------------------------------------------------------
+# transformer (DreamerV4-style)
+# --------------------------------------------------------------------------------------------
+class Block(nn.Module):
+    """Pre-norm transformer block: self-attention and an MLP, each residual."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+
+    def forward(self, x):
+        b, n, d = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        x = x + self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, d))
+        return x + self.mlp(self.norm2(x))
+
+
+class TransformerEncoder(nn.Module):
+    def __init__(self, image_size, latent_channels, downsample, patch_size, dim, depth, heads):
+        super().__init__()
+        h, w = image_size
+        self.p = patch_size
+        self.n_patches = (h // patch_size) * (w // patch_size)
+        self.n_latents = (h // downsample) * (w // downsample)
+        self.patch_in = nn.Linear(3 * patch_size**2, dim)
+        self.mask_token = nn.Parameter(torch.zeros(dim))
+        self.pos = nn.Parameter(torch.randn(self.n_patches + self.n_latents, dim) * 0.02)
+        self.latent_queries = nn.Parameter(torch.randn(self.n_latents, dim) * 0.02)
+        self.blocks = nn.ModuleList(Block(dim, heads) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+        self.to_latent = nn.Linear(dim, latent_channels)
+
+    def forward(self, x, mask=None):
+        b = x.shape[0]
+        patches = F.unfold(x, self.p, stride=self.p).transpose(1, 2)  # (B, N, 3·p·p)
+        tokens = self.patch_in(patches)
+        if mask is not None:  # masked autoencoding: hidden patches become a learned token
+            tokens = torch.where(mask.flatten(1)[..., None], self.mask_token.to(tokens.dtype), tokens)
+        tokens = torch.cat([tokens, self.latent_queries.expand(b, -1, -1)], 1) + self.pos
+        for blk in self.blocks:
+            tokens = blk(tokens)
+        return self.to_latent(self.norm(tokens[:, self.n_patches :]))  # (B, L, C)
+
+
+class TransformerDecoder(nn.Module):
+    def __init__(self, image_size, latent_channels, downsample, patch_size, dim, depth, heads):
+        super().__init__()
+        self.image_size, self.p = tuple(image_size), patch_size
+        h, w = image_size
+        self.n_patches = (h // patch_size) * (w // patch_size)
+        self.n_latents = (h // downsample) * (w // downsample)
+        self.latent_in = nn.Linear(latent_channels, dim)
+        self.patch_queries = nn.Parameter(torch.randn(self.n_patches, dim) * 0.02)
+        self.pos = nn.Parameter(torch.randn(self.n_latents + self.n_patches, dim) * 0.02)
+        self.blocks = nn.ModuleList(Block(dim, heads) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+        self.patch_out = nn.Linear(dim, 3 * patch_size**2)
+
+    def forward(self, z):  # z: (B, L, C)
+        b = z.shape[0]
+        tokens = torch.cat([self.latent_in(z), self.patch_queries.expand(b, -1, -1)], 1) + self.pos
+        for blk in self.blocks:
+            tokens = blk(tokens)
+        patches = self.patch_out(self.norm(tokens[:, self.n_latents :]))
+        return F.fold(patches.transpose(1, 2), self.image_size, self.p, stride=self.p)
+
+
+# --------------------------------------------------------------------------------------------
+# the tokenizer
+# --------------------------------------------------------------------------------------------
+class Tokenizer(nn.Module):
+    """encode: pixels (B, 3, H, W) in [0, 1] -> latents (B, C, h, w) in [-1, 1]; decode: back."""
+
+    def __init__(self, config: dict):
+        super().__init__()
+        self.config = dict(config)
+        self.arch = config["arch"]
+        self.image_size = tuple(config["image_size"])
+        self.latent_shape = tuple(config["latent_shape"])
+        self.patch_size = config["patch_size"]
+        c, d = config["latent_channels"], config["downsample"]
+        if self.arch == "conv":
+            self.encoder = ConvEncoder(c, d, config["base_channels"])
+            self.decoder = ConvDecoder(c, d, config["base_channels"])
+        else:
+            args = (self.image_size, c, d, config["patch_size"], config["dim"], config["depth"], config["heads"])
+            self.encoder, self.decoder = TransformerEncoder(*args), TransformerDecoder(*args)
+
+    @property
+    def mask_grid(self) -> tuple[int, int]:
+        return (self.image_size[0] // self.patch_size, self.image_size[1] // self.patch_size)
+
+    def _check_pixels(self, pixels: torch.Tensor) -> None:
+        if pixels.ndim != 4 or tuple(pixels.shape[1:]) != (3, *self.image_size):
+            raise ValueError(f"tokenizer expects pixels (B, 3, {self.image_size[0]}, {self.image_size[1]}), got {tuple(pixels.shape)}")
+
+    def encode(self, pixels: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Latents in [-1, 1]; `mask` (B, gh, gw) bool hides patches (training only)."""
+        self._check_pixels(pixels)
+        x = pixels * 2 - 1
+        if self.arch == "conv":
+            if mask is not None:  # hidden patches read as mid-grey (0 after centring)
+                keep = ~mask[:, None].repeat_interleave(self.patch_size, 2).repeat_interleave(self.patch_size, 3)
+                x = x * keep
+            return torch.tanh(self.encoder(x))
+        z = torch.tanh(self.encoder(x, mask))  # (B, L, C)
+        c, h, w = self.latent_shape
+        return z.transpose(1, 2).reshape(-1, c, h, w)
+
+    def decode_raw(self, latents: torch.Tensor) -> torch.Tensor:
+        """Unclamped reconstruction (what the training loss sees)."""
+        if tuple(latents.shape[1:]) != self.latent_shape:
+            raise ValueError(f"tokenizer expects latents (B, {', '.join(map(str, self.latent_shape))}), got {tuple(latents.shape)}")
+        z = latents if self.arch == "conv" else latents.flatten(2).transpose(1, 2)
+        return self.decoder(z) * 0.5 + 0.5
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Pixels in [0, 1]."""
+        return self.decode_raw(latents).clamp(0, 1)
+
+    def forward(self, pixels: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.encode(pixels, mask)
+        return self.decode_raw(z), z
+
+
+def build_tokenizer(config: dict) -> Tokenizer:
+    """A tokenizer from its config dict; a missing or inconsistent key is an error naming it."""
+    arch = config.get("arch")
+    if arch not in ARCH_KEYS:
+        raise ValueError(f"tokenizer config: arch must be one of {sorted(ARCH_KEYS)}, got {arch!r}")
+    missing = [k for k in ("image_size", "latent_shape", *ARCH_KEYS[arch]) if k not in config]
+    if missing:
+        raise ValueError(f"tokenizer config: missing keys {missing}")
+    h, w = config["image_size"]
+    d, p = config["downsample"], config["patch_size"]
+    expected = [config["latent_channels"], h // d, w // d]
+    if h % d or w % d or list(config["latent_shape"]) != expected:
+        raise ValueError(f"tokenizer config: latent_shape {config['latent_shape']} does not follow from image_size {[h, w]} / downsample {d} (expected {expected})")
+    if h % p or w % p:
+        raise ValueError(f"tokenizer config: patch_size {p} does not divide image_size {[h, w]}")
+    if arch == "transformer" and config["dim"] % config["heads"]:
+        raise ValueError(f"tokenizer config: dim {config['dim']} is not divisible by heads {config['heads']}")
+    return Tokenizer(config)
+
+
+def load_tokenizer(directory: str | Path, device: str | torch.device = "cpu") -> Tokenizer:
+    """The trained tokenizer in `directory`: EMA weights, strict load, eval mode, no grads."""
+    model, _ = load_model(directory, KIND, build_tokenizer, ema=True)
+    return model.to(device).eval().requires_grad_(False)

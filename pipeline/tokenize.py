@@ -1,0 +1,80 @@
+"""Encode every frame of a frames store with a trained tokenizer: data/latents.zarr.
+
+Same groups as the frames store, each with ``latents`` float16 (T, C, h, w), chunked and
+sharded like its ``frames``, the ``actions`` copied when present, and the group attributes
+copied (split, fps, n_actions, ...). Root attributes name the tokenizer: ``tokenizer_hash``
+(:func:`pipeline.checkpoint.checkpoint_hash`) and ``latent_shape``. The store is built under a
+temporary name and renamed into place, so a crash never leaves a partial store.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+import zarr
+from tqdm import tqdm
+
+from pipeline.atomic import TMP_MARK, atomic_dir
+from pipeline.checkpoint import checkpoint_hash
+from pipeline.networks.tokenizer import Tokenizer, load_tokenizer
+from pipeline.stores import ShardedArrayWriter, StoreError, list_videos, open_store
+
+
+def _layout(array: zarr.Array) -> tuple[int, int]:
+    """(chunk_frames, shard_frames) of a time-major array."""
+    chunk = array.chunks[0]
+    return chunk, (array.shards[0] if array.shards else chunk)
+
+
+@torch.no_grad()
+def encode_frames(model: Tokenizer, frames: np.ndarray, device) -> np.ndarray:
+    """uint8 (N, H, W, 3) -> float16 (N, C, h, w)."""
+    x = torch.from_numpy(np.ascontiguousarray(frames)).to(device).permute(0, 3, 1, 2).float().div_(255)
+    return model.encode(x).to(torch.float16).cpu().numpy()
+
+
+def encode_store(frames: str | Path, tokenizer_dir: str | Path, out: str | Path, batch_size: int, device="cpu") -> dict:
+    """Write `out` (latents store) from `frames` with the tokenizer in `tokenizer_dir`; returns a summary."""
+    frames, out = Path(frames), Path(out)
+    model = load_tokenizer(tokenizer_dir, device)
+    videos = list_videos(frames)
+    if not videos:
+        raise StoreError(f"{frames}: no videos to encode")
+    size = tuple(model.image_size)
+    src = open_store(frames)
+    for v in videos:
+        got = tuple(src[v.id]["frames"].shape[1:3])
+        if got != size:
+            raise StoreError(f"{frames}/{v.id}: frames are {got[0]}x{got[1]}, the tokenizer was trained on {size[0]}x{size[1]} (retrain it on this store)")
+
+    for stale in out.parent.glob(f"{out.name}{TMP_MARK}*"):  # left by a killed run
+        shutil.rmtree(stale, ignore_errors=True)
+    total = sum(v.n_frames for v in videos)
+    with atomic_dir(out) as tmp, tqdm(total=total, desc="tokenize", unit="frame", dynamic_ncols=True) as bar:
+        root = zarr.open_group(str(tmp), mode="w")
+        root.attrs.update({
+            "tokenizer_hash": checkpoint_hash(tokenizer_dir),
+            "latent_shape": list(model.latent_shape),
+            "tokenizer_config": model.config,
+        })
+        for v in videos:
+            source = src[v.id]
+            group = root.create_group(v.id)
+            group.attrs.update(v.attrs)
+            chunk, shard = _layout(source["frames"])
+            writer = ShardedArrayWriter(group, "latents", model.latent_shape, np.float16, chunk, shard)
+            for start in range(0, v.n_frames, batch_size):
+                batch = source["frames"][start : start + batch_size]
+                writer.append(encode_frames(model, batch, device))
+                bar.update(len(batch))
+            writer.close()
+            if v.has_actions:
+                actions = source["actions"]
+                a_chunk, a_shard = _layout(actions)
+                aw = ShardedArrayWriter(group, "actions", actions.shape[1:], actions.dtype, a_chunk, a_shard)
+                aw.append(actions[:])
+                aw.close()
+    return {"videos": len(videos), "frames": total, "latent_shape": list(model.latent_shape)}
