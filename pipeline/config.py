@@ -201,7 +201,7 @@ class ModelParams(Section):
 
 
 class TrainParams(Section):
-    steps: int = Field(500, ge=1)
+    steps: int = Field(400, ge=1)
     seq_len_short: int = Field(16, ge=1)
     seq_len_long: int = Field(32, ge=1)
     batch_size_short: int = Field(8, ge=1)
@@ -279,6 +279,7 @@ class BenchmarkParams(Section):
     sampling_steps: int = Field(4, ge=1)
     tau_ctx: float = Field(0.1, ge=0, lt=1)
     media_clips: int = Field(2, ge=0)
+    cpu_threads: int = Field(1, ge=0, description="torch threads on CPU; 0 = torch's default")
     far: FarParams = FarParams()
 
     @field_validator("budgets")

@@ -1,0 +1,153 @@
+"""The DreamerV4 objective: flow matching with x-prediction, diffusion forcing and shortcut
+forcing, in this project's convention (tau = 0 clean, tau = 1 noise).
+
+Noising: ``z_tau = (1 - tau) x + tau eps``. Along that path the velocity toward the data is
+``u = dz/d(-tau) = x - eps = (x - z_tau) / tau``, so a model's x0 prediction x_hat defines
+``u_hat = (x_hat - z_tau) / tau`` and one sampler step of size d (tau -> tau - d) is
+
+    z_{tau-d} = z_tau + d * u_hat                                      (:func:`shortcut_step`)
+
+**Step sizes and noise levels.** d is a power of two in {1, 1/2, ..., 1/k_max}; tau lies on the
+grid of d, tau in {d, 2d, ..., 1} (DreamerV4's signal level 1 - tau in {0, d, ..., 1 - d}),
+so a step of d from tau never passes the clean end. Each sequence is either a *flow* row
+(every frame at d = 1/k_max, plain x-loss) or, with probability `bootstrap_fraction` (an exact
+share of each batch), a *bootstrap* row whose frames draw d uniformly in log-space over the
+coarser sizes {1, ..., 2/k_max} (DreamerV4 samples d uniformly over the levels, not over d).
+Diffusion forcing: every frame draws its own d and tau.
+
+**Bootstrap target (DreamerV4 eq. 7, translated).** With stop-gradient, the model takes two
+half steps of d/2::
+
+    x1 = f(z_tau, tau, d/2)            u1 = (x1 - z_tau) / tau
+    z_mid = z_tau + (d/2) u1           tau_mid = tau - d/2      (>= d/2 > 0: no division by 0)
+    x2 = f(z_mid, tau_mid, d/2)        u2 = (x2 - z_mid) / tau_mid
+    u_target = (u1 + u2) / 2
+
+The paper's loss ``(1-s)^2 ||u_hat - u_target||^2`` (s = signal level = 1 - tau) is, in x space,
+``||x_hat - x_target||^2`` with ``x_target = z_tau + tau * u_target``: the velocity-space target
+scaled back to an x target for the x-predicting student. By construction one step of size d
+with x_target lands exactly where the two half steps land (tested). The ablation
+``bootstrap_space="x"`` averages the two half-step x predictions instead: x_target = (x1 + x2)/2.
+
+**Weights.** Every frame's squared error is weighted by the ramp 0.9 (1 - tau) + 0.1
+(DreamerV4's 0.9 s + 0.1): cleaner frames carry more signal, so they count more.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+def ramp_weight(tau: torch.Tensor) -> torch.Tensor:
+    return 0.9 * (1.0 - tau) + 0.1
+
+
+def add_noise(x0: torch.Tensor, eps: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+    """z_tau = (1 - tau) x0 + tau eps, tau broadcast over the trailing (C, h, w)."""
+    tau = tau[..., None, None, None]
+    return (1.0 - tau) * x0 + tau * eps
+
+
+def shortcut_step(z: torch.Tensor, x_pred: torch.Tensor, tau: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """One sampler step tau -> tau - d from the x0 prediction: z + d (x_pred - z) / tau."""
+    tau, d = tau[..., None, None, None], d[..., None, None, None]
+    return z + d * (x_pred - z) / tau
+
+
+def sample_step_sizes(shape, k_max: int, bootstrap: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """d per frame: 1/k_max for flow rows; for bootstrap rows (bool (B,)) 2**-j with j uniform
+    over {0, ..., log2(k_max) - 1}, i.e. uniform over the coarse levels in log-space."""
+    levels = int(math.log2(k_max))
+    j = torch.full(shape, levels, dtype=torch.long)
+    if levels > 0:
+        coarse = torch.randint(0, levels, shape, generator=generator)
+        j = torch.where(bootstrap.view(-1, *[1] * (len(shape) - 1)), coarse, j)
+    return torch.pow(2.0, -j.float())
+
+
+def sample_taus(d: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """tau uniform on the grid of d: {d, 2d, ..., 1}."""
+    n = torch.round(1.0 / d).long()
+    i = (torch.rand(d.shape, generator=generator) * n).long().clamp(max=n - 1) + 1
+    return i.float() * d
+
+
+@dataclass
+class NoisePlan:
+    """Every random choice of one training step's loss, for a (global) batch of B x T frames."""
+
+    tau: torch.Tensor  # (B, T)
+    d: torch.Tensor  # (B, T)
+    eps: torch.Tensor  # (B, T, C, h, w)
+    bootstrap: torch.Tensor  # (B,) bool
+    independent: torch.Tensor  # (B,) bool: single-frame sequences
+
+    def rows(self, index: slice | torch.Tensor) -> "NoisePlan":
+        """The plan of some rows (a DDP rank's shard)."""
+        return NoisePlan(self.tau[index], self.d[index], self.eps[index], self.bootstrap[index], self.independent[index])
+
+    def to(self, device) -> "NoisePlan":
+        return NoisePlan(*(t.to(device) for t in (self.tau, self.d, self.eps, self.bootstrap, self.independent)))
+
+
+def sample_plan(
+    shape: tuple[int, ...],
+    *,
+    k_max: int,
+    bootstrap_fraction: float,
+    single_frame_fraction: float,
+    generator: torch.Generator,
+) -> NoisePlan:
+    """shape = (B, T, C, h, w). round(B * bootstrap_fraction) rows get bootstrap targets;
+    each row is a single-frame sequence with probability single_frame_fraction."""
+    b, t = shape[:2]
+    bootstrap = torch.zeros(b, dtype=torch.bool)
+    if k_max > 1:  # with k_max = 1 there is no coarser step to distil
+        bootstrap[torch.randperm(b, generator=generator)[: round(b * bootstrap_fraction)]] = True
+    independent = torch.rand(b, generator=generator) < single_frame_fraction
+    d = sample_step_sizes((b, t), k_max, bootstrap, generator)
+    tau = sample_taus(d, generator)
+    eps = torch.randn(shape, generator=generator)
+    return NoisePlan(tau, d, eps, bootstrap, independent)
+
+
+@torch.no_grad()
+def bootstrap_target(model, z, tau, d, actions=None, independent=None, space: str = "velocity") -> torch.Tensor:
+    """The x target of a step of size d from two half steps of the model (stop-gradient)."""
+    half = d / 2
+    x1 = model(z, tau, half, actions, independent=independent)
+    z_mid = shortcut_step(z, x1, tau, half)
+    x2 = model(z_mid, tau - half, half, actions, independent=independent)
+    if space == "x":
+        return (x1 + x2) / 2
+    if space != "velocity":
+        raise ValueError(f"train.bootstrap_space must be 'velocity' or 'x', got {space!r}")
+    col = lambda v: v[..., None, None, None]  # noqa: E731
+    u1 = (x1 - z) / col(tau)
+    u2 = (x2 - z_mid) / col(tau - half)
+    return z + col(tau) * (u1 + u2) / 2
+
+
+def shortcut_forcing_loss(model, x0, actions, plan: NoisePlan, bootstrap_space: str = "velocity"):
+    """Weighted x-space loss of one batch. Returns (loss, per-frame squared errors (B, T)).
+
+    The mean runs over every frame of the batch with equal weight, so DDP's gradient average
+    over equal shards equals the gradient of the global batch.
+    """
+    z = add_noise(x0, plan.eps, plan.tau)
+    target = x0
+    rows = plan.bootstrap.nonzero().flatten()
+    if len(rows):
+        a = None if actions is None else actions[rows]
+        teacher = bootstrap_target(
+            model, z[rows], plan.tau[rows], plan.d[rows], a, plan.independent[rows], bootstrap_space
+        )
+        target = x0.clone()
+        target[rows] = teacher.to(target.dtype)
+    pred = model(z, plan.tau, plan.d, actions, independent=plan.independent)
+    err = (pred.float() - target.float()).pow(2).mean(dim=(2, 3, 4))  # (B, T)
+    loss = (ramp_weight(plan.tau) * err).mean()
+    return loss, err.detach()

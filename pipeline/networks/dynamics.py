@@ -1,0 +1,327 @@
+"""The dynamics model: a block-causal transformer over latent frames (DreamerV4 style).
+
+Each frame becomes N = S + R + 2 tokens::
+
+    [ S spatial tokens (linear projection of p x p latent patches) | R learned registers |
+      1 token carrying (tau, d) | 1 action token ]
+
+Blocks alternate between *spatial* attention (all N tokens of one frame, 2D RoPE on the patch
+grid) and *causal temporal* attention (one token position across frames, 1D RoPE in time),
+the latter every `temporal_every` blocks. Pre-RMSNorm, SwiGLU, QK-norm, optional GQA and
+logit soft-cap (pipeline.networks.layers). The model predicts the clean latent x0 (x-prediction).
+
+Conventions (DESIGN.md): tau = 0 clean, tau = 1 pure noise, z_tau = (1 - tau) x0 + tau eps;
+d is the shortcut step size in (0, 1]. ``actions[:, t]`` is the action *that led to frame t*
+(recorded at frame t-1); a negative value, or ``actions=None``, means "no action" and uses a
+learned embedding (also what models trained on action-free data always see).
+
+Generation goes frame by frame through a :class:`KVCache` that holds the temporal layers' keys
+and values; `step` with the cache equals `forward` on the whole sequence (tested), and frames
+can be evicted from it (the benchmark's ``kv`` mode); `prefill` appends many context frames in
+one batched pass. Absolute time positions persist across
+evictions: a new frame always gets the position after the newest frame ever appended.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pipeline.checkpoint import load_model
+from pipeline.networks.layers import Attention, RMSNorm, SwiGLU, rope_1d, rope_2d
+
+KIND = "dynamics"
+
+
+@dataclass
+class DynamicsConfig:
+    latent_channels: int
+    latent_height: int
+    latent_width: int
+    n_actions: int = 0  # 0 = the data has no actions
+    dim: int = 128
+    depth: int = 4
+    heads: int = 4
+    kv_heads: int = 4
+    patch_size: int = 2
+    num_registers: int = 2
+    temporal_every: int = 2
+    mlp_ratio: float = 4.0
+    logit_softcap: float = 50.0
+    k_max: int = 64
+
+    def __post_init__(self):
+        p = self.patch_size
+        if self.latent_height % p or self.latent_width % p:
+            raise ValueError(
+                f"model.patch_size {p} does not divide the latent grid {self.latent_height}x{self.latent_width}"
+            )
+        if self.dim % self.heads or self.heads % self.kv_heads:
+            raise ValueError(f"need dim % heads == 0 and heads % kv_heads == 0, got {self.dim}, {self.heads}, {self.kv_heads}")
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self.latent_height // self.patch_size, self.latent_width // self.patch_size
+
+    @property
+    def tokens_per_frame(self) -> int:
+        gh, gw = self.grid
+        return gh * gw + self.num_registers + 2
+
+
+def _fourier(values: torch.Tensor, dim: int, scale: float) -> torch.Tensor:
+    """Sinusoidal features of scalars (DiT's timestep embedding)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10_000.0) * torch.arange(half, device=values.device) / half)
+    args = values.float()[..., None] * scale * freqs
+    return torch.cat([args.cos(), args.sin()], dim=-1)
+
+
+class Block(nn.Module):
+    """Pre-norm attention + SwiGLU; attends within a frame (spatial) or across frames (temporal)."""
+
+    def __init__(self, cfg: DynamicsConfig, temporal: bool):
+        super().__init__()
+        self.temporal = temporal
+        hidden = 8 * math.ceil(cfg.mlp_ratio * cfg.dim * 2 / 3 / 8)  # SwiGLU: 2/3 of the MLP width
+        self.attn_norm = RMSNorm(cfg.dim)
+        self.attn = Attention(cfg.dim, cfg.heads, cfg.kv_heads, cfg.logit_softcap)
+        self.mlp_norm = RMSNorm(cfg.dim)
+        self.mlp = SwiGLU(cfg.dim, hidden)
+
+    def forward(self, h, rope, mask=None, causal=False, past=None):
+        """h (B, T, N, D). Temporal blocks may get `past` = cached (k, v) of earlier frames.
+        Returns the new h and this call's (k, v), for a cache."""
+        b, t, n, dim = h.shape
+        # Spatial: a sequence per frame. Temporal: a sequence per token position.
+        x = h.transpose(1, 2).reshape(b * n, t, dim) if self.temporal else h.reshape(b * t, n, dim)
+        q, k, v = self.attn.project(self.attn_norm(x), rope)
+        kv = (k, v)
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        x = x + self.attn.attend(q, k, v, mask=mask, causal=causal)
+        x = x + self.mlp(self.mlp_norm(x))
+        h = x.view(b, n, t, dim).transpose(1, 2) if self.temporal else x.view(b, t, n, dim)
+        return h, kv
+
+
+class KVCache:
+    """Keys and values of the temporal layers for the frames appended so far.
+
+    Per temporal layer k, v have shape (B * N, kv_heads, frames, head_dim), already rotated at
+    their absolute time positions, so evicting frames never changes the survivors.
+    """
+
+    def __init__(self, batch_size: int, n_layers: int):
+        self.batch_size = batch_size
+        self.keys: list[torch.Tensor | None] = [None] * n_layers
+        self.values: list[torch.Tensor | None] = [None] * n_layers
+        self.positions: list[int] = []
+        self.next_position = 0
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def append(self, kvs: list[tuple[torch.Tensor, torch.Tensor]], positions: int | list[int]) -> None:
+        """Add the keys/values of one frame (an int position) or several (a list of positions)."""
+        positions = [positions] if isinstance(positions, int) else list(positions)
+        for i, (k, v) in enumerate(kvs):
+            self.keys[i] = k if self.keys[i] is None else torch.cat([self.keys[i], k], dim=2)
+            self.values[i] = v if self.values[i] is None else torch.cat([self.values[i], v], dim=2)
+        self.positions.extend(positions)
+        self.next_position = positions[-1] + 1
+
+    def past(self, layer: int):
+        return None if self.keys[layer] is None else (self.keys[layer], self.values[layer])
+
+    def evict(self, keep: list[int]) -> None:
+        """Keep only the cached frames at these indices (0 = oldest held), in this order."""
+        keep = list(keep)
+        if any(not 0 <= i < len(self) for i in keep) or len(set(keep)) != len(keep) or keep != sorted(keep):
+            raise IndexError(f"KVCache.evict: keep must be increasing indices in [0, {len(self)}), got {keep}")
+        index = torch.tensor(keep, dtype=torch.long)
+        for i, k in enumerate(self.keys):
+            if k is None:
+                continue
+            idx = index.to(k.device)
+            self.keys[i] = k.index_select(2, idx) if keep else None
+            self.values[i] = self.values[i].index_select(2, idx) if keep else None
+        self.positions = [self.positions[i] for i in keep]
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.keys + self.values if t is not None)
+
+
+class DynamicsTransformer(nn.Module):
+    def __init__(self, config: DynamicsConfig):
+        super().__init__()
+        self.config = cfg = config
+        patch_dim = cfg.latent_channels * cfg.patch_size**2
+        self.patch_in = nn.Linear(patch_dim, cfg.dim)
+        self.registers = nn.Parameter(torch.randn(cfg.num_registers, cfg.dim) * 0.02)
+        self.noise_embed = nn.Sequential(nn.Linear(2 * 64, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim))
+        self.action_embed = nn.Embedding(cfg.n_actions + 1, cfg.dim)  # last row = "no action"
+        self.blocks = nn.ModuleList(
+            Block(cfg, temporal=(i + 1) % cfg.temporal_every == 0) for i in range(cfg.depth)
+        )
+        self.out_norm = RMSNorm(cfg.dim)
+        self.patch_out = nn.Linear(cfg.dim, patch_dim)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # nanoGPT: N(0, 0.02), residual projections scaled by depth; zero output head, so the
+        # untrained model predicts x0 = 0 (the data mean) instead of noise.
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Embedding):
+                nn.init.normal_(m.weight, std=0.02)
+        for block in self.blocks:
+            nn.init.normal_(block.attn.out.weight, std=0.02 / math.sqrt(2 * self.config.depth))
+            nn.init.normal_(block.mlp.down.weight, std=0.02 / math.sqrt(2 * self.config.depth))
+        nn.init.zeros_(self.patch_out.weight)
+        nn.init.zeros_(self.patch_out.bias)
+
+    @property
+    def temporal_layers(self) -> int:
+        return sum(b.temporal for b in self.blocks)
+
+    # ------------------------------------------------------------------ tokens in and out
+    def _space_rope(self, device):
+        gh, gw = self.config.grid
+        rows = torch.arange(gh, device=device).repeat_interleave(gw)
+        cols = torch.arange(gw, device=device).repeat(gh)
+        return rope_2d(rows, cols, self.config.dim // self.config.heads, self.config.num_registers + 2)
+
+    def _tokens(self, x, tau, d, actions):
+        """x (B, T, C, h, w), tau/d (B, T), actions (B, T) or None -> (B, T, N, D)."""
+        cfg = self.config
+        b, t, c, hh, ww = x.shape
+        if (c, hh, ww) != (cfg.latent_channels, cfg.latent_height, cfg.latent_width):
+            raise ValueError(
+                f"latent frames of shape {(c, hh, ww)}, model built for "
+                f"{(cfg.latent_channels, cfg.latent_height, cfg.latent_width)}"
+            )
+        p, (gh, gw) = cfg.patch_size, cfg.grid
+        patches = x.reshape(b, t, c, gh, p, gw, p).permute(0, 1, 3, 5, 2, 4, 6).reshape(b, t, gh * gw, c * p * p)
+        spatial = self.patch_in(patches.to(self.patch_in.weight.dtype))
+        registers = self.registers.expand(b, t, -1, -1)
+        # log2(1/d) in [0, log2 k_max]: the shortcut level. Scales chosen so features vary.
+        feats = torch.cat([_fourier(tau, 64, 1000.0), _fourier(torch.log2(1.0 / d), 64, 100.0)], dim=-1)
+        noise = self.noise_embed(feats.to(spatial.dtype))[:, :, None]
+        action = self.action_embed(self._action_index(actions, b, t, x.device))[:, :, None]
+        return torch.cat([spatial, registers, noise, action], dim=2)
+
+    def _action_index(self, actions, b, t, device):
+        n = self.config.n_actions
+        if actions is None:
+            return torch.full((b, t), n, dtype=torch.long, device=device)
+        actions = torch.as_tensor(actions, device=device).long().reshape(b, t)
+        if (actions >= n).any():
+            raise ValueError(f"action {int(actions.max())} out of range: the model knows {n} actions (n_actions)")
+        return torch.where(actions < 0, torch.full_like(actions, n), actions)
+
+    def _frames(self, h):
+        """(B, T, N, D) -> x0 prediction (B, T, C, h, w) from the spatial tokens."""
+        cfg = self.config
+        b, t = h.shape[:2]
+        p, (gh, gw) = cfg.patch_size, cfg.grid
+        out = self.patch_out(self.out_norm(h[:, :, : gh * gw]))
+        out = out.view(b, t, gh, gw, cfg.latent_channels, p, p).permute(0, 1, 4, 2, 5, 3, 6)
+        return out.reshape(b, t, cfg.latent_channels, cfg.latent_height, cfg.latent_width)
+
+    # ------------------------------------------------------------------ whole sequences
+    def forward(self, x, tau, d, actions=None, independent: torch.Tensor | None = None):
+        """x (B, T, C, h, w) noisy latents, tau and d (B, T), actions (B, T) or None.
+        `independent` (B,) bool marks rows whose frames are single-frame sequences (each frame
+        attends only to itself in time). Returns the x0 prediction (B, T, C, h, w)."""
+        b, t = x.shape[:2]
+        h = self._tokens(x, tau, d, actions)
+        n = h.shape[2]
+        space_rope = self._space_rope(x.device)
+        time_rope = rope_1d(torch.arange(t, device=x.device), self.config.dim // self.config.heads)
+        mask, causal = None, True
+        if independent is not None and bool(independent.any()):
+            eye = torch.eye(t, dtype=torch.bool, device=x.device)
+            tril = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
+            mask = torch.where(independent.view(b, 1, 1, 1).to(x.device), eye, tril)
+            mask, causal = mask.repeat_interleave(n, dim=0), False
+        for block in self.blocks:
+            if block.temporal:
+                h, _ = block(h, time_rope, mask=mask, causal=causal)
+            else:
+                h, _ = block(h, space_rope)
+        return self._frames(h)
+
+    # ------------------------------------------------------------------ frame by frame
+    def new_cache(self, batch_size: int) -> KVCache:
+        return KVCache(batch_size, self.temporal_layers)
+
+    def step(self, cache: KVCache, x, tau, d, action=None, *, append: bool):
+        """One frame x (B, C, h, w) at the time position after the cached frames, attending to
+        them. Returns its x0 prediction (B, C, h, w); with `append` its keys/values join the
+        cache as a new frame (use append=True for context frames)."""
+        b = x.shape[0]
+        if b != cache.batch_size:
+            raise ValueError(f"cache built for batch {cache.batch_size}, got a frame batch of {b}")
+        as_col = lambda v, dtype: torch.as_tensor(v, dtype=dtype, device=x.device).expand(b).reshape(b, 1)  # noqa: E731
+        action = None if action is None else as_col(action, torch.long)
+        h = self._tokens(x[:, None], as_col(tau, torch.float32), as_col(d, torch.float32), action)
+        position = cache.next_position
+        space_rope = self._space_rope(x.device)
+        time_rope = rope_1d(torch.tensor([position], device=x.device), self.config.dim // self.config.heads)
+        new_kv, layer = [], 0
+        for block in self.blocks:
+            if block.temporal:
+                h, kv = block(h, time_rope, past=cache.past(layer))  # one query: sees all cached + itself
+                new_kv.append(kv)
+                layer += 1
+            else:
+                h, _ = block(h, space_rope)
+        if append:
+            cache.append(new_kv, position)
+        return self._frames(h)[:, 0]
+
+
+    def prefill(self, cache: KVCache, x, tau, d, actions=None):
+        """Append T frames x (B, T, C, h, w) in one batched pass: the same keys/values and
+        predictions as T calls of ``step(..., append=True)`` (tested), for context frames."""
+        b, t = x.shape[:2]
+        if b != cache.batch_size:
+            raise ValueError(f"cache built for batch {cache.batch_size}, got a frame batch of {b}")
+        h = self._tokens(x, tau, d, actions)
+        positions = list(range(cache.next_position, cache.next_position + t))
+        space_rope = self._space_rope(x.device)
+        time_rope = rope_1d(torch.tensor(positions, device=x.device), self.config.dim // self.config.heads)
+        held = len(cache)  # new frame i sees every cached frame and new frames <= i
+        mask = torch.ones(t, held + t, dtype=torch.bool, device=x.device).tril(diagonal=held)
+        new_kv, layer = [], 0
+        for block in self.blocks:
+            if block.temporal:
+                h, kv = block(h, time_rope, mask=mask, past=cache.past(layer))
+                new_kv.append(kv)
+                layer += 1
+            else:
+                h, _ = block(h, space_rope)
+        cache.append(new_kv, positions)
+        return self._frames(h)
+
+
+def build_dynamics(config: dict) -> DynamicsTransformer:
+    return DynamicsTransformer(DynamicsConfig(**config))
+
+
+def config_dict(config: DynamicsConfig) -> dict:
+    return asdict(config)
+
+
+def load_dynamics(directory: str | Path) -> DynamicsTransformer:
+    """The trained model (EMA weights), in eval mode; strict load via pipeline.checkpoint."""
+    model, _ = load_model(directory, KIND, build_dynamics, ema=True)
+    return model.eval()

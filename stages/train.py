@@ -1,0 +1,33 @@
+"""Stage `train`: the dynamics model on data/latents.zarr -> models/dynamics, metrics/train.json,
+dvclive/train. With train.nproc_per_node > 1 it relaunches itself under torchrun (DDP); launched
+by torchrun directly (e.g. multi-node), it joins the process group it finds."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from pipeline.config import load_params
+
+
+def main() -> None:
+    params = load_params()
+    n = params.train.nproc_per_node
+    if n > 1 and "LOCAL_RANK" not in os.environ:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", "-m", "stages.train"]
+        sys.exit(subprocess.call(cmd))
+    from pipeline.dynamics_training import train_dynamics  # after the relaunch: torch loads once per rank
+
+    train_dynamics(
+        params,
+        latents=Path("data/latents.zarr"),
+        out_dir=Path("models/dynamics"),
+        metrics_path=Path("metrics/train.json"),
+        live_dir=Path("dvclive/train"),
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+import math
+
+import pytest
+import torch
+
+from pipeline.diffusion.objective import (
+    add_noise,
+    bootstrap_target,
+    ramp_weight,
+    sample_plan,
+    sample_step_sizes,
+    sample_taus,
+    shortcut_forcing_loss,
+    shortcut_step,
+)
+from pipeline.networks.dynamics import DynamicsConfig, DynamicsTransformer
+
+
+def tiny_model() -> DynamicsTransformer:
+    torch.manual_seed(0)
+    model = DynamicsTransformer(DynamicsConfig(4, 8, 8, n_actions=3, dim=32, depth=2, heads=2, kv_heads=1, k_max=8)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def test_noising_convention_tau_zero_is_clean_and_one_is_noise():
+    x, eps = torch.randn(2, 3, 4, 8, 8), torch.randn(2, 3, 4, 8, 8)
+    assert torch.equal(add_noise(x, eps, torch.zeros(2, 3)), x)
+    assert torch.equal(add_noise(x, eps, torch.ones(2, 3)), eps)
+
+
+def test_ramp_weight_favours_clean_frames():
+    assert ramp_weight(torch.tensor([0.0, 0.5, 1.0])).tolist() == pytest.approx([1.0, 0.55, 0.1])
+
+
+def test_sampler_step_with_the_true_x_moves_along_the_noising_path():
+    x, eps = torch.randn(2, 3, 4, 8, 8), torch.randn(2, 3, 4, 8, 8)
+    tau, d = torch.full((2, 3), 0.75), torch.full((2, 3), 0.25)
+    torch.testing.assert_close(shortcut_step(add_noise(x, eps, tau), x, tau, d), add_noise(x, eps, tau - d))
+
+
+def test_bootstrap_target_equals_two_explicit_half_steps_of_the_sampler():
+    model = tiny_model()
+    z = torch.randn(2, 5, 4, 8, 8, generator=gen())
+    d = torch.tensor([[0.5, 0.25, 1.0, 0.5, 0.25]] * 2)
+    tau = torch.tensor([[0.5, 0.75, 1.0, 1.0, 0.25]] * 2)
+    actions = torch.randint(-1, 3, (2, 5), generator=gen(1))
+    target = bootstrap_target(model, z, tau, d, actions, space="velocity")
+    # Two explicit half steps of the sampler with the same (causal, whole-sequence) model.
+    with torch.no_grad():
+        x1 = model(z, tau, d / 2, actions)
+        z_mid = shortcut_step(z, x1, tau, d / 2)
+        x2 = model(z_mid, tau - d / 2, d / 2, actions)
+        z_end = shortcut_step(z_mid, x2, tau - d / 2, d / 2)
+    # One step of size d toward the student's target lands where the two half steps land.
+    torch.testing.assert_close(shortcut_step(z, target, tau, d), z_end, rtol=1e-5, atol=1e-5)
+    assert not target.requires_grad
+    torch.testing.assert_close(bootstrap_target(model, z, tau, d, actions, space="x"), (x1 + x2) / 2)
+    with pytest.raises(ValueError, match="bootstrap_space"):
+        bootstrap_target(model, z, tau, d, actions, space="eps")
+
+
+def test_bootstrap_rows_draw_d_uniformly_over_the_coarse_levels_and_flow_rows_use_d_min():
+    k_max = 16
+    bootstrap = torch.tensor([True] * 500 + [False] * 500)
+    d = sample_step_sizes((1000, 20), k_max, bootstrap, gen())
+    assert torch.all(d[500:] == 1 / k_max)
+    levels = torch.round(-torch.log2(d[:500])).long().flatten()
+    counts = torch.bincount(levels, minlength=5).float() / levels.numel()
+    assert counts[4] == 0  # d_min is never a bootstrap step
+    assert torch.allclose(counts[:4], torch.full((4,), 0.25), atol=0.01)  # uniform in log2(d)
+
+
+def test_tau_lies_on_the_grid_of_d_uniformly_from_d_to_one():
+    d = torch.tensor([0.25] * 40000 + [1.0] * 1000)
+    tau = sample_taus(d, gen())
+    assert torch.all(tau[40000:] == 1.0)
+    quarter = tau[:40000]
+    assert set(quarter.unique().tolist()) == {0.25, 0.5, 0.75, 1.0}
+    for v in (0.25, 0.5, 0.75, 1.0):
+        assert abs((quarter == v).float().mean().item() - 0.25) < 0.01
+
+
+def test_plan_gives_bootstrap_targets_to_an_exact_share_of_rows_and_single_frames_at_their_rate():
+    plans = [sample_plan((8, 4, 4, 8, 8), k_max=8, bootstrap_fraction=0.25, single_frame_fraction=0.3,
+                         generator=gen(s)) for s in range(300)]
+    assert all(int(p.bootstrap.sum()) == 2 for p in plans)
+    assert abs(torch.cat([p.independent for p in plans]).float().mean().item() - 0.3) < 0.03
+    p = plans[0]
+    assert torch.all((p.d > 1 / 8) == p.bootstrap[:, None])
+    assert torch.all(p.tau >= p.d) and torch.all(p.tau <= 1)
+    one = sample_plan((8, 4, 4, 8, 8), k_max=1, bootstrap_fraction=1.0, single_frame_fraction=0.0, generator=gen())
+    assert not one.bootstrap.any() and torch.all(one.d == 1)  # nothing coarser than d = 1 to distil
+
+
+def test_loss_is_the_ramp_weighted_error_against_x0_or_the_bootstrap_target():
+    model = tiny_model()
+    x0 = torch.randn(4, 3, 4, 8, 8, generator=gen(2))
+    actions = torch.randint(-1, 3, (4, 3), generator=gen(3))
+    plan = sample_plan(tuple(x0.shape), k_max=8, bootstrap_fraction=0.5, single_frame_fraction=0.0, generator=gen(4))
+    loss, err = shortcut_forcing_loss(model, x0, actions, plan)
+    z = add_noise(x0, plan.eps, plan.tau)
+    with torch.no_grad():
+        pred = model(z, plan.tau, plan.d, actions)
+        target = x0.clone()
+        rows = plan.bootstrap
+        target[rows] = bootstrap_target(model, z[rows], plan.tau[rows], plan.d[rows], actions[rows])
+    expected = (pred - target).pow(2).mean(dim=(2, 3, 4))
+    torch.testing.assert_close(err, expected, rtol=1e-5, atol=1e-6)
+    assert math.isclose(loss.item(), (ramp_weight(plan.tau) * expected).mean().item(), rel_tol=1e-5)
+    loss.backward()
+    assert model.patch_in.weight.grad is not None

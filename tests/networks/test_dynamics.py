@@ -1,0 +1,149 @@
+import pytest
+import torch
+
+from pipeline.checkpoint import CheckpointError, save_checkpoint
+from pipeline.networks.dynamics import DynamicsConfig, DynamicsTransformer, build_dynamics, config_dict, load_dynamics
+
+
+def tiny(**overrides) -> DynamicsTransformer:
+    kw = dict(latent_channels=4, latent_height=8, latent_width=8, n_actions=3, dim=32, depth=4, heads=4,
+              kv_heads=2, patch_size=2, num_registers=2, temporal_every=2, k_max=8)
+    kw.update(overrides)
+    torch.manual_seed(0)
+    model = DynamicsTransformer(DynamicsConfig(**kw)).eval()
+    with torch.no_grad():  # the zero-initialised head would make every comparison trivial
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+def inputs(b=2, t=6, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, t, 4, 8, 8, generator=g)
+    tau = torch.rand(b, t, generator=g)
+    d = torch.full((b, t), 0.25)
+    actions = torch.randint(-1, 3, (b, t), generator=g)
+    return x, tau, d, actions
+
+
+@pytest.mark.parametrize("softcap", [0.0, 50.0])
+def test_changing_frame_t_plus_1_never_changes_outputs_at_or_before_t(softcap):
+    model = tiny(logit_softcap=softcap)
+    x, tau, d, actions = inputs()
+    base = model(x, tau, d, actions)
+    for t in range(5):
+        x2, tau2, a2 = x.clone(), tau.clone(), actions.clone()
+        x2[:, t + 1] += 1.0
+        tau2[:, t + 1] = 0.5
+        a2[:, t + 1] = (a2[:, t + 1] + 2) % 3
+        out = model(x2, tau2, d, a2)
+        assert torch.equal(out[:, : t + 1], base[:, : t + 1])
+        assert not torch.allclose(out[:, t + 1], base[:, t + 1])
+
+
+@pytest.mark.parametrize("softcap,kv_heads", [(0.0, 4), (50.0, 2), (50.0, 1)])
+def test_generation_through_the_kv_cache_equals_forward_on_the_whole_sequence(softcap, kv_heads):
+    model = tiny(logit_softcap=softcap, kv_heads=kv_heads)
+    x, tau, d, actions = inputs()
+    full = model(x, tau, d, actions)
+    cache = model.new_cache(2)
+    with torch.no_grad():
+        steps = [model.step(cache, x[:, t], tau[:, t], d[:, t], actions[:, t], append=True) for t in range(6)]
+    torch.testing.assert_close(torch.stack(steps, 1), full, rtol=1e-5, atol=1e-5)
+    assert len(cache) == 6 and cache.positions == list(range(6))
+
+
+@pytest.mark.parametrize("softcap", [0.0, 50.0])
+def test_prefill_equals_appending_frame_by_frame_also_after_cached_and_evicted_frames(softcap):
+    model = tiny(logit_softcap=softcap)
+    x, tau, d, actions = inputs()
+    by_step, batched = model.new_cache(2), model.new_cache(2)
+    with torch.no_grad():
+        for cache in (by_step, batched):
+            for t in range(3):
+                model.step(cache, x[:, t], tau[:, t], d[:, t], actions[:, t], append=True)
+            cache.evict([0, 2])
+        steps = torch.stack([model.step(by_step, x[:, t], tau[:, t], d[:, t], actions[:, t], append=True)
+                             for t in range(3, 6)], 1)
+        out = model.prefill(batched, x[:, 3:], tau[:, 3:], d[:, 3:], actions[:, 3:])
+    torch.testing.assert_close(out, steps, rtol=1e-5, atol=1e-5)
+    assert batched.positions == by_step.positions == [0, 2, 3, 4, 5]
+    for a, b in zip(batched.keys + batched.values, by_step.keys + by_step.values):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_a_step_without_append_leaves_the_cache_unchanged():
+    model = tiny()
+    x, tau, d, actions = inputs()
+    cache = model.new_cache(2)
+    for t in range(3):
+        model.step(cache, x[:, t], tau[:, t], d[:, t], actions[:, t], append=True)
+    before = (cache.nbytes(), list(cache.positions))
+    first = model.step(cache, x[:, 3], 0.7, 0.25, None, append=False)
+    again = model.step(cache, x[:, 3], 0.7, 0.25, None, append=False)
+    assert (cache.nbytes(), cache.positions) == before
+    assert torch.equal(first, again)
+
+
+def test_evicting_frames_frees_their_bytes_and_keeps_absolute_positions():
+    model = tiny()
+    x, tau, d, actions = inputs()
+    cache = model.new_cache(2)
+    for t in range(4):
+        model.step(cache, x[:, t], tau[:, t], d[:, t], actions[:, t], append=True)
+    per_frame = cache.nbytes() / 4
+    # B * N tokens x kv_heads x head_dim, keys and values, 2 temporal layers, fp32
+    assert per_frame == 2 * model.config.tokens_per_frame * 2 * 8 * 2 * 2 * 4
+    kept_keys = cache.keys[0][:, :, [1, 3]].clone()
+    cache.evict([1, 3])
+    assert len(cache) == 2 and cache.positions == [1, 3] and cache.nbytes() == 2 * per_frame
+    assert torch.equal(cache.keys[0], kept_keys)
+    model.step(cache, x[:, 4], tau[:, 4], d[:, 4], actions[:, 4], append=True)
+    assert cache.positions == [1, 3, 4]  # the new frame comes after the newest ever appended
+    cache.evict([])
+    assert len(cache) == 0 and cache.nbytes() == 0
+    model.step(cache, x[:, 5], tau[:, 5], d[:, 5], None, append=True)
+    assert cache.positions == [5]
+    with pytest.raises(IndexError, match="increasing indices"):
+        cache.evict([0, 0])
+    with pytest.raises(IndexError, match=r"\[0, 1\)"):
+        cache.evict([1])
+
+
+def test_independent_rows_see_each_frame_as_a_single_frame_sequence():
+    model = tiny()
+    x, tau, d, actions = inputs()
+    out = model(x, tau, d, actions, independent=torch.tensor([True, False]))
+    alone = model(x[:1, 3:4], tau[:1, 3:4], d[:1, 3:4], actions[:1, 3:4])
+    torch.testing.assert_close(out[0, 3], alone[0, 0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out[1], model(x, tau, d, actions)[1], rtol=1e-5, atol=1e-5)
+
+
+def test_actions_change_the_prediction_and_unknown_actions_are_rejected():
+    model = tiny()
+    x, tau, d, actions = inputs()
+    assert not torch.allclose(model(x, tau, d, actions), model(x, tau, d, None))
+    with pytest.raises(ValueError, match="n_actions"):
+        model(x, tau, d, torch.full_like(actions, 3))
+
+
+def test_load_dynamics_gives_the_ema_weights_in_eval_mode_and_rejects_a_mismatched_config(tmp_path):
+    model, ema = tiny(), tiny()
+    with torch.no_grad():
+        for p in ema.parameters():
+            p.mul_(0.5)
+    save_checkpoint(tmp_path / "dyn", kind="dynamics", config=config_dict(model.config), model=model, ema=ema)
+    loaded = load_dynamics(tmp_path / "dyn")
+    x, tau, d, actions = inputs()
+    assert not loaded.training
+    torch.testing.assert_close(loaded(x, tau, d, actions), ema(x, tau, d, actions))
+    bigger = config_dict(model.config) | {"dim": 64}
+    save_checkpoint(tmp_path / "bad", kind="dynamics", config=bigger, model=model)
+    with pytest.raises(CheckpointError, match="shape mismatch"):
+        load_dynamics(tmp_path / "bad")
+    assert isinstance(build_dynamics(config_dict(model.config)), DynamicsTransformer)
+
+
+def test_patch_size_must_divide_the_latent_grid():
+    with pytest.raises(ValueError, match="patch_size 3"):
+        DynamicsConfig(latent_channels=4, latent_height=8, latent_width=8, patch_size=3)
