@@ -67,10 +67,10 @@ def write_json(path: str | Path, obj) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def remove_stale_tmp(parent: str | Path) -> None:
-    """Delete leftovers of crashed runs (temporary siblings) in `parent`."""
+def remove_stale_tmp(parent: str | Path, name: str = "") -> None:
+    """Delete leftovers of crashed runs in `parent`: temporary siblings (of `name` only, if given)."""
     parent = Path(parent)
     if parent.is_dir():
         for p in parent.iterdir():
-            if TMP_MARK in p.name:
+            if p.name.startswith(f"{name}{TMP_MARK}" if name else "") and TMP_MARK in p.name:
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)

@@ -25,7 +25,7 @@ import numpy as np
 import zarr
 from tqdm import tqdm
 
-from pipeline.atomic import TMP_MARK, atomic_dir, write_json
+from pipeline.atomic import TMP_MARK, atomic_dir, remove_stale_tmp, write_json
 from pipeline.config import ExtractParams
 from pipeline.splits import SPLITS, assign_splits
 from pipeline.stores import ShardedArrayWriter, compressor
@@ -285,8 +285,7 @@ def _run_all(jobs: list[tuple], cfg: ExtractParams, store: Path) -> list[dict]:
 def extract_all(raw_dir: str | Path, out: str | Path, report_path: str | Path, cfg: ExtractParams, seed: int) -> dict:
     """Extract every usable video of `raw_dir` into the store `out`; writes the report; returns it."""
     out, t0 = Path(out), time.perf_counter()
-    for stale in out.parent.glob(f"{out.name}{TMP_MARK}*"):  # leftovers of a killed run
-        shutil.rmtree(stale, ignore_errors=True)
+    remove_stale_tmp(out.parent, out.name)  # leftovers of a killed run
 
     sources, entries = find_sources(raw_dir)
     jobs = []

@@ -9,7 +9,6 @@ temporary name and renamed into place, so a crash never leaves a partial store.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ import torch
 import zarr
 from tqdm import tqdm
 
-from pipeline.atomic import TMP_MARK, atomic_dir
+from pipeline.atomic import atomic_dir, remove_stale_tmp
 from pipeline.checkpoint import checkpoint_hash
 from pipeline.networks.tokenizer import Tokenizer, load_tokenizer
 from pipeline.stores import ShardedArrayWriter, StoreError, list_videos, open_store
@@ -50,8 +49,7 @@ def encode_store(frames: str | Path, tokenizer_dir: str | Path, out: str | Path,
         if got != size:
             raise StoreError(f"{frames}/{v.id}: frames are {got[0]}x{got[1]}, the tokenizer was trained on {size[0]}x{size[1]} (retrain it on this store)")
 
-    for stale in out.parent.glob(f"{out.name}{TMP_MARK}*"):  # left by a killed run
-        shutil.rmtree(stale, ignore_errors=True)
+    remove_stale_tmp(out.parent, out.name)  # left by a killed run
     total = sum(v.n_frames for v in videos)
     with atomic_dir(out) as tmp, tqdm(total=total, desc="tokenize", unit="frame", dynamic_ncols=True) as bar:
         root = zarr.open_group(str(tmp), mode="w")
@@ -65,16 +63,15 @@ def encode_store(frames: str | Path, tokenizer_dir: str | Path, out: str | Path,
             group = root.create_group(v.id)
             group.attrs.update(v.attrs)
             chunk, shard = _layout(source["frames"])
-            writer = ShardedArrayWriter(group, "latents", model.latent_shape, np.float16, chunk, shard)
-            for start in range(0, v.n_frames, batch_size):
-                batch = source["frames"][start : start + batch_size]
-                writer.append(encode_frames(model, batch, device))
-                bar.update(len(batch))
-            writer.close()
+            # `with`: on a crash the write in flight finishes before atomic_dir removes the tmp store
+            with ShardedArrayWriter(group, "latents", model.latent_shape, np.float16, chunk, shard) as writer:
+                for start in range(0, v.n_frames, batch_size):
+                    batch = source["frames"][start : start + batch_size]
+                    writer.append(encode_frames(model, batch, device))
+                    bar.update(len(batch))
             if v.has_actions:
                 actions = source["actions"]
                 a_chunk, a_shard = _layout(actions)
-                aw = ShardedArrayWriter(group, "actions", actions.shape[1:], actions.dtype, a_chunk, a_shard)
-                aw.append(actions[:])
-                aw.close()
+                with ShardedArrayWriter(group, "actions", actions.shape[1:], actions.dtype, a_chunk, a_shard) as aw:
+                    aw.append(actions[:])
     return {"videos": len(videos), "frames": total, "latent_shape": list(model.latent_shape)}

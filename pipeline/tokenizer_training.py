@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from pipeline.atomic import TMP_MARK
+from pipeline.atomic import remove_stale_tmp
 from pipeline.checkpoint import CheckpointError, load_training_state, read_config, save_checkpoint
 from pipeline.config import TokenizerParams
 from pipeline.metrics import LPIPS, psnr, ssim
@@ -184,8 +184,7 @@ def train_tokenizer(
     lpips = LPIPS().to(device)
     rms = {"mse": RunningRMS(), "lpips": RunningRMS()}
 
-    for stale in out_dir.parent.glob(f"{out_dir.name}{TMP_MARK}*"):  # half-written by a killed run
-        shutil.rmtree(stale, ignore_errors=True)
+    remove_stale_tmp(out_dir.parent, out_dir.name)  # leftovers of a killed run
     # Resume if the persisted checkpoint belongs to this very run and is unfinished.
     step, resume = 0, False
     try:

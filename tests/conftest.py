@@ -1,42 +1,7 @@
-import numpy as np
 import pytest
-import zarr
 
-from pipeline.stores import ShardedArrayWriter
-
-
-def write_latents_store(path, *, videos=(("v0", "train", 40), ("v1", "train", 40), ("v2", "train", 40),
-                                         ("v3", "val", 40), ("v4", "test", 40)),
-                        shape=(4, 8, 8), n_actions=3, seed=0):
-    """A tiny data/latents.zarr whose content is learnable: a smooth bump that moves one
-    column left/still/right as the action recorded at the previous frame says."""
-    rng = np.random.default_rng(seed)
-    c, h, w = shape
-    root = zarr.open_group(str(path), mode="w")
-    root.attrs["latent_shape"] = list(shape)
-    yy, xx = np.mgrid[0:h, 0:w]
-    weights = rng.normal(size=(c, 1, 1))  # one "game": every video shares the look, not the moves
-    for vid, split, n in videos:
-        g = root.create_group(vid)
-        g.attrs.update({"split": split, "fps": 20.0, **({"n_actions": n_actions} if n_actions else {})})
-        actions = rng.integers(0, max(n_actions, 1), n)
-        row, col, frames = rng.integers(0, h), float(rng.integers(0, w)), []
-        for t in range(n):
-            if t and n_actions:
-                col += int(actions[t - 1]) - 1
-            elif t:
-                col += 1
-            dx = (xx - col + w / 2) % w - w / 2
-            bump = np.exp(-((yy - row) ** 2 + dx**2) / 4.0)
-            frames.append(2.0 * weights * bump[None] - 0.5)
-        writer = ShardedArrayWriter(g, "latents", shape, np.float16, chunk_frames=8, shard_frames=32)
-        writer.append(np.stack(frames))
-        writer.close()
-        if n_actions:
-            aw = ShardedArrayWriter(g, "actions", (), np.int64, chunk_frames=8, shard_frames=32)
-            aw.append(actions)
-            aw.close()
-    return path
+from tests.builders import write_frames_store, write_latents_store
+from tests.project_clone import ProjectClone, make_project_clone
 
 
 @pytest.fixture
@@ -44,108 +9,11 @@ def latents_store(tmp_path):
     return write_latents_store(tmp_path / "latents.zarr")
 
 
-# --- project_clone: a throwaway git + DVC copy of the project, for `dvc repro` / `dvc exp run` ---
-import os  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import yaml  # noqa: E402
-
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-PROJECT_FILES = ("pyproject.toml", "params.yaml", "dvc.yaml", ".gitignore", ".dvcignore", ".dvc/config", ".dvc/.gitignore")
-PROJECT_DIRS = ("pipeline", "stages")
-
-
-def _deep_merge(base: dict, overrides: dict) -> dict:
-    out = dict(base)
-    for key, value in overrides.items():
-        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
-class ProjectClone:
-    """The project's code and params in a fresh git repo; commands run there with this venv's tools."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        bin_dir = str(Path(sys.executable).parent)  # `python` and `dvc` of the running venv
-        self.env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
-                    "DVC_NO_ANALYTICS": "1", "OMP_NUM_THREADS": "1", "GIT_TERMINAL_PROMPT": "0"}  # fmt: skip
-
-    def run(self, *cmd: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
-        proc = subprocess.run(cmd, cwd=self.root, env=self.env, capture_output=True, text=True, timeout=timeout)
-        if check and proc.returncode != 0:
-            raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-        return proc
-
-    def params(self) -> dict:
-        return yaml.safe_load((self.root / "params.yaml").read_text())
-
-    def set_params(self, overrides: dict, commit: bool = True) -> None:
-        """Deep-merge `overrides` into params.yaml (lists are replaced) and commit it."""
-        (self.root / "params.yaml").write_text(yaml.safe_dump(_deep_merge(self.params(), overrides), sort_keys=False))
-        if commit:
-            self.commit("params for this test")
-
-    def commit(self, message: str) -> None:
-        self.run("git", "add", "-A")
-        self.run("git", "commit", "-q", "--allow-empty", "-m", message)
+@pytest.fixture
+def frames_store(tmp_path):
+    return write_frames_store(tmp_path / "frames.zarr")
 
 
 @pytest.fixture
 def project_clone(tmp_path) -> ProjectClone:
-    """A committed copy of pyproject/params/dvc.yaml/.dvc config, pipeline/ and stages/ (no data)."""
-    root = tmp_path / "project"
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
-    for d in PROJECT_DIRS:
-        shutil.copytree(PROJECT_ROOT / d, root / d, ignore=ignore)
-    for f in PROJECT_FILES:
-        if (PROJECT_ROOT / f).exists():
-            (root / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(PROJECT_ROOT / f, root / f)
-    clone = ProjectClone(root)
-    clone.run("git", "init", "-q", "-b", "main")
-    clone.run("git", "config", "user.email", "tests@example.com")
-    clone.run("git", "config", "user.name", "tests")
-    clone.commit("project under test")
-    return clone
-
-
-# --- frames_store: a tiny data/frames.zarr of moving shapes (tokenizer tests) ---
-def write_frames_store(path, *, videos=(("v0", "train", 24), ("v1", "train", 24), ("v2", "val", 24), ("v3", "test", 24)),
-                       size=32, n_actions=4, seed=0):
-    """Clips of two coloured squares bouncing over a static smooth background, like sprites
-    over a ring; actions are random (they do not drive the motion)."""
-    rng = np.random.default_rng(seed)
-    root = zarr.open_group(str(path), mode="w")
-    yy, xx = np.mgrid[0:size, 0:size]
-    background = np.stack([40 + 3 * xx, 90 + 0 * xx, 60 + 2 * yy], -1)  # smooth, static "ring"
-    for vid, split, n in videos:
-        g = root.create_group(vid)
-        g.attrs.update({"split": split, "fps": 20.0, "n_actions": n_actions})
-        pos = rng.uniform(0, size - 8, (2, 2))
-        vel = rng.choice([-1, 1], (2, 2)) * rng.uniform(2, 4, (2, 2))
-        colors = rng.integers(120, 256, (2, 3))
-        frames = []
-        for _ in range(n):
-            img = background.copy()
-            for (y, x), c in zip(pos.astype(int), colors):
-                img[y : y + 8, x : x + 8] = c
-            frames.append(img)
-            pos = pos + vel
-            vel = np.where((pos < 0) | (pos > size - 8), -vel, vel)  # bounce off the borders
-            pos = np.clip(pos, 0, size - 8)
-        writer = ShardedArrayWriter(g, "frames", (size, size, 3), np.uint8, chunk_frames=8, shard_frames=16)
-        writer.append(np.stack(frames).astype(np.uint8))
-        writer.close()
-        aw = ShardedArrayWriter(g, "actions", (), np.int64, chunk_frames=8, shard_frames=16)
-        aw.append(rng.integers(0, n_actions, n))
-        aw.close()
-    return path
-
-
-@pytest.fixture
-def frames_store(tmp_path):
-    return write_frames_store(tmp_path / "frames.zarr")
+    return make_project_clone(tmp_path / "project")

@@ -18,7 +18,7 @@ from pipeline.latent_windows import AlternatingBatches, LatentVideos, WindowErro
 from pipeline.networks.dynamics import DynamicsConfig, DynamicsTransformer
 from pipeline.training import NonFiniteLossError
 
-from conftest import write_latents_store
+from tests.builders import write_latents_store
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,6 +62,17 @@ def test_a_tiny_model_learns_a_tiny_synthetic_sequence(tmp):
         4, 8, 8, n_actions=3, **tiny_params().model.model_dump())).parameters())
     assert (out / "dvclive/plots/metrics/train/loss_d/1_8.tsv").is_file()  # per-d losses, d_min = 1/8
     assert (out / "dvclive/plots/metrics/train/batches_per_s.tsv").is_file()
+
+
+def test_the_model_normalises_latents_by_the_train_split_statistics(tmp):
+    import numpy as np
+
+    out, metrics = run(tmp, tiny_params(steps=2))
+    train = np.concatenate([x.astype(np.float64).ravel() for x in LatentVideos.load(tmp / "latents.zarr", "train").latents])
+    config = read_config(out / "models" / "dynamics", "dynamics")["config"]
+    assert config["latent_mean"] == pytest.approx(train.mean()) and config["latent_std"] == pytest.approx(train.std())
+    assert (metrics["latent_mean"], metrics["latent_std"]) == (config["latent_mean"], config["latent_std"])
+    assert abs(train.mean()) > 0.05 and abs(train.std() - 1) > 0.05  # the fixture data needs the normalisation
 
 
 def test_console_shows_step_kind_length_loss_tau_range_and_rate(tmp, capsys):

@@ -10,7 +10,7 @@ from pipeline.stores import StoreError, list_videos
 from pipeline.tokenize import encode_store
 from pipeline.training import EMA
 
-from conftest import write_frames_store
+from tests.builders import write_frames_store
 
 
 @pytest.fixture

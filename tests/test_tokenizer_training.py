@@ -11,7 +11,7 @@ from pipeline.networks.tokenizer import load_tokenizer
 from pipeline.stores import StoreError
 from pipeline.tokenizer_training import RunningRMS, params_hash, store_identity, train_tokenizer
 
-from conftest import write_frames_store
+from tests.builders import write_frames_store
 
 TINY = TokenizerParams(base_channels=8, latent_channels=4, downsample=2, steps=30, batch_size=8, lr=3e-3,
                        warmup_steps=5, val_every=10, checkpoint_every=10, val_frames=8)

@@ -1,0 +1,75 @@
+"""Small stores with known, learnable content, built with the project's own writer."""
+
+import numpy as np
+import zarr
+
+from pipeline.stores import ShardedArrayWriter
+
+
+def write_latents_store(path, *, videos=(("v0", "train", 40), ("v1", "train", 40), ("v2", "train", 40),
+                                         ("v3", "val", 40), ("v4", "test", 40)),
+                        shape=(4, 8, 8), n_actions=3, seed=0):
+    """A tiny data/latents.zarr whose content is learnable: a smooth bump that moves one
+    column left/still/right as the action recorded at the previous frame says."""
+    rng = np.random.default_rng(seed)
+    c, h, w = shape
+    root = zarr.open_group(str(path), mode="w")
+    root.attrs["latent_shape"] = list(shape)
+    yy, xx = np.mgrid[0:h, 0:w]
+    weights = rng.normal(size=(c, 1, 1))  # one "game": every video shares the look, not the moves
+    for vid, split, n in videos:
+        g = root.create_group(vid)
+        g.attrs.update({"split": split, "fps": 20.0, **({"n_actions": n_actions} if n_actions else {})})
+        actions = rng.integers(0, max(n_actions, 1), n)
+        row, col, frames = rng.integers(0, h), float(rng.integers(0, w)), []
+        for t in range(n):
+            if t and n_actions:
+                col += int(actions[t - 1]) - 1
+            elif t:
+                col += 1
+            dx = (xx - col + w / 2) % w - w / 2
+            bump = np.exp(-((yy - row) ** 2 + dx**2) / 4.0)
+            frames.append(2.0 * weights * bump[None] - 0.5)
+        writer = ShardedArrayWriter(g, "latents", shape, np.float16, chunk_frames=8, shard_frames=32)
+        writer.append(np.stack(frames))
+        writer.close()
+        if n_actions:
+            aw = ShardedArrayWriter(g, "actions", (), np.int64, chunk_frames=8, shard_frames=32)
+            aw.append(actions)
+            aw.close()
+    return path
+
+
+
+def write_frames_store(path, *, videos=(("v0", "train", 24), ("v1", "train", 24), ("v2", "val", 24), ("v3", "test", 24)),
+                       size=32, n_actions=4, seed=0):
+    """Clips of two coloured squares bouncing over a static smooth background, like sprites
+    over a ring; actions are random (they do not drive the motion)."""
+    rng = np.random.default_rng(seed)
+    root = zarr.open_group(str(path), mode="w")
+    yy, xx = np.mgrid[0:size, 0:size]
+    background = np.stack([40 + 3 * xx, 90 + 0 * xx, 60 + 2 * yy], -1)  # smooth, static "ring"
+    for vid, split, n in videos:
+        g = root.create_group(vid)
+        g.attrs.update({"split": split, "fps": 20.0, "n_actions": n_actions})
+        pos = rng.uniform(0, size - 8, (2, 2))
+        vel = rng.choice([-1, 1], (2, 2)) * rng.uniform(2, 4, (2, 2))
+        colors = rng.integers(120, 256, (2, 3))
+        frames = []
+        for _ in range(n):
+            img = background.copy()
+            for (y, x), c in zip(pos.astype(int), colors):
+                img[y : y + 8, x : x + 8] = c
+            frames.append(img)
+            pos = pos + vel
+            vel = np.where((pos < 0) | (pos > size - 8), -vel, vel)  # bounce off the borders
+            pos = np.clip(pos, 0, size - 8)
+        writer = ShardedArrayWriter(g, "frames", (size, size, 3), np.uint8, chunk_frames=8, shard_frames=16)
+        writer.append(np.stack(frames).astype(np.uint8))
+        writer.close()
+        aw = ShardedArrayWriter(g, "actions", (), np.int64, chunk_frames=8, shard_frames=16)
+        aw.append(rng.integers(0, n_actions, n))
+        aw.close()
+    return path
+
+
