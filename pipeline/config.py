@@ -201,7 +201,7 @@ class ModelParams(Section):
 
 
 class TrainParams(Section):
-    steps: int = Field(400, ge=1)
+    steps: int = Field(600, ge=1)
     seq_len_short: int = Field(16, ge=1)
     seq_len_long: int = Field(32, ge=1)
     batch_size_short: int = Field(8, ge=1)
@@ -212,7 +212,7 @@ class TrainParams(Section):
     warmup_steps: int = Field(50, ge=0)
     weight_decay: float = Field(0.01, ge=0)
     grad_clip: float = Field(1.0, gt=0)
-    ema_decay: float = Field(0.99, ge=0, lt=1)
+    ema_decay: float = Field(0.98, ge=0, lt=1)
     bootstrap_fraction: float = Field(0.25, ge=0, le=1, description="share of each batch with shortcut targets")
     bootstrap_space: Literal["velocity", "x"] = "velocity"
     single_frame_fraction: float = Field(0.1, ge=0, le=1)

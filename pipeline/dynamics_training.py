@@ -18,7 +18,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +81,15 @@ def all_reduce_sum(t: torch.Tensor, d: Dist) -> torch.Tensor:
 def step_generator(seed: int, step: int) -> torch.Generator:
     """Noise of step s depends only on (seed, s): resume and DDP see the same plan."""
     return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step, 2]).generate_state(1)[0]))
+
+
+def latent_stats(videos: LatentVideos) -> tuple[float, float]:
+    """Mean and std of every latent value of the (train) videos, for the model's normalisation."""
+    n = sum(x.size for x in videos.latents)
+    total = sum(x.astype(np.float64).sum() for x in videos.latents)
+    mean = total / n
+    var = sum(((x.astype(np.float64) - mean) ** 2).sum() for x in videos.latents) / n
+    return float(mean), float(math.sqrt(var))
 
 
 def global_plan(batch: Batch, params: Params, step: int) -> NoisePlan:
@@ -168,13 +177,14 @@ def one_step_psnr(model, videos: LatentVideos, *, length: int, taus, k_max: int,
                   max_windows: int = 32) -> dict[str, float]:
     """Clean context frames, the last frame of each window noised at tau; PSNR (latent space,
     data range = max - min of the clean windows) of the model's one-call x0 prediction, next to
-    the PSNR of the noisy input itself and of repeating the previous frame (persistence)."""
+    the PSNR of the noisy input itself and of repeating the previous frame (persistence).
+    Computed in the model's normalised space: PSNR with this data range is invariant to it."""
     longest = max(len(x) for x in videos.latents)
     length = max(2, min(length, longest))
     windows = videos.windows(length, length, "train.seq_len_short")
     windows = windows[np.linspace(0, len(windows) - 1, min(max_windows, len(windows))).astype(int)]
     frames, actions = zip(*(videos.window(int(v), int(s), length) for v, s in windows))
-    x0 = torch.from_numpy(np.stack(frames).astype(np.float32)).to(device)
+    x0 = model.normalize(torch.from_numpy(np.stack(frames).astype(np.float32)).to(device))
     acts = torch.from_numpy(np.stack(actions)).to(device) if videos.has_actions else None
     data_range = (x0.max() - x0.min()).item()
     eps = torch.randn(x0[:, -1].shape, generator=torch.Generator().manual_seed(seed)).to(device)
@@ -256,11 +266,12 @@ def train_dynamics(params: Params, *, latents: Path, out_dir: Path, metrics_path
     )
     rows = {"S": shard(tp.batch_size_short, ddp, "train.batch_size_short"),
             "L": shard(tp.batch_size_long, ddp, "train.batch_size_long")}
-    latent_std = float(np.concatenate([x.reshape(-1)[::97] for x in train_videos.latents]).astype(np.float32).std())
+    latent_mean, latent_std = latent_stats(train_videos)
 
     # Model, EMA, optimizer; resume when the fingerprint matches.
     c, h, w = latent_shape(latents)
-    config = DynamicsConfig(c, h, w, n_actions=train_videos.n_actions, **mp.model_dump())
+    config = DynamicsConfig(c, h, w, n_actions=train_videos.n_actions, latent_mean=latent_mean,
+                            latent_std=latent_std, **mp.model_dump())
     model = DynamicsTransformer(config).to(device)
     ema = EMA(model, tp.ema_decay)
     optimizer = build_optimizer(model, tp.lr, tp.weight_decay)
@@ -272,11 +283,10 @@ def train_dynamics(params: Params, *, latents: Path, out_dir: Path, metrics_path
 
     live = open_live(Path(live_dir), resume=start > 0) if ddp.main else None
     if ddp.main:
-        print(f"dynamics: {n_params / 1e6:.2f}M params, latents {c}x{h}x{w} (std {latent_std:.2f}), "
+        print(f"dynamics: {n_params / 1e6:.2f}M params, latents {c}x{h}x{w} (mean {latent_mean:.3f}, "
+              f"std {latent_std:.3f}: normalised), "
               f"{len(train_videos)} train / {len(val_videos)} val videos, actions: {train_videos.n_actions}, "
               f"device {device} x{ddp.world}" + (f", resuming at step {start}" if start else ""))
-        if not 0.25 < latent_std < 4:
-            print(f"warning: latent std {latent_std:.2f} is far from 1; noise at tau=1 will not match the data scale")
 
     def save(step: int) -> None:
         if ddp.main:
@@ -299,6 +309,7 @@ def train_dynamics(params: Params, *, latents: Path, out_dir: Path, metrics_path
     for step in progress:
         # 1. This step's global batch and noise, and this rank's rows of them.
         batch = batches.batch(step)
+        batch = replace(batch, latents=model.normalize(batch.latents))
         plan = global_plan(batch, params, step)
         mine = rows[batch.kind]
         t_step = time.perf_counter()
@@ -366,6 +377,7 @@ def train_dynamics(params: Params, *, latents: Path, out_dir: Path, metrics_path
         "frames_per_s": history.frames_seen / max(history.train_seconds, 1e-9),
         "params": n_params,
         "processes": ddp.world,
+        "latent_mean": latent_mean,
         "latent_std": latent_std,
         "resumed_from": history.resumed_from,
         "val": val_metrics,

@@ -15,6 +15,14 @@ d is the shortcut step size in (0, 1]. ``actions[:, t]`` is the action *that led
 (recorded at frame t-1); a negative value, or ``actions=None``, means "no action" and uses a
 learned embedding (also what models trained on action-free data always see).
 
+**Latent space.** The model works on *normalised* latents ``(x - latent_mean) / latent_std``
+(scalars from the train split, stored in the config, like a latent-diffusion VAE's scaling
+factor): the flow-matching noise has unit variance, so data of std 0.4 would be drowned far
+earlier along tau than the schedule intends. Noise is added in this normalised space, so the
+map cannot live inside `forward`; callers cross it once with :meth:`DynamicsTransformer.normalize`
+(tokenizer latents in: training batches, context frames) and :meth:`~DynamicsTransformer.denormalize`
+(generated frames out, before decoding).
+
 Generation goes frame by frame through a :class:`KVCache` that holds the temporal layers' keys
 and values; `step` with the cache equals `forward` on the whole sequence (tested), and frames
 can be evicted from it (the benchmark's ``kv`` mode); `prefill` appends many context frames in
@@ -53,6 +61,8 @@ class DynamicsConfig:
     mlp_ratio: float = 4.0
     logit_softcap: float = 50.0
     k_max: int = 64
+    latent_mean: float = 0.0  # normalisation of the tokenizer latents (set from the train split)
+    latent_std: float = 1.0
 
     def __post_init__(self):
         p = self.patch_size
@@ -60,6 +70,8 @@ class DynamicsConfig:
             raise ValueError(
                 f"model.patch_size {p} does not divide the latent grid {self.latent_height}x{self.latent_width}"
             )
+        if not self.latent_std > 0:
+            raise ValueError(f"latent_std must be > 0, got {self.latent_std}")
         if self.dim % self.heads or self.heads % self.kv_heads:
             raise ValueError(f"need dim % heads == 0 and heads % kv_heads == 0, got {self.dim}, {self.heads}, {self.kv_heads}")
 
@@ -174,7 +186,7 @@ class DynamicsTransformer(nn.Module):
 
     def _init_weights(self) -> None:
         # nanoGPT: N(0, 0.02), residual projections scaled by depth; zero output head, so the
-        # untrained model predicts x0 = 0 (the data mean) instead of noise.
+        # untrained model predicts x0 = 0 (the data mean, after normalisation) instead of noise.
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, std=0.02)
@@ -187,6 +199,14 @@ class DynamicsTransformer(nn.Module):
             nn.init.normal_(block.mlp.down.weight, std=0.02 / math.sqrt(2 * self.config.depth))
         nn.init.zeros_(self.patch_out.weight)
         nn.init.zeros_(self.patch_out.bias)
+
+    def normalize(self, latents: torch.Tensor) -> torch.Tensor:
+        """Tokenizer latents -> the model's unit-scale latent space."""
+        return (latents - self.config.latent_mean) / self.config.latent_std
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's latent space -> tokenizer latents."""
+        return x * self.config.latent_std + self.config.latent_mean
 
     @property
     def temporal_layers(self) -> int:
@@ -238,7 +258,7 @@ class DynamicsTransformer(nn.Module):
 
     # ------------------------------------------------------------------ whole sequences
     def forward(self, x, tau, d, actions=None, independent: torch.Tensor | None = None):
-        """x (B, T, C, h, w) noisy latents, tau and d (B, T), actions (B, T) or None.
+        """x (B, T, C, h, w) noisy (normalised) latents, tau and d (B, T), actions (B, T) or None.
         `independent` (B,) bool marks rows whose frames are single-frame sequences (each frame
         attends only to itself in time). Returns the x0 prediction (B, T, C, h, w)."""
         b, t = x.shape[:2]

@@ -147,3 +147,24 @@ def test_load_dynamics_gives_the_ema_weights_in_eval_mode_and_rejects_a_mismatch
 def test_patch_size_must_divide_the_latent_grid():
     with pytest.raises(ValueError, match="patch_size 3"):
         DynamicsConfig(latent_channels=4, latent_height=8, latent_width=8, patch_size=3)
+
+
+def test_normalize_maps_latents_to_the_model_space_and_denormalize_inverts_it():
+    model = tiny(latent_mean=0.2, latent_std=0.4)
+    x = torch.randn(3, 4, 8, 8)
+    torch.testing.assert_close(model.normalize(x), (x - 0.2) / 0.4)
+    torch.testing.assert_close(model.denormalize(model.normalize(x)), x)
+    identity = tiny()  # defaults: no normalisation
+    torch.testing.assert_close(identity.normalize(x), x)
+
+
+def test_the_normalisation_is_part_of_the_saved_config(tmp_path):
+    model = tiny(latent_mean=-0.1, latent_std=0.385)
+    save_checkpoint(tmp_path / "dyn", kind="dynamics", config=config_dict(model.config), model=model, ema=model)
+    loaded = load_dynamics(tmp_path / "dyn")
+    assert (loaded.config.latent_mean, loaded.config.latent_std) == (-0.1, 0.385)
+
+
+def test_a_non_positive_latent_std_is_rejected():
+    with pytest.raises(ValueError, match="latent_std"):
+        DynamicsConfig(latent_channels=4, latent_height=8, latent_width=8, latent_std=0.0)
