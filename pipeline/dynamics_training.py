@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from pipeline.atomic import TMP_MARK, write_json
+from pipeline.atomic import remove_stale_tmp, write_json
 from pipeline.checkpoint import CheckpointError, load_training_state, read_config, save_checkpoint
 from pipeline.config import Params
 from pipeline.diffusion.objective import NoisePlan, add_noise, sample_plan, shortcut_forcing_loss
@@ -251,8 +251,7 @@ def train_dynamics(params: Params, *, latents: Path, out_dir: Path, metrics_path
     seed_everything(params.seed)
     latents, out_dir = Path(latents), Path(out_dir)
     if ddp.main and out_dir.parent.is_dir():  # leftovers of a run killed while saving (only ours)
-        for stale in out_dir.parent.glob(f"{out_dir.name}{TMP_MARK}*"):
-            shutil.rmtree(stale, ignore_errors=True)
+        remove_stale_tmp(out_dir.parent, out_dir.name)
 
     # Data: train windows for the alternating batches, held-out videos for validation.
     train_videos = LatentVideos.load(latents, "train")
