@@ -65,7 +65,13 @@ class RolloutState:
 
 
 class RetentionPolicy(Protocol):
-    """What the loop calls. ``budget_state = {"max_frames": int | None, "capacity_mb": float}``."""
+    """What the loop calls. ``budget_state = {"max_frames": int | None, "capacity_mb": float}``
+    (``None`` / ``inf``: unlimited).
+
+    Optional: ``uses_budget_state = False`` declares that decisions never read the budget
+    (budget_state, rollout_state.budget_capacity_mb); the benchmark then reuses a rollout that
+    stayed within a smaller budget instead of running it again (the result is identical).
+    """
 
     name: str
 
@@ -79,8 +85,10 @@ class RolloutHost(Protocol):
     """A world model that the policy-managed loop drives.
 
     Latents are float tensors (C, h, w) per frame; pixels are float (T, 3, H, W) in [0, 1].
-    Actions are ints aligned to frames (``None`` where the host/data have none): the action
-    given with a frame is the one recorded at that frame.
+    Actions are ints aligned to frames: the action given with a frame is the one *that led to
+    it* (recorded at the frame before, as the dynamics model is trained); -1 or ``None`` means
+    none (first frame of a video, data without actions). A history with gaps keeps each
+    frame's own action, so actions stay aligned to the retained frames after eviction.
 
     A *session* holds the retained history. In ``recompute`` mode it keeps latents and re-runs
     them as context at every step; in ``kv`` mode it keeps the host's KV cache and evicting a
@@ -111,6 +119,8 @@ class HostSession(Protocol):
 @dataclass
 class RolloutResult:
     generated: torch.Tensor  # (n_predict, C, h, w) latents
-    kept_per_step: list[int] = field(default_factory=list)  # history length after each step
-    peak_retained_bytes: int = 0
-    seconds: float = 0.0
+    kept_per_step: list[int] = field(default_factory=list)  # history length each frame was generated from
+    history_per_step: list[list[int]] = field(default_factory=list)  # clip time indices of that history
+    peak_retained_bytes: int = 0  # max over steps of HostSession.retained_bytes()
+    seconds: float = 0.0  # wall time of the whole loop (generation + policy bookkeeping)
+    policy_seconds: float = 0.0  # of which FrameMeta + policy + plan application

@@ -1,0 +1,137 @@
+"""Rollout speed, measured side by side in one run:
+
+1. ``kv`` vs ``recompute`` generation speed (frames/s) under full history and a medium budget;
+2. K = 4 vs K = 64 shortcut Euler steps: speed and the quality difference (PSNR/LPIPS vs ground
+   truth when a test clip exists, else the PSNR between the two samples' decoded frames);
+3. policy bookkeeping (FrameMeta + policy + plan application) as a share of step time.
+
+Uses models/tokenizer and models/dynamics when they exist; otherwise randomly initialised models
+of the default params size (it says so: then speed is meaningful, quality is not).
+
+    python bench/bench_rollout.py [--context 36 --predict 36 --repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from pipeline import benchmark as bm
+from pipeline.config import load_params
+from pipeline.diffusion.sampler import ShortcutEulerSampler
+from pipeline.rollout.loop import run_rollout
+from pipeline.rollout.pipeline_host import PipelineHost
+from pipeline.rollout.policies import BASELINES, load_policy
+from pipeline.training import pick_device
+
+
+def random_models(params, n_actions: int = 18):
+    from pipeline.networks.dynamics import DynamicsConfig, DynamicsTransformer
+    from pipeline.networks.tokenizer import build_tokenizer, tokenizer_config
+
+    tok = build_tokenizer(tokenizer_config(params.tokenizer, params.extract.size))
+    c, h, w = tok.latent_shape
+    dyn = DynamicsTransformer(DynamicsConfig(c, h, w, n_actions=n_actions, **params.model.model_dump()))
+    torch.nn.init.normal_(dyn.patch_out.weight, std=0.02)  # a zero head would make every sample 0
+    return tok.eval(), dyn.eval()
+
+
+def make_host(params, steps: int, device, models):
+    tok, dyn = models
+    return PipelineHost(tok, dyn, ShortcutEulerSampler(steps, params.benchmark.tau_ctx), device)
+
+
+def timed(host, policy, context, n_predict, max_frames, mode, actions, repeats, seed=0):
+    best = None
+    for _ in range(repeats):  # best of N: the least disturbed by the other processes on the machine
+        r = run_rollout(host, load_policy(policy), context, n_predict, max_frames=max_frames, mode=mode,
+                        generator=torch.Generator().manual_seed(seed), actions=actions)
+        if best is None or r.seconds < best.seconds:
+            best = r
+    return best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--context", type=int, default=36)
+    ap.add_argument("--predict", type=int, default=36)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--medium", type=int, default=8, help="frame budget of the medium comparison")
+    args = ap.parse_args()
+    torch.set_grad_enabled(False)
+    params = load_params()
+    device = pick_device()
+    if device.type == "cpu" and params.benchmark.cpu_threads:
+        torch.set_num_threads(params.benchmark.cpu_threads)
+    trained = (bm.TOKENIZER / "config.json").is_file() and (bm.DYNAMICS / "config.json").is_file()
+    if trained:
+        from pipeline.networks.dynamics import load_dynamics
+        from pipeline.networks.tokenizer import load_tokenizer
+
+        models = (load_tokenizer(bm.TOKENIZER).to(device), load_dynamics(bm.DYNAMICS).to(device))
+        print(f"models: trained checkpoints in {bm.TOKENIZER} and {bm.DYNAMICS}")
+    else:
+        torch.manual_seed(params.seed)
+        models = tuple(m.to(device) for m in random_models(params))
+        print("models: NO trained checkpoints found -> randomly initialised models of the default params size "
+              "(speed is meaningful, quality is not)")
+    n_params = sum(p.numel() for p in models[1].parameters())
+    print(f"device: {device.type}, threads: {torch.get_num_threads()}, dynamics: {n_params / 1e6:.2f} M params, "
+          f"workload {args.context} -> {args.predict}")
+
+    clip = None
+    if Path(bm.FRAMES).exists() and Path(bm.LATENTS).exists() and trained:
+        clip = bm.select_clips(bm.FRAMES, bm.LATENTS, args.context, args.predict, 1, params.seed)[0]
+        context, actions = clip.context_latents.to(device), clip.actions
+    else:
+        g = torch.Generator().manual_seed(0)
+        context = torch.randn(args.context, *models[0].latent_shape, generator=g).tanh().to(device)
+        actions = [0] * (args.context + args.predict) if models[1].config.n_actions else None
+
+    k_fast, k_slow = params.benchmark.sampling_steps, min(64, models[1].config.k_max)
+    host = make_host(params, k_fast, device, models)
+    timed(host, "full_history", context, 2, None, "kv", actions, 1)  # warm-up
+
+    print(f"\n1. kv vs recompute (K = {k_fast}, full_history policy)")
+    rows = {}
+    for budget, max_frames in (("full", None), (f"medium({args.medium})", args.medium)):
+        for mode in ("recompute", "kv"):
+            r = timed(host, "full_history", context, args.predict, max_frames, mode, actions, args.repeats)
+            rows[(budget, mode)] = r
+            print(f"   {budget:>10} {mode:>9}: {args.predict / r.seconds:7.2f} frames/s, peak retained "
+                  f"{r.peak_retained_bytes / 2**20:.3f} MiB, history <= {max(r.kept_per_step)} frames")
+        speedup = rows[(budget, "recompute")].seconds / rows[(budget, "kv")].seconds
+        diff = (rows[(budget, "recompute")].generated - rows[(budget, "kv")].generated).abs().max().item()
+        print(f"   {budget:>10} kv speed-up: x{speedup:.2f}   max |kv - recompute| latent = {diff:.2e}")
+
+    print(f"\n2. K = {k_fast} vs K = {k_slow} (kv mode, full history)")
+    slow_host = make_host(params, k_slow, device, models)
+    fast = timed(host, "full_history", context, args.predict, None, "kv", actions, args.repeats)
+    slow = timed(slow_host, "full_history", context, args.predict, None, "kv", actions, 1)
+    print(f"   K={k_fast}: {args.predict / fast.seconds:.2f} frames/s   K={k_slow}: {args.predict / slow.seconds:.2f} "
+          f"frames/s   speed-up x{slow.seconds / fast.seconds:.2f}")
+    scorer = bm.Scorer(device)
+    pf, ps = host.decode(fast.generated).cpu(), host.decode(slow.generated).cpu()
+    if clip is not None:
+        target = clip.pixels[args.context:]
+        for name, pred in ((f"K={k_fast}", pf), (f"K={k_slow}", ps)):
+            m = scorer(pred, target)
+            print(f"   {name}: PSNR {sum(m['psnr']) / len(m['psnr']):.2f} dB, LPIPS {sum(m['lpips']) / len(m['lpips']):.4f} vs ground truth")
+    else:
+        m = scorer(pf, ps)
+        print(f"   no test clip: PSNR between the K={k_fast} and K={k_slow} samples {sum(m['psnr']) / len(m['psnr']):.2f} dB")
+
+    print("\n3. policy bookkeeping share of step time (kv mode, medium budget)")
+    for policy in BASELINES:
+        r = timed(host, policy, context, args.predict, args.medium, "kv", actions, args.repeats)
+        print(f"   {policy:>16}: {1e3 * r.policy_seconds / args.predict:6.3f} ms/step of {1e3 * r.seconds / args.predict:7.2f} "
+              f"ms/step = {100 * r.policy_seconds / r.seconds:5.2f} %")
+
+
+if __name__ == "__main__":
+    t0 = time.perf_counter()
+    main()
+    print(f"\ntotal {time.perf_counter() - t0:.1f} s")

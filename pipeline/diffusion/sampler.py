@@ -1,0 +1,74 @@
+"""K-step shortcut Euler sampling with x-prediction, and context corruption.
+
+Noise level convention (DESIGN.md): ``z_tau = (1 - tau) * x0 + tau * eps``; tau = 1 is pure
+noise, tau = 0 is clean. The network predicts x0 (x-prediction) given the step size d it is
+asked to take (shortcut forcing, DreamerV4). With K steps, d = 1/K and tau walks the grid
+1, 1 - d, ..., d. One Euler step in velocity space, v = dz/dtau = eps - x0 = (z - x0) / tau:
+
+    z_{tau - d} = z_tau - d * (z_tau - x0_hat) / tau
+
+which lands exactly on x0_hat at the last step (tau = d). K = 1 is one-shot generation,
+K = k_max the finest step the model was trained for.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from pipeline.diffusion.objective import shortcut_step
+
+# denoise(z_tau, tau, d) -> x0_hat; tau and d are python floats shared by the whole batch.
+Denoiser = Callable[[torch.Tensor, float, float], torch.Tensor]
+
+
+def _noise_like(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    # Drawn on the generator's device (CPU by default) and moved, so the same seed gives the
+    # same noise whatever device the model runs on.
+    eps = torch.randn(x.shape, generator=generator, device=generator.device, dtype=torch.float32)
+    return eps.to(device=x.device, dtype=x.dtype)
+
+
+class ShortcutEulerSampler:
+    """``sample(denoise, shape, generator)`` -> x0; ``corrupt(x, generator)`` -> context at tau_ctx."""
+
+    def __init__(self, steps: int, tau_ctx: float = 0.0):
+        if steps < 1 or steps & (steps - 1):
+            raise ValueError(f"sampling steps must be a power of two (shortcut d = 1/K), got {steps}")
+        if not 0.0 <= tau_ctx < 1.0:
+            raise ValueError(f"tau_ctx must lie in [0, 1), got {tau_ctx}")
+        self.steps = steps
+        self.tau_ctx = tau_ctx
+
+    @property
+    def d(self) -> float:
+        return 1.0 / self.steps
+
+    def taus(self) -> list[float]:
+        """The noise levels the denoiser is called at: 1, 1 - d, ..., d."""
+        return [1.0 - i * self.d for i in range(self.steps)]
+
+    @torch.no_grad()
+    def sample(
+        self,
+        denoise: Denoiser,
+        shape: tuple[int, ...],
+        generator: torch.Generator,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> torch.Tensor:
+        z = _noise_like(torch.empty(shape, device=device, dtype=dtype), generator)
+        x0 = z
+        d = torch.tensor(self.d, device=z.device)
+        for tau in self.taus():
+            x0 = denoise(z, tau, self.d)
+            z = shortcut_step(z, x0, torch.tensor(tau, device=z.device), d)  # == x0 at the last step
+        return x0
+
+    @torch.no_grad()
+    def corrupt(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Context corruption as in training: ``(1 - tau_ctx) * x + tau_ctx * eps`` (seeded)."""
+        if self.tau_ctx == 0.0:
+            return x
+        return (1.0 - self.tau_ctx) * x + self.tau_ctx * _noise_like(x, generator)

@@ -1,0 +1,156 @@
+"""The policy-managed rollout loop: a policy decides, before every generated frame, which
+history frames the host may attend to.
+
+Order of one step (``step`` = index of the frame about to be generated, 0 = the first):
+
+1. candidates = the retained history + what is new (at step 0 the whole context, later the
+   frame generated last); one FrameMeta per candidate, oldest first;
+2. ``policy.build_temporal_cache_plan(metas, RolloutState(step, ...), budget_state)``;
+3. :func:`apply_plan`: keep frames marked keep or demote_to_long_term, plus the newest frame
+   always; drop the oldest until at most ``max_frames`` remain;
+4. the host session evicts what left and appends what is new and kept;
+5. the host generates the next frame from exactly that history.
+
+So the budget holds at every generation, the first included: with 36 context frames and a
+budget of 8 the policy chooses, before anything is generated, which 8 context frames stay (the
+seed's harness generated its first frame from all 36). The session never holds more than
+``max_frames`` frames, so peak retained memory is a property of the budget and policy.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Sequence
+
+import torch
+
+from pipeline.rollout.api import ACTIONS, Mode, RolloutHost, RolloutResult, RolloutState
+from pipeline.rollout.frame_meta import FrameRecord, build_frame_meta
+
+
+class PlanError(ValueError):
+    """A policy returned a plan the loop cannot apply; the message names the policy and entry."""
+
+
+def apply_plan(plan, n_frames: int, max_frames: int | None, policy_name: str) -> tuple[list[int], set[int]]:
+    """Indices of the frames that stay (ascending) and those the plan demoted to long-term.
+
+    Frames without a decision are dropped. Raises PlanError on an entry with an unknown
+    chunk_id or action, or on two decisions for one frame.
+    """
+    decisions = getattr(plan, "chunk_decisions", None)
+    if not isinstance(decisions, (list, tuple)):
+        raise PlanError(
+            f"policy {policy_name!r}: build_temporal_cache_plan returned {type(plan).__name__}, "
+            "expected a TemporalCachePlan with a chunk_decisions list"
+        )
+    keep: set[int] = {n_frames - 1}  # the newest frame always stays
+    demoted: set[int] = set()
+    seen: set[int] = set()
+    for j, d in enumerate(decisions):
+        cid, action = getattr(d, "chunk_id", None), getattr(d, "action", None)
+        if isinstance(cid, bool) or not isinstance(cid, int) or not 0 <= cid < n_frames:
+            raise PlanError(
+                f"policy {policy_name!r}: chunk_decisions[{j}] = {d!r}: unknown chunk_id {cid!r} "
+                f"(the history has {n_frames} frames, ids 0..{n_frames - 1})"
+            )
+        if action not in ACTIONS:
+            raise PlanError(
+                f"policy {policy_name!r}: chunk_decisions[{j}] = {d!r}: unknown action {action!r} "
+                f"(expected one of {', '.join(ACTIONS)})"
+            )
+        if cid in seen:
+            raise PlanError(f"policy {policy_name!r}: chunk_decisions[{j}] = {d!r}: second decision for chunk_id {cid}")
+        seen.add(cid)
+        if action != "drop":
+            keep.add(cid)
+        if action == "demote_to_long_term":
+            demoted.add(cid)
+    kept = sorted(keep)
+    if max_frames is not None and len(kept) > max_frames:
+        kept = kept[len(kept) - max_frames :]  # drop the oldest first
+    return kept, demoted & set(kept)
+
+
+def capacity_mb(max_frames: int | None, frame_mb: float) -> float:
+    """The budget in MB: max_frames latent frames (inf when unlimited)."""
+    return math.inf if max_frames is None else max_frames * frame_mb
+
+
+@torch.no_grad()
+def run_rollout(
+    host: RolloutHost,
+    policy,
+    context: torch.Tensor,
+    n_predict: int,
+    *,
+    max_frames: int | None,
+    mode: Mode,
+    generator: torch.Generator,
+    actions: Sequence[int] | None = None,
+) -> RolloutResult:
+    """Generate ``n_predict`` latents after ``context`` (T, C, h, w) under a frame budget.
+
+    ``actions[t]`` is the action recorded at clip frame t (context first), or None.
+    """
+    n_ctx = len(context)
+    if n_ctx < 1 or n_predict < 1:
+        raise ValueError(f"need at least one context and one predicted frame, got {n_ctx} and {n_predict}")
+    if actions is not None and len(actions) < n_ctx + n_predict:
+        raise ValueError(f"{len(actions)} actions for a clip of {n_ctx} + {n_predict} frames")
+    if max_frames is not None and max_frames < 1:
+        raise ValueError(f"max_frames must be >= 1 or None, got {max_frames}")
+
+    def action_at(t: int) -> int | None:
+        return None if actions is None else int(actions[t])
+
+    context = context.float()
+    ref = context[0]  # feature_drift reference: the clip's first context frame, even once evicted
+    frame_mb = ref.numel() * ref.element_size() / 2**20
+    budget_state = {"max_frames": max_frames, "capacity_mb": capacity_mb(max_frames, frame_mb)}
+    name = getattr(policy, "name", type(policy).__name__)
+
+    start = time.perf_counter()
+    policy_seconds = 0.0
+    session = host.start(mode, generator)
+    kept_lat: list[torch.Tensor] = []
+    kept_rec: list[FrameRecord] = []
+    new_lat = list(context)
+    new_rec = [FrameRecord(time=t) for t in range(n_ctx)]
+    result = RolloutResult(generated=torch.empty(0))
+    generated = []
+    for step in range(n_predict):
+        t0 = time.perf_counter()
+        cand_lat, cand_rec = kept_lat + new_lat, kept_rec + new_rec
+        metas = build_frame_meta(torch.stack(cand_lat), ref, cand_rec, step)
+        state = RolloutState(step=step, budget_capacity_mb=budget_state["capacity_mb"], total_steps=n_predict)
+        plan = policy.build_temporal_cache_plan(metas, state, dict(budget_state))
+        keep, demoted = apply_plan(plan, len(cand_lat), max_frames, name)
+        policy_seconds += time.perf_counter() - t0
+
+        n_old = len(kept_lat)
+        old_keep = [i for i in keep if i < n_old]
+        if len(old_keep) < n_old:
+            session.evict(old_keep)
+        for i in keep:
+            if i >= n_old:
+                session.append(cand_lat[i], action_at(cand_rec[i].time))
+        for i in demoted:
+            cand_rec[i].long_term_resident = True
+        kept_lat = [cand_lat[i] for i in keep]
+        kept_rec = [cand_rec[i] for i in keep]
+        for rec in kept_rec:
+            rec.touch(step)
+        result.kept_per_step.append(len(keep))
+        result.history_per_step.append([rec.time for rec in kept_rec])
+        result.peak_retained_bytes = max(result.peak_retained_bytes, session.retained_bytes())
+
+        t_new = n_ctx + step
+        x = session.generate(action_at(t_new)).float()
+        generated.append(x)
+        new_lat, new_rec = [x], [FrameRecord(time=t_new)]
+    result.generated = torch.stack(generated)
+    result.seconds = time.perf_counter() - start
+    result.policy_seconds = policy_seconds
+    return result

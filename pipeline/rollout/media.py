@@ -1,0 +1,57 @@
+"""Side-by-side rollout videos: one animated GIF per workload and budget.
+
+Columns are ground truth | persistence | each policy; rows are clips; a header names the
+columns and a counter shows the horizon (t+1 = the first generated frame). GIFs render in
+``dvc plots show`` and in any browser. Frames are upscaled (nearest) so 64 px clips stay legible.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from pipeline.atomic import atomic_file
+
+HEADER = 14  # pixels of label band above the grid
+GAP = 2  # pixels between tiles
+
+
+def _uint8(pixels: torch.Tensor, scale: int) -> np.ndarray:
+    """(T, 3, H, W) in [0, 1] -> (T, H*scale, W*scale, 3) uint8."""
+    x = (pixels.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return x.repeat(scale, axis=1).repeat(scale, axis=2)
+
+
+def grid_frames(columns: dict[str, list[torch.Tensor]], scale: int = 2) -> np.ndarray:
+    """(T, H', W', 3) uint8 frames of a labelled grid; ``columns[label][row]`` is (T, 3, H, W)."""
+    labels = list(columns)
+    n_rows = len(columns[labels[0]])
+    if any(len(v) != n_rows for v in columns.values()):
+        raise ValueError("every column needs the same number of clips")
+    tiles = {k: [_uint8(v, scale) for v in vs] for k, vs in columns.items()}
+    t, h, w, _ = tiles[labels[0]][0].shape
+    out = np.zeros((t, HEADER + n_rows * (h + GAP), len(labels) * (w + GAP), 3), dtype=np.uint8)
+    for c, label in enumerate(labels):
+        for r, tile in enumerate(tiles[label]):
+            y, x = HEADER + r * (h + GAP), c * (w + GAP)
+            out[:, y : y + h, x : x + w] = tile[:t]
+    font = ImageFont.load_default()
+    frames = []
+    for i in range(t):
+        img = Image.fromarray(out[i])
+        draw = ImageDraw.Draw(img)
+        for c, label in enumerate(labels):
+            draw.text((c * (w + GAP) + 2, 1), label[: max(4, w // 6)], fill=(255, 255, 255), font=font)
+        draw.text((2, img.height - 12), f"t+{i + 1}", fill=(255, 255, 0), font=font)
+        frames.append(np.asarray(img))
+    return np.stack(frames)
+
+
+def write_gif(path: str | Path, frames: np.ndarray, fps: float = 4.0) -> None:
+    """Looping GIF, written atomically."""
+    with atomic_file(path) as tmp:
+        iio.imwrite(tmp, frames, extension=".gif", duration=1000.0 / fps, loop=0)

@@ -1,0 +1,184 @@
+"""The rollout host for this pipeline's own models: the tokenizer and the dynamics transformer.
+
+Generation of one frame is K shortcut Euler steps (``ShortcutEulerSampler``) of the new frame
+at the next time position, the retained history attending as context at noise level tau_ctx:
+
+- ``recompute``: for every generated frame the whole retained history is re-run through the
+  model from its latents, at time positions 0..n-1 (one batched pass that the K denoising calls
+  share), as the seed's harness does;
+- ``kv``: each history frame is run once when it enters (``step(..., append=True)`` stores its
+  keys/values), denoising calls only run the new frame against the cache, and eviction removes
+  keys/values (``KVCache.evict``): nothing is recomputed, and the survivors keep their absolute
+  time positions and the keys/values they got while evicted frames were still there.
+
+The model is block-causal, so history frames never see the new frame: under full history the two
+modes compute the same thing. Context corruption is drawn once per frame, when it enters the
+history, so both modes see identical noisy context.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from pipeline.diffusion.sampler import ShortcutEulerSampler
+from pipeline.rollout.api import Mode
+
+
+class PipelineHost:
+    """``RolloutHost`` over a tokenizer (encode/decode) and a DynamicsTransformer."""
+
+    def __init__(self, tokenizer, dynamics, sampler: ShortcutEulerSampler, device: torch.device | str = "cpu"):
+        self.tokenizer = tokenizer.eval()
+        self.dynamics = dynamics.eval()
+        self.sampler = sampler
+        self.device = torch.device(device)
+        k_max = int(dynamics.config.k_max)
+        if sampler.steps > k_max:
+            raise ValueError(f"{sampler.steps} sampling steps need shortcut steps below 1/k_max = 1/{k_max}")
+        self.d_context = 1.0 / k_max  # context frames are (nearly) clean: the finest step size
+        self.uses_actions = int(getattr(dynamics.config, "n_actions", 0) or 0) > 0
+
+    @classmethod
+    def load(cls, tokenizer_dir: str | Path, dynamics_dir: str | Path, sampling_steps: int, tau_ctx: float,
+             device: torch.device | str = "cpu") -> "PipelineHost":
+        from pipeline.networks.dynamics import load_dynamics
+        from pipeline.networks.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(tokenizer_dir).to(device)
+        dynamics = load_dynamics(dynamics_dir).to(device)
+        return cls(tokenizer, dynamics, ShortcutEulerSampler(sampling_steps, tau_ctx), device)
+
+    @torch.no_grad()
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.tokenizer.encode(pixels.to(self.device)).float()
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.tokenizer.decode(latents.to(self.device)).float().clamp(0, 1)
+
+    def start(self, mode: Mode, generator: torch.Generator):
+        if mode == "recompute":
+            return RecomputeSession(self, generator)
+        if mode == "kv":
+            return KVSession(self, generator)
+        raise ValueError(f"unknown rollout mode {mode!r} (expected recompute or kv)")
+
+    def action_tensor(self, actions: list[int | None]) -> torch.Tensor | None:
+        """(1, T) long for the model, -1 = no action; None when the model takes no actions."""
+        if not self.uses_actions:
+            return None
+        return torch.tensor([[-1 if a is None else a for a in actions]], device=self.device, dtype=torch.long)
+
+
+@torch.no_grad()
+def prefill(dynamics, cache, x: torch.Tensor, tau: torch.Tensor, d: torch.Tensor, actions: torch.Tensor | None) -> None:
+    """Fill an empty KV cache with frames x (1, T, C, h, w) at time positions 0..T-1 in one
+    batched forward pass: the same keys/values as T calls of ``step(..., append=True)``
+    (tested), without T times the per-call overhead. Uses ``dynamics.prefill`` if the model
+    has one; otherwise captures what each temporal block returns for the cache."""
+    if hasattr(dynamics, "prefill"):
+        dynamics.prefill(cache, x, tau, d, actions)
+        return
+    if len(cache):
+        raise ValueError("prefill needs an empty cache")
+    captured: list[tuple[torch.Tensor, torch.Tensor]] = []
+    hooks = [b.register_forward_hook(lambda module, args, out: captured.append(out[1]))
+             for b in dynamics.blocks if b.temporal]
+    try:
+        dynamics(x, tau, d, actions)
+    finally:
+        for h in hooks:
+            h.remove()
+    cache.append(captured, 0)
+    cache.positions = list(range(x.shape[1]))
+    cache.next_position = x.shape[1]
+
+
+class RecomputeSession:
+    """History kept as (corrupted) latents; every generated frame re-runs them all as context.
+
+    The context pass is shared by the K denoising calls of one frame: the model is block-causal,
+    so context frames never see the noisy frame and re-running them per call would compute the
+    same keys/values K times (the seed's harness did; the result is identical, K times slower).
+    """
+
+    def __init__(self, host: PipelineHost, generator: torch.Generator):
+        self.host, self.generator = host, generator
+        self.latents: list[torch.Tensor] = []
+        self.actions: list[int | None] = []
+
+    def append(self, latent: torch.Tensor, action: int | None) -> None:
+        x = self.host.dynamics.normalize(latent.to(self.host.device, torch.float32))  # the model's latent space
+        self.latents.append(self.host.sampler.corrupt(x, self.generator))
+        self.actions.append(action)
+
+    def evict(self, keep: list[int]) -> None:
+        self.latents = [self.latents[i] for i in keep]
+        self.actions = [self.actions[i] for i in keep]
+
+    @torch.no_grad()
+    def generate(self, action: int | None) -> torch.Tensor:
+        # A fresh cache from the kept latents, at time positions 0..n-1: nothing survives from
+        # the previous frame, so evicted frames leave no trace in the survivors' keys/values.
+        host = self.host
+        context = KVSession(host, self.generator)
+        n = len(self.latents)
+        prefill(
+            host.dynamics, context.cache, torch.stack(self.latents)[None],
+            torch.full((1, n), host.sampler.tau_ctx, device=host.device),
+            torch.full((1, n), host.d_context, device=host.device),
+            host.action_tensor(self.actions),
+        )
+        context.shape = tuple(self.latents[0].shape)
+        return context.generate(action)
+
+    def retained_bytes(self) -> int:
+        return sum(x.numel() * x.element_size() for x in self.latents)
+
+
+class KVSession:
+    """History kept as the dynamics model's KV cache; eviction removes keys/values."""
+
+    def __init__(self, host: PipelineHost, generator: torch.Generator):
+        self.host, self.generator = host, generator
+        self.cache = host.dynamics.new_cache(1)
+        self.shape: tuple[int, ...] = ()  # (C, h, w) of the frames, known once one is appended
+
+    def _vec(self, value: float) -> torch.Tensor:
+        return torch.full((1,), value, device=self.host.device)
+
+    def _action(self, action: int | None) -> torch.Tensor | None:
+        acts = self.host.action_tensor([action])
+        return None if acts is None else acts[0]
+
+    def append(self, latent: torch.Tensor, action: int | None) -> None:
+        x = self.host.dynamics.normalize(latent.to(self.host.device, torch.float32))  # the model's latent space
+        self.append_corrupted(self.host.sampler.corrupt(x, self.generator), action)
+
+    @torch.no_grad()
+    def append_corrupted(self, x: torch.Tensor, action: int | None) -> None:
+        """Run one context frame (already at tau_ctx) and keep its keys/values."""
+        host = self.host
+        self.shape = tuple(x.shape)
+        host.dynamics.step(
+            self.cache, x[None], self._vec(host.sampler.tau_ctx), self._vec(host.d_context),
+            self._action(action), append=True,
+        )
+
+    def evict(self, keep: list[int]) -> None:
+        self.cache.evict(keep)
+
+    @torch.no_grad()
+    def generate(self, action: int | None) -> torch.Tensor:
+        host = self.host
+        act = self._action(action)
+
+        def denoise(z: torch.Tensor, tau: float, d: float) -> torch.Tensor:
+            return host.dynamics.step(self.cache, z[None], self._vec(tau), self._vec(d), act, append=False)[0]
+
+        return host.dynamics.denormalize(host.sampler.sample(denoise, self.shape, self.generator, host.device))
+
+    def retained_bytes(self) -> int:
+        return int(self.cache.nbytes())

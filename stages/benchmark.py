@@ -1,0 +1,38 @@
+"""Stage `benchmark`: rollouts of every policy under every frame budget on held-out clips ->
+metrics/benchmark.json, metrics/benchmark_{horizon,budget}.csv, reports/benchmark/*.gif.
+Prints one `TEST_METRICS: ...` line per workload x budget x policy x mode."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from pipeline import benchmark as bm
+from pipeline.atomic import atomic_dir
+from pipeline.config import load_params
+from pipeline.training import pick_device, seed_everything
+
+
+def main() -> None:
+    start = time.perf_counter()
+    params = load_params()
+    bench = params.benchmark
+    seed_everything(params.seed)
+    device = pick_device()
+    if device.type == "cpu" and bench.cpu_threads:
+        torch.set_num_threads(bench.cpu_threads)  # small per-frame ops: threads cost more than they give
+    host = bm.build_host(params, device)
+    clips = bm.workload_clips(params)
+    run = bm.run_benchmark(host, bench, clips, seed=params.seed, media_clips=bench.media_clips, scorer=bm.Scorer(device))
+    info = bm.run_info(params, device)
+    _, _, lines = bm.write_outputs(run, bench.budgets, info, bm.METRICS_JSON, bm.HORIZON_CSV, bm.BUDGET_CSV)
+    with atomic_dir(bm.REPORTS) as tmp:
+        if bench.media_clips:
+            bm.write_media(run, tmp, bench.workloads, mode=bench.modes[0])
+    print("\n".join(lines))
+    print(f"benchmark: {len(run.records)} rollouts in {run.seconds:.1f} s (stage {time.perf_counter() - start:.1f} s)")
+
+
+if __name__ == "__main__":
+    main()

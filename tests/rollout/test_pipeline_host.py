@@ -1,0 +1,131 @@
+"""The host over this pipeline's tokenizer + dynamics transformer (small, randomly initialised)."""
+
+import pytest
+import torch
+
+from pipeline.diffusion.sampler import ShortcutEulerSampler
+from pipeline.networks.dynamics import build_dynamics
+from pipeline.networks.tokenizer import build_tokenizer, tokenizer_config
+from pipeline.rollout.loop import run_rollout
+from pipeline.rollout.pipeline_host import PipelineHost
+from pipeline.rollout.policies import load_policy
+
+DYN = dict(latent_channels=4, latent_height=8, latent_width=8, n_actions=3, dim=32, depth=4, heads=2, kv_heads=2,
+           patch_size=2, num_registers=1, temporal_every=2, k_max=16)
+
+
+@pytest.fixture(scope="module")
+def host():
+    torch.manual_seed(0)
+    tok = build_tokenizer(tokenizer_config(dict(arch="conv", latent_channels=4, downsample=4, base_channels=8,
+                                                patch_size=8), 32))
+    dyn = build_dynamics(DYN)
+    torch.nn.init.normal_(dyn.patch_out.weight, std=0.2)  # the zero-initialised head would predict 0
+    return PipelineHost(tok, dyn, ShortcutEulerSampler(4, tau_ctx=0.1))
+
+
+def context(n=5):
+    return torch.randn(n, 4, 8, 8, generator=torch.Generator().manual_seed(7)).tanh()
+
+
+def roll(host, policy, mode, max_frames=None, n_predict=4, seed=0, actions=(0, 1, 2, 1, 0, 2, 1, 0, 2)):
+    return run_rollout(host, load_policy(policy), context(), n_predict, max_frames=max_frames, mode=mode,
+                       generator=torch.Generator().manual_seed(seed), actions=list(actions))
+
+
+def test_kv_equals_recompute_under_full_history(host):
+    a = roll(host, "full_history", "recompute")
+    b = roll(host, "full_history", "kv")
+    assert a.generated.abs().mean() > 0.05  # a real, non-trivial prediction
+    torch.testing.assert_close(a.generated, b.generated, atol=2e-5, rtol=1e-4)
+
+
+def test_kv_mode_evicts_and_differs_from_recompute_once_frames_leave(host):
+    a = roll(host, "recent_window", "recompute")
+    b = roll(host, "recent_window", "kv")
+    assert a.kept_per_step == b.kept_per_step == [2, 2, 2, 2]
+    # kv: a survivor's keys in the second temporal layer were computed while the evicted frame
+    # was present; recompute re-runs the survivors without it
+    assert not torch.allclose(a.generated, b.generated, atol=1e-5)
+
+
+def test_retained_bytes_are_real_latent_and_kv_bytes(host):
+    rec = roll(host, "full_history", "recompute", max_frames=3)
+    kv = roll(host, "full_history", "kv", max_frames=3)
+    assert rec.peak_retained_bytes == 3 * 4 * 8 * 8 * 4  # three float32 latents
+    tokens = (8 // 2) ** 2 + 1 + 2  # spatial + register + noise + action tokens of one frame
+    per_frame = 2 * 2 * tokens * 2 * (32 // 2) * 4  # 2 temporal layers x (k, v) x tokens x kv_heads x head_dim x fp32
+    assert kv.peak_retained_bytes == 3 * per_frame
+
+
+def test_same_seed_same_generation(host):
+    a = roll(host, "packcache", "kv", max_frames=4, seed=3)
+    b = roll(host, "packcache", "kv", max_frames=4, seed=3)
+    assert torch.equal(a.generated, b.generated)
+
+
+def test_actions_condition_the_generation(host):
+    a = roll(host, "full_history", "kv", n_predict=1, actions=(0, 0, 0, 0, 0, 0))
+    b = roll(host, "full_history", "kv", n_predict=1, actions=(0, 0, 0, 0, 0, 2))
+    assert not torch.allclose(a.generated, b.generated)
+
+
+def test_encode_decode_shapes(host):
+    pixels = torch.rand(2, 3, 32, 32)
+    z = host.encode(pixels)
+    assert z.shape == (2, 4, 8, 8)
+    out = host.decode(z)
+    assert out.shape == pixels.shape and 0 <= out.min() and out.max() <= 1
+
+
+def test_unknown_mode_is_rejected(host):
+    with pytest.raises(ValueError, match="unknown rollout mode 'cache'"):
+        host.start("cache", torch.Generator())
+
+
+def test_more_sampling_steps_than_k_max_is_rejected(host):
+    with pytest.raises(ValueError, match="k_max"):
+        PipelineHost(host.tokenizer, host.dynamics, ShortcutEulerSampler(32))
+
+
+def test_recompute_equals_the_seed_style_full_forward_per_denoising_call(host):
+    """The shared context pass gives what re-running history + noisy frame at every call gives."""
+    ctx, acts = context(4), [0, 2, 1, 1, 2]
+    session = host.start("recompute", torch.Generator().manual_seed(5))
+    for x, a in zip(ctx, acts):
+        session.append(x, a)
+    got = session.generate(acts[-1])
+
+    g = torch.Generator().manual_seed(5)
+    noisy_ctx = torch.stack([host.sampler.corrupt(x, g) for x in ctx])[None]
+    n = len(ctx)
+
+    def denoise(z, tau, d):
+        x = torch.cat([noisy_ctx, z[None, None]], dim=1)
+        taus = torch.tensor([[host.sampler.tau_ctx] * n + [tau]])
+        ds = torch.tensor([[host.d_context] * n + [d]])
+        return host.dynamics(x, taus, ds, torch.tensor([acts]))[0, -1]
+
+    want = host.sampler.sample(denoise, tuple(ctx.shape[1:]), g)
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
+
+
+def test_batched_prefill_equals_appending_frame_by_frame(host):
+    from pipeline.rollout.pipeline_host import prefill
+
+    dyn, n = host.dynamics, 5
+    x = context(n)
+    tau, d = torch.full((1, n), 0.1), torch.full((1, n), 1 / 16)
+    acts = torch.tensor([[0, 2, 1, -1, 1]])
+    batched, stepped = dyn.new_cache(1), dyn.new_cache(1)
+    prefill(dyn, batched, x[None], tau, d, acts)
+    for i in range(n):
+        dyn.step(stepped, x[i : i + 1], tau[:, i], d[:, i], acts[:, i], append=True)
+    assert len(batched) == len(stepped) == n and batched.positions == stepped.positions
+    assert batched.next_position == stepped.next_position
+    for layer in range(dyn.temporal_layers):
+        torch.testing.assert_close(batched.keys[layer], stepped.keys[layer], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(batched.values[layer], stepped.values[layer], atol=1e-5, rtol=1e-4)
+    z = torch.randn(1, 4, 8, 8)
+    torch.testing.assert_close(dyn.step(batched, z, 0.5, 0.25, 1, append=False),
+                               dyn.step(stepped, z, 0.5, 0.25, 1, append=False), atol=1e-5, rtol=1e-4)
