@@ -240,8 +240,11 @@ def _start_stage(work, ffmpeg=None):
 def _wait_for_group(work, proc, timeout=60) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if any(p.is_dir() for t in (work / "data").glob("frames.zarr.tmp-*") for p in t.iterdir()):
-            return
+        try:
+            if any(p.is_dir() for t in (work / "data").glob("frames.zarr.tmp-*") for p in t.iterdir()):
+                return
+        except FileNotFoundError:  # the temporary store was renamed or removed between glob and listing
+            pass
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.02)
     raise AssertionError("the stage never started writing")
