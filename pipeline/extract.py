@@ -10,7 +10,6 @@ actions) is reported by name with its reason and skipped; the run fails only if 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import multiprocessing as mp
 import os
@@ -27,6 +26,7 @@ from tqdm import tqdm
 
 from pipeline.atomic import TMP_MARK, atomic_dir, remove_stale_tmp, write_json
 from pipeline.config import ExtractParams
+from pipeline.sources.manifest import sha256_file
 from pipeline.splits import SPLITS, assign_splits
 from pipeline.stores import ShardedArrayWriter, compressor
 from pipeline.video.decode import (
@@ -125,14 +125,6 @@ def _skip(vid: str, reason: str, path: Path | None) -> dict:
     return {"id": vid, "status": "skipped", "file": str(path) if path else None, "reason": reason}
 
 
-def file_sha256(path: Path, block: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def load_actions(path: Path) -> np.ndarray:
     """The per-source-frame integer actions of a video; BadVideoError if the file is unusable."""
     if not path.is_file():
@@ -171,7 +163,7 @@ def extract_video(src: Source, info: VideoInfo, window: FrameWindow, cfg: Extrac
     group_dir = Path(store) / src.id
     try:
         actions = load_actions(src.actions_path) if src.actions_path else None
-        sha = file_sha256(src.path)
+        sha = sha256_file(src.path)
         graph, geo = build_graph(info, cfg.size, cfg.resize_mode, cfg.fps, window, cfg.hud_masks)
         group = zarr.open_group(str(store), mode="r+").create_group(src.id)
         stream = FrameStream(raw_args(graph), cfg.size, cfg.chunk_frames, name=str(src.path))
