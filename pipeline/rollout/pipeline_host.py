@@ -72,30 +72,6 @@ class PipelineHost:
         return torch.tensor([[-1 if a is None else a for a in actions]], device=self.device, dtype=torch.long)
 
 
-@torch.no_grad()
-def prefill(dynamics, cache, x: torch.Tensor, tau: torch.Tensor, d: torch.Tensor, actions: torch.Tensor | None) -> None:
-    """Fill an empty KV cache with frames x (1, T, C, h, w) at time positions 0..T-1 in one
-    batched forward pass: the same keys/values as T calls of ``step(..., append=True)``
-    (tested), without T times the per-call overhead. Uses ``dynamics.prefill`` if the model
-    has one; otherwise captures what each temporal block returns for the cache."""
-    if hasattr(dynamics, "prefill"):
-        dynamics.prefill(cache, x, tau, d, actions)
-        return
-    if len(cache):
-        raise ValueError("prefill needs an empty cache")
-    captured: list[tuple[torch.Tensor, torch.Tensor]] = []
-    hooks = [b.register_forward_hook(lambda module, args, out: captured.append(out[1]))
-             for b in dynamics.blocks if b.temporal]
-    try:
-        dynamics(x, tau, d, actions)
-    finally:
-        for h in hooks:
-            h.remove()
-    cache.append(captured, 0)
-    cache.positions = list(range(x.shape[1]))
-    cache.next_position = x.shape[1]
-
-
 class RecomputeSession:
     """History kept as (corrupted) latents; every generated frame re-runs them all as context.
 
@@ -125,8 +101,8 @@ class RecomputeSession:
         host = self.host
         context = KVSession(host, self.generator)
         n = len(self.latents)
-        prefill(
-            host.dynamics, context.cache, torch.stack(self.latents)[None],
+        host.dynamics.prefill(  # one batched pass, the same keys/values as n appends (tested)
+            context.cache, torch.stack(self.latents)[None],
             torch.full((1, n), host.sampler.tau_ctx, device=host.device),
             torch.full((1, n), host.d_context, device=host.device),
             host.action_tensor(self.actions),

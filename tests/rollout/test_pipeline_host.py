@@ -108,24 +108,3 @@ def test_recompute_equals_the_seed_style_full_forward_per_denoising_call(host):
 
     want = host.sampler.sample(denoise, tuple(ctx.shape[1:]), g)
     torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
-
-
-def test_batched_prefill_equals_appending_frame_by_frame(host):
-    from pipeline.rollout.pipeline_host import prefill
-
-    dyn, n = host.dynamics, 5
-    x = context(n)
-    tau, d = torch.full((1, n), 0.1), torch.full((1, n), 1 / 16)
-    acts = torch.tensor([[0, 2, 1, -1, 1]])
-    batched, stepped = dyn.new_cache(1), dyn.new_cache(1)
-    prefill(dyn, batched, x[None], tau, d, acts)
-    for i in range(n):
-        dyn.step(stepped, x[i : i + 1], tau[:, i], d[:, i], acts[:, i], append=True)
-    assert len(batched) == len(stepped) == n and batched.positions == stepped.positions
-    assert batched.next_position == stepped.next_position
-    for layer in range(dyn.temporal_layers):
-        torch.testing.assert_close(batched.keys[layer], stepped.keys[layer], atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(batched.values[layer], stepped.values[layer], atol=1e-5, rtol=1e-4)
-    z = torch.randn(1, 4, 8, 8)
-    torch.testing.assert_close(dyn.step(batched, z, 0.5, 0.25, 1, append=False),
-                               dyn.step(stepped, z, 0.5, 0.25, 1, append=False), atol=1e-5, rtol=1e-4)
