@@ -145,8 +145,6 @@ class History:
     tau_max: float = -math.inf
     short_batches: int = 0
     long_batches: int = 0
-    train_seconds: float = 0.0
-    frames_seen: int = 0
     resumed_from: list[int] = field(default_factory=list)
 
 
@@ -304,6 +302,9 @@ def train_dynamics(params: Params, *, latents: Path, out_dir: Path, metrics_path
     interval = Interval(mp.k_max)
     progress = tqdm(range(start, tp.steps), initial=start, total=tp.steps, desc="train", disable=not ddp.main)
     val_metrics: dict[str, float] = {}
+    # Throughput of this run only: wall-clock figures stay out of the checkpoint, so that the
+    # same params give byte-identical checkpoints (and DVC does not rerun what follows).
+    run_seconds, run_batches, run_frames = 0.0, 0, 0
     model.train()
     for step in progress:
         # 1. This step's global batch and noise, and this rank's rows of them.
@@ -326,8 +327,9 @@ def train_dynamics(params: Params, *, latents: Path, out_dir: Path, metrics_path
         ema.update(model)
 
         # 3. Bookkeeping and logging.
-        history.train_seconds += time.perf_counter() - t_step
-        history.frames_seen += batch.latents.shape[0] * batch.latents.shape[1]
+        run_seconds += time.perf_counter() - t_step
+        run_batches += 1
+        run_frames += batch.latents.shape[0] * batch.latents.shape[1]
         history.short_batches += batch.kind == "S"
         history.long_batches += batch.kind == "L"
         history.tau_min = min(history.tau_min, float(plan.tau.min()))
@@ -372,8 +374,8 @@ def train_dynamics(params: Params, *, latents: Path, out_dir: Path, metrics_path
         "tau_max": history.tau_max,
         "short_batches": history.short_batches,
         "long_batches": history.long_batches,
-        "batches_per_s": (history.short_batches + history.long_batches) / max(history.train_seconds, 1e-9),
-        "frames_per_s": history.frames_seen / max(history.train_seconds, 1e-9),
+        "batches_per_s": run_batches / max(run_seconds, 1e-9),
+        "frames_per_s": run_frames / max(run_seconds, 1e-9),
         "params": n_params,
         "processes": ddp.world,
         "latent_mean": latent_mean,
