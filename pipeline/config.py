@@ -376,3 +376,11 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML: {exc}") from None
     return parse_params(raw, str(path))
+
+
+def load_params_or_exit(path: str | Path = PARAMS_FILE) -> Params:
+    """For stages: a bad params.yaml ends the process with the message alone (no traceback)."""
+    try:
+        return load_params(path)
+    except ParamsError as exc:
+        raise SystemExit(str(exc)) from None

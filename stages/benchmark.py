@@ -10,13 +10,13 @@ import torch
 
 from pipeline import benchmark as bm
 from pipeline.atomic import atomic_dir
-from pipeline.config import load_params
+from pipeline.config import load_params_or_exit
 from pipeline.training import pick_device, seed_everything
 
 
 def main() -> None:
     start = time.perf_counter()
-    params = load_params()
+    params = load_params_or_exit()
     bench = params.benchmark
     seed_everything(params.seed)
     device = pick_device()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from pipeline.config import load_params
+from pipeline.config import load_params_or_exit
 from pipeline.sources import DownloadFailed, SourceBlockedError, download
 
 OUT_DIR = "data/raw"
@@ -13,7 +13,7 @@ OUT_DIR = "data/raw"
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    params = load_params()
+    params = load_params_or_exit()
     try:
         entries = download(params.download, seed=params.seed, out_dir=OUT_DIR)
     except (DownloadFailed, SourceBlockedError) as exc:

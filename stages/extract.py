@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import sys
 
-from pipeline.config import load_params
+from pipeline.config import load_params_or_exit
 from pipeline.extract import ExtractError, extract_all
 
 RAW, FRAMES, REPORT = "data/raw", "data/frames.zarr", "data/frames_report.json"
 
 
 def main() -> int:
-    params = load_params()
+    params = load_params_or_exit()
     try:
         report = extract_all(RAW, FRAMES, REPORT, params.extract, params.seed)
     except ExtractError as exc:

@@ -9,11 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline.config import load_params
+from pipeline.config import load_params_or_exit
 
 
 def main() -> None:
-    params = load_params()
+    params = load_params_or_exit()
     n = params.train.nproc_per_node
     if n > 1 and "LOCAL_RANK" not in os.environ:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", "-m", "stages.train"]

@@ -1,7 +1,7 @@
 """DVC stage train_tokenizer: data/frames.zarr -> models/tokenizer, metrics/tokenizer.json."""
 
 from pipeline.atomic import write_json
-from pipeline.config import load_params
+from pipeline.config import load_params_or_exit
 from pipeline.tokenizer_training import train_tokenizer
 
 FRAMES = "data/frames.zarr"
@@ -11,7 +11,7 @@ METRICS = "metrics/tokenizer.json"
 
 
 def main() -> None:
-    params = load_params()
+    params = load_params_or_exit()
     metrics = train_tokenizer(params.tokenizer, params.seed, FRAMES, OUT, LIVE)
     write_json(METRICS, metrics)
     v, p = metrics["val"], metrics["persistence"]

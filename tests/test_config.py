@@ -101,3 +101,19 @@ def test_missing_file_and_bad_yaml_name_the_file(tmp_path):
 def test_missing_download_section_is_named():
     raw = {k: v for k, v in DEFAULT.items() if k != "download"}
     assert "download: required key is missing" in error_of(raw)
+
+
+def test_a_stage_with_bad_params_exits_naming_the_key_without_a_traceback(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    params = (repo / "params.yaml").read_text().replace("  max_height: 360", "  max_heigth: 360")
+    (tmp_path / "params.yaml").write_text(params)
+    proc = subprocess.run([sys.executable, "-m", "stages.download"], cwd=tmp_path, capture_output=True, text=True,
+                          env={"PYTHONPATH": str(repo), "PATH": ""}, timeout=120)
+    assert proc.returncode == 1
+    assert "download.max_heigth: unknown key (did you mean max_height?)" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "data").exists()  # nothing was started
