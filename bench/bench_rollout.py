@@ -1,7 +1,7 @@
 """Rollout speed, measured side by side in one run:
 
 1. ``kv`` vs ``recompute`` generation speed (frames/s) under full history and a medium budget;
-2. K = 4 vs K = 64 shortcut Euler steps: speed and the quality difference (PSNR/LPIPS vs ground
+2. K = benchmark.sampling_steps vs the finest K the model was trained for (min(64, k_max)) Euler steps: speed and the quality difference (PSNR/LPIPS vs ground
    truth when a test clip exists, else the PSNR between the two samples' decoded frames);
 3. policy bookkeeping (FrameMeta + policy + plan application) as a share of step time.
 
@@ -68,10 +68,9 @@ def main() -> None:
         torch.set_num_threads(params.benchmark.cpu_threads)
     trained = (bm.TOKENIZER / "config.json").is_file() and (bm.DYNAMICS / "config.json").is_file()
     if trained:
-        from pipeline.networks.dynamics import load_dynamics
-        from pipeline.networks.tokenizer import load_tokenizer
-
-        models = (load_tokenizer(bm.TOKENIZER).to(device), load_dynamics(bm.DYNAMICS).to(device))
+        loaded = PipelineHost.load(bm.TOKENIZER, bm.DYNAMICS, params.benchmark.sampling_steps,
+                                   params.benchmark.tau_ctx, device)
+        models = (loaded.tokenizer, loaded.dynamics)
         print(f"models: trained checkpoints in {bm.TOKENIZER} and {bm.DYNAMICS}")
     else:
         torch.manual_seed(params.seed)
@@ -110,7 +109,7 @@ def main() -> None:
     print(f"\n2. K = {k_fast} vs K = {k_slow} (kv mode, full history)")
     slow_host = make_host(params, k_slow, device, models)
     fast = timed(host, "full_history", context, args.predict, None, "kv", actions, args.repeats)
-    slow = timed(slow_host, "full_history", context, args.predict, None, "kv", actions, 1)
+    slow = timed(slow_host, "full_history", context, args.predict, None, "kv", actions, args.repeats)
     print(f"   K={k_fast}: {args.predict / fast.seconds:.2f} frames/s   K={k_slow}: {args.predict / slow.seconds:.2f} "
           f"frames/s   speed-up x{slow.seconds / fast.seconds:.2f}")
     scorer = bm.Scorer(device)

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from pipeline.atomic import atomic_file, write_json
 from pipeline.rollout.loop import run_rollout
 from pipeline.rollout.policies import load_policy
+from pipeline.pixels import to_pixels
 from pipeline.rollout.references import REFERENCES, persistence, tokenizer_ceiling
 from pipeline.stores import StoreError, list_videos, open_store, read_actions, read_array
 
@@ -55,10 +56,6 @@ class Clip:
     pixels: torch.Tensor  # (context + predict, 3, H, W) float in [0, 1]: the ground truth
     context_latents: torch.Tensor | None  # (context, C, h, w); None: the host encodes the pixels
     actions: np.ndarray | None  # (context + predict,) int: the action that led to each frame, -1 none
-
-
-def _to_pixels(frames: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float().div(255.0)
 
 
 def select_clips(frames_path: str | Path, latents_path: str | Path | None, context: int, predict: int,
@@ -90,7 +87,7 @@ def select_clips(frames_path: str | Path, latents_path: str | Path | None, conte
             if video.id not in latents_root:
                 raise StoreError(f"{latents_path}: no latents for test video {video.id!r} (rerun the tokenize stage)")
             latents = torch.from_numpy(read_array(latents_path, video.id, "latents", start, start + context)).float()
-        pixels = _to_pixels(read_array(frames_path, video.id, "frames", start, start + length))
+        pixels = to_pixels(read_array(frames_path, video.id, "frames", start, start + length))
         clips.append(Clip(video.id, start, pixels, latents, _conditioning_actions(frames_path, video, start, length)))
     return clips
 

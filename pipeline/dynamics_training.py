@@ -32,6 +32,7 @@ from pipeline.config import Params
 from pipeline.diffusion.objective import NoisePlan, add_noise, sample_plan, shortcut_forcing_loss
 from pipeline.latent_windows import AlternatingBatches, Batch, LatentVideos, WindowError, latent_shape
 from pipeline.networks.dynamics import KIND, DynamicsConfig, DynamicsTransformer, config_dict
+from pipeline.stores import store_identity
 from pipeline.training import EMA, autocast, build_optimizer, check_finite, seed_everything, warmup_cosine
 
 
@@ -112,19 +113,6 @@ def local_loss(model, batch: Batch, plan: NoisePlan, bootstrap_space: str, devic
 # ---------------------------------------------------------------------------------------------
 # Resume
 # ---------------------------------------------------------------------------------------------
-def store_identity(path: Path) -> str:
-    """Cheap identity of a zarr store: its metadata (incl. the tokenizer hash attribute) and the
-    name and size of every chunk/shard file."""
-    h = hashlib.sha256()
-    for p in sorted(Path(path).rglob("*")):
-        if p.is_file():
-            rel = p.relative_to(path).as_posix()
-            h.update(f"{rel}:{p.stat().st_size}\n".encode())
-            if p.name == "zarr.json":
-                h.update(p.read_bytes())
-    return h.hexdigest()
-
-
 def run_fingerprint(params: Params, latents: Path) -> str:
     blob = {
         "seed": params.seed,

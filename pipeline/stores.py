@@ -15,6 +15,7 @@ shard file present and decodable); verify exits 1 when it finds a problem.
 
 from __future__ import annotations
 
+import hashlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
+
+from pipeline.splits import SPLITS
 
 
 class StoreError(RuntimeError):
@@ -134,6 +137,17 @@ class VideoEntry:
     attrs: dict
 
 
+def store_identity(store: str | Path) -> str:
+    """sha256 over a store's metadata files and the names and sizes of its data files: changes
+    whenever a stage writes different content, without reading every shard."""
+    store = Path(store)
+    h = hashlib.sha256()
+    for path in sorted(p for p in store.rglob("*") if p.is_file()):
+        h.update(path.relative_to(store).as_posix().encode())
+        h.update(path.read_bytes() if path.name == "zarr.json" else str(path.stat().st_size).encode())
+    return h.hexdigest()
+
+
 def open_store(path: str | Path) -> zarr.Group:
     path = Path(path)
     if not (path / "zarr.json").is_file():
@@ -182,7 +196,6 @@ REQUIRED_ATTRS = {
     "frames": ("fps", "source", "split", "source_size", "crop_box", "n_frames", "source_sha256"),
     "latents": ("split",),
 }
-SPLIT_NAMES = ("train", "val", "test")
 
 
 def _data_array(group: zarr.Group) -> str | None:
@@ -220,7 +233,7 @@ def store_summary(path: str | Path) -> dict:
             "files": nfiles,
         })
     splits = {s: {"videos": sum(r["split"] == s for r in rows), "frames": sum(r["frames"] for r in rows if r["split"] == s)}
-              for s in SPLIT_NAMES}
+              for s in SPLITS}
     nbytes, nfiles = _disk_usage(path)
     return {"path": str(path), "videos": rows, "splits": splits, "bytes": nbytes, "files": nfiles, "attrs": dict(root.attrs)}
 
@@ -243,8 +256,8 @@ def verify_store(path: str | Path, read: bool = True) -> list[str]:
         missing = [k for k in REQUIRED_ATTRS[name] if k not in attrs]
         if missing:
             problems.append(f"{where}: missing attrs {', '.join(missing)}")
-        if attrs.get("split") not in SPLIT_NAMES:
-            problems.append(f"{where}: split {attrs.get('split')!r} is not one of {', '.join(SPLIT_NAMES)}")
+        if attrs.get("split") not in SPLITS:
+            problems.append(f"{where}: split {attrs.get('split')!r} is not one of {', '.join(SPLITS)}")
         if name == "frames" and (arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8):
             problems.append(f"{where}/frames: expected uint8 (T, H, W, 3), got {arr.dtype} {arr.shape}")
         if name == "latents" and (arr.ndim != 4 or arr.dtype != np.float16):

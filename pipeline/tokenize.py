@@ -19,6 +19,7 @@ from tqdm import tqdm
 from pipeline.atomic import atomic_dir, remove_stale_tmp
 from pipeline.checkpoint import checkpoint_hash
 from pipeline.networks.tokenizer import Tokenizer, load_tokenizer
+from pipeline.pixels import to_pixels
 from pipeline.stores import ShardedArrayWriter, StoreError, list_videos, open_store
 
 
@@ -31,7 +32,7 @@ def _layout(array: zarr.Array) -> tuple[int, int]:
 @torch.no_grad()
 def encode_frames(model: Tokenizer, frames: np.ndarray, device) -> np.ndarray:
     """uint8 (N, H, W, 3) -> float16 (N, C, h, w)."""
-    x = torch.from_numpy(np.ascontiguousarray(frames)).to(device).permute(0, 3, 1, 2).float().div_(255)
+    x = to_pixels(frames, device)
     return model.encode(x).to(torch.float16).cpu().numpy()
 
 
@@ -62,11 +63,12 @@ def encode_store(frames: str | Path, tokenizer_dir: str | Path, out: str | Path,
             source = src[v.id]
             group = root.create_group(v.id)
             group.attrs.update(v.attrs)
-            chunk, shard = _layout(source["frames"])
+            frames_arr = source["frames"]  # resolve once: every group lookup re-reads zarr.json
+            chunk, shard = _layout(frames_arr)
             # `with`: on a crash the write in flight finishes before atomic_dir removes the tmp store
             with ShardedArrayWriter(group, "latents", model.latent_shape, np.float16, chunk, shard) as writer:
                 for start in range(0, v.n_frames, batch_size):
-                    batch = source["frames"][start : start + batch_size]
+                    batch = frames_arr[start : start + batch_size]
                     writer.append(encode_frames(model, batch, device))
                     bar.update(len(batch))
             if v.has_actions:

@@ -32,7 +32,8 @@ from pipeline.checkpoint import CheckpointError, load_training_state, read_confi
 from pipeline.config import TokenizerParams
 from pipeline.metrics import LPIPS, psnr, ssim
 from pipeline.networks.tokenizer import KIND, build_tokenizer, random_patch_mask, tokenizer_config
-from pipeline.stores import StoreError, list_videos, open_store
+from pipeline.pixels import to_pixels
+from pipeline.stores import StoreError, list_videos, open_store, store_identity
 from pipeline.training import EMA, build_optimizer, check_finite, pick_device, seed_everything, warmup_cosine
 
 LOG_EVERY = 10  # steps between logged training points
@@ -41,18 +42,6 @@ LOG_EVERY = 10  # steps between logged training points
 # --------------------------------------------------------------------------------------------
 # data
 # --------------------------------------------------------------------------------------------
-def store_identity(store: str | Path) -> str:
-    """sha256 over a store's metadata files and the names and sizes of its data files: changes
-    whenever the extract stage writes different frames, without reading every shard."""
-    store = Path(store)
-    h = hashlib.sha256()
-    for path in sorted(p for p in store.rglob("*") if p.is_file()):
-        rel = path.relative_to(store).as_posix()
-        h.update(rel.encode())
-        h.update(path.read_bytes() if path.name == "zarr.json" else str(path.stat().st_size).encode())
-    return h.hexdigest()
-
-
 def params_hash(tok: TokenizerParams, seed: int, frames_identity: str) -> str:
     """What a checkpoint must match to be resumed. encode_batch_size only affects the tokenize stage."""
     section = tok.model_dump(exclude={"encode_batch_size"})
@@ -78,12 +67,6 @@ def val_pairs(videos: list[np.ndarray], n: int) -> tuple[np.ndarray, np.ndarray]
     prev = np.stack([videos[index[i][0]][index[i][1] - 1] for i in pick])
     cur = np.stack([videos[index[i][0]][index[i][1]] for i in pick])
     return prev, cur
-
-
-def to_pixels(frames: torch.Tensor | np.ndarray, device) -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [0, 1] on `device`."""
-    frames = torch.as_tensor(frames)
-    return frames.to(device).permute(0, 3, 1, 2).float().div_(255)
 
 
 # --------------------------------------------------------------------------------------------

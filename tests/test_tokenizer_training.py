@@ -9,7 +9,8 @@ from pipeline.config import TokenizerParams
 from pipeline.metrics import psnr
 from pipeline.networks.tokenizer import load_tokenizer
 from pipeline.stores import StoreError
-from pipeline.tokenizer_training import RunningRMS, params_hash, store_identity, train_tokenizer
+from pipeline.stores import store_identity
+from pipeline.tokenizer_training import RunningRMS, params_hash, train_tokenizer
 
 from tests.builders import write_frames_store
 

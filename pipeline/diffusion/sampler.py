@@ -61,9 +61,11 @@ class ShortcutEulerSampler:
         z = _noise_like(torch.empty(shape, device=device, dtype=dtype), generator)
         x0 = z
         d = torch.tensor(self.d, device=z.device)
-        for tau in self.taus():
+        levels = self.taus()
+        tau_on_device = torch.tensor(levels, device=z.device)  # one copy per frame, not one per step
+        for i, tau in enumerate(levels):
             x0 = denoise(z, tau, self.d)
-            z = shortcut_step(z, x0, torch.tensor(tau, device=z.device), d)  # == x0 at the last step
+            z = shortcut_step(z, x0, tau_on_device[i], d)  # == x0 at the last step
         return x0
 
     @torch.no_grad()

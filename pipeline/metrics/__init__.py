@@ -80,8 +80,9 @@ class LPIPS(nn.Module):
         self.net = alexnet(weights=None).features[:12]  # up to relu5; no classifier
         features, self.source = alexnet_features_state()
         self.net.load_state_dict(features, strict=True)
-        self.lins = nn.ModuleList(nn.Conv2d(w.shape[1], 1, 1, bias=False) for w in linear_layers())
-        for lin, w in zip(self.lins, linear_layers()):
+        weights = linear_layers()
+        self.lins = nn.ModuleList(nn.Conv2d(w.shape[1], 1, 1, bias=False) for w in weights)
+        for lin, w in zip(self.lins, weights):
             lin.weight.data.copy_(w)
         # The lpips ScalingLayer: ImageNet statistics expressed in [-1, 1] units.
         self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1))

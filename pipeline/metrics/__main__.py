@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from pipeline.metrics import LPIPS, METRICS, video_metrics
+from pipeline.pixels import to_pixels
 
 
 def read_frames(path: str | Path, max_frames: int = 0) -> np.ndarray:
@@ -57,7 +57,7 @@ def compare(a: np.ndarray, b: np.ndarray, lpips: LPIPS, names=("A", "B")) -> dic
         raise ValueError(f"frame sizes differ: {names[0]} is {a.shape[2]}x{a.shape[1]}, {names[1]} is {b.shape[2]}x{b.shape[1]}")
     if len(a) != len(b):
         raise ValueError(f"frame counts differ: {names[0]} has {len(a)}, {names[1]} has {len(b)} (use --max-frames)")
-    to_t = lambda x: torch.from_numpy(x).permute(0, 3, 1, 2).float().div(255).unsqueeze(0)  # noqa: E731
+    to_t = lambda x: to_pixels(x).unsqueeze(0)  # noqa: E731
     values = video_metrics(to_t(a), to_t(b), lpips)
     per_frame = {k: [round(float(x), 6) for x in v[0]] for k, v in values.items()}
     return {"n_frames": len(a), "per_frame": per_frame, "mean": {k: float(v.mean()) for k, v in values.items()}}

@@ -21,7 +21,7 @@ the kept frames would.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -65,9 +65,6 @@ class FARConfig:
         if self.condition_type != "action":
             raise ValueError("this FAR has no action conditioning")
         return int(self.condition_cfg["num_action_classes"])
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 # Presets of the reference code (B/M/L/XL; FAR_Long in B/M); condition_cfg etc. as keyword overrides.

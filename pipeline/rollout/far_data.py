@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.pixels import to_pixels
+
 
 @dataclass
 class FarClip:
@@ -49,7 +51,7 @@ def read_dmlab_episode(path: str | Path, n_frames: int | None = None) -> FarClip
         if len(video) < n_frames:
             raise ValueError(f"{path}: {len(video)} frames, the workload needs {n_frames}")
         video, actions = video[:n_frames], actions[:n_frames]
-    frames = torch.from_numpy(np.ascontiguousarray(video)).permute(0, 3, 1, 2).float() / 255.0
+    frames = to_pixels(video)
     return FarClip(id=path.stem, frames=frames, actions=[int(a) for a in actions])
 
 
@@ -58,7 +60,7 @@ def dmlab_clips(directory: str | Path, n_clips: int, n_frames: int) -> list[FarC
     clips = []
     for path in list_dmlab_episodes(directory):
         with np.load(path) as data:
-            if "video" in data.files and len(data["video"]) < n_frames:
+            if "actions" in data.files and len(data["actions"]) < n_frames:  # tiny; the video is checked on read
                 continue  # too short for this workload
         clips.append(read_dmlab_episode(path, n_frames))
         if len(clips) == n_clips:

@@ -54,7 +54,6 @@ class Geometry:
     crop_box: tuple[int, int, int, int]   # x0, y0, x1, y1 in source pixels
     scaled: tuple[int, int]               # (w, h) the box is scaled to
     offset: tuple[int, int]               # (x, y) of the scaled box inside the size x size square
-    size: int
 
 
 def geometry(width: int, height: int, size: int, mode: str) -> Geometry:
@@ -62,13 +61,13 @@ def geometry(width: int, height: int, size: int, mode: str) -> Geometry:
         side = min(width, height) & ~1          # even, so the chroma planes crop exactly
         x0 = ((width - side) // 2) & ~1
         y0 = ((height - side) // 2) & ~1
-        return Geometry((x0, y0, x0 + side, y0 + side), (size, size), (0, 0), size)
+        return Geometry((x0, y0, x0 + side, y0 + side), (size, size), (0, 0))
     if mode == "letterbox":
         scale = size / max(width, height)
         w, h = max(1, round(width * scale)), max(1, round(height * scale))
-        return Geometry((0, 0, width, height), (w, h), ((size - w) // 2, (size - h) // 2), size)
+        return Geometry((0, 0, width, height), (w, h), ((size - w) // 2, (size - h) // 2))
     if mode == "squash":
-        return Geometry((0, 0, width, height), (size, size), (0, 0), size)
+        return Geometry((0, 0, width, height), (size, size), (0, 0))
     raise ValueError(f"extract.resize_mode: unknown mode {mode!r} (expected one of {', '.join(RESIZE_MODES)})")
 
 
@@ -79,10 +78,6 @@ class FrameWindow:
     start: int
     stop: int | None
     expected: int        # frames the window should yield, from the probed duration
-
-    @property
-    def n_max(self) -> int | None:
-        return None if self.stop is None else self.stop - self.start
 
 
 def frame_window(info: VideoInfo, fps: float, skip_start_s: float = 0.0, skip_end_s: float = 0.0, max_frames: int = 0) -> FrameWindow:
