@@ -20,7 +20,7 @@ import os
 import re
 from pathlib import Path
 from typing import Any, Iterator
-from urllib.parse import urlparse
+from urllib.parse import urlparse, urlsplit
 
 from tqdm.auto import tqdm
 from yt_dlp import YoutubeDL
@@ -58,6 +58,25 @@ def url_id(url: str) -> str:
     """An id for a URL that failed before yt-dlp could name the video: its file stem plus a hash."""
     stem = Path(urlparse(url).path).stem or urlparse(url).netloc or "url"
     return f"{safe_id(stem).split('-')[0][:48]}-{hashlib.sha1(url.encode()).hexdigest()[:8]}"
+
+
+# Extractors that name a video after its file name (direct links, <video> tags in a page).
+_FILE_NAMED = ("Generic", "HTML5MediaEmbed")
+
+
+def media_file_id(item: dict) -> str | None:
+    """The id of a video that yt-dlp names after its file alone, else None (site ids are stable).
+
+    yt-dlp calls both http://a/clip.mp4 and http://b/clip.mp4 "clip": the second would be taken
+    for the first (download archive) or overwrite it. Such videos are named by the media file's
+    location instead: scheme, host and path, without the query (a signed or tracking query does
+    not make another video), so two pages embedding one file still share one id.
+    """
+    if item.get("extractor_key") not in _FILE_NAMED:
+        return None
+    formats = item.get("formats") or [{}]
+    parts = urlsplit(formats[0].get("url") or item.get("webpage_url") or item.get("url") or "")
+    return url_id(f"{parts.scheme}://{parts.netloc}{parts.path}")
 
 
 def format_selector(max_height: int) -> str:
@@ -222,6 +241,8 @@ def fetch(url: str, source: str, p: DownloadParams, out_dir: Path, staging: Path
 
 def _fetch_one(ydl: YoutubeDL, item: dict, source: str, url: str, published: dict[str, Path]) -> VideoEntry:
     item_url = item.get("webpage_url") or item.get("url") or url
+    if file_id := media_file_id(item):
+        item = {**item, "id": file_id}  # before the archive check: the archive records this id
     vid = safe_id(item["id"]) if item.get("id") else url_id(item_url)
     if ydl.in_download_archive(item):
         return VideoEntry(id=vid, source=source, status="skipped", url=item_url, title=item.get("title"),

@@ -11,11 +11,16 @@ from yt_dlp import YoutubeDL
 
 from pipeline.config import DownloadParams
 from pipeline.sources import DownloadFailed, SourceBlockedError, download
-from pipeline.sources.ytdlp import format_selector, is_blocked, url_id, ytdlp_options
+from pipeline.sources.ytdlp import format_selector, is_blocked, media_file_id, url_id, ytdlp_options
 
 
 def manifest(raw: Path) -> dict[str, dict]:
     return {v["id"]: v for v in json.loads((raw / "manifest.json").read_text())["videos"]}
+
+
+def file_id(server, path: str) -> str:
+    """The id a served media file gets (direct link or <video> tag): named by its location."""
+    return url_id(server.url(path))
 
 
 def video_files(raw: Path) -> list[str]:
@@ -27,8 +32,9 @@ def test_http_download_lands_as_id_mp4_with_manifest_sha256_of_the_served_bytes(
     raw = tmp_path / "raw"
     download(params([server.url("/videos/a.mp4")]), seed=0, out_dir=raw)
 
-    assert (raw / "a.mp4").read_bytes() == clips["a"]
-    entry = manifest(raw)["a"]
+    vid = file_id(server, "/videos/a.mp4")
+    assert vid.startswith("a-") and (raw / f"{vid}.mp4").read_bytes() == clips["a"]
+    entry = manifest(raw)[vid]
     assert entry["status"] == "ok" and entry["error"] is None
     assert entry["sha256"] == hashlib.sha256(clips["a"]).hexdigest()
     assert entry["bytes"] == len(clips["a"])
@@ -78,13 +84,14 @@ def test_failures_are_recorded_leave_no_partial_file_and_the_others_go_on(server
     download(params(urls, retries=1), seed=0, out_dir=raw)
 
     m = manifest(raw)
-    assert video_files(raw) == ["a.mp4", "c.mp4"]  # no .part, no half of cut.mp4
-    assert m["a"]["status"] == m["c"]["status"] == "ok"
+    a, cut, c = (file_id(server, p) for p in ("/v/a.mp4", "/v/cut.mp4", "/v/c.mp4"))
+    assert video_files(raw) == sorted([f"{a}.mp4", f"{c}.mp4"])  # no .part, no half of cut.mp4
+    assert m[a]["status"] == m[c]["status"] == "ok"
     missing = next(v for v in m.values() if v["source"] == urls[1])
     assert missing["status"] == "failed" and "404" in missing["error"]
-    assert m["cut"]["status"] == "failed" and "bytes read" in m["cut"]["error"]
-    assert m["cut"]["sha256"] is None and not (raw / "cut.mp4").exists()
-    assert "cut" not in (raw / "archive.txt").read_text()  # a rerun tries it again
+    assert m[cut]["status"] == "failed" and "bytes read" in m[cut]["error"]
+    assert m[cut]["sha256"] is None and not (raw / f"{cut}.mp4").exists()
+    assert cut not in (raw / "archive.txt").read_text()  # a rerun tries it again
     assert server.gets("/v/cut.mp4") >= 2  # the retry happened
 
 
@@ -98,7 +105,7 @@ def test_http_429_stops_the_stage_before_the_next_source(server, clips, params, 
         download(params(urls), seed=0, out_dir=raw)
 
     assert server.gets("/v/c.mp4") == 0  # no hammering after the refusal
-    assert manifest(raw)["a"]["status"] == "ok"  # what was obtained is on record
+    assert manifest(raw)[file_id(server, "/v/a.mp4")]["status"] == "ok"  # what was obtained is on record
 
 
 def test_max_videos_caps_a_playlist(server, clips, params, tmp_path):
@@ -108,7 +115,7 @@ def test_max_videos_caps_a_playlist(server, clips, params, tmp_path):
     raw = tmp_path / "raw"
     download(params([server.url("/page.html")], max_videos=2), seed=0, out_dir=raw)
 
-    assert sorted(manifest(raw)) == ["page-1", "page-2"]
+    assert sorted(manifest(raw)) == sorted(file_id(server, f"/v/{k}.mp4") for k in "ab")
     assert server.gets("/v/c.mp4") == 0
 
 
@@ -132,9 +139,10 @@ def test_a_file_that_is_not_a_video_is_a_failure_and_never_lands(server, params,
     raw = tmp_path / "raw"
     with pytest.raises(DownloadFailed):
         download(params([server.url("/v/fake.mp4")]), seed=0, out_dir=raw)
-    assert manifest(raw)["fake"]["status"] == "failed"
+    fake = file_id(server, "/v/fake.mp4")
+    assert manifest(raw)[fake]["status"] == "failed"
     assert video_files(raw) == []
-    assert not (raw / "archive.txt").exists() or "fake" not in (raw / "archive.txt").read_text()
+    assert not (raw / "archive.txt").exists() or fake not in (raw / "archive.txt").read_text()
 
 
 def test_cookies_file_that_does_not_exist_is_named(params, tmp_path):
@@ -201,15 +209,16 @@ def test_manifest_follows_max_videos_and_rebuilds_entries_of_archived_files(serv
     raw, url = tmp_path / "raw", server.url("/page.html")
     download(params([url], max_videos=2), seed=0, out_dir=raw)
     full = manifest(raw)
+    a, b = file_id(server, "/v/a.mp4"), file_id(server, "/v/b.mp4")
 
     download(params([url], max_videos=1), seed=0, out_dir=raw)
-    assert sorted(manifest(raw)) == ["page-1"]
-    assert (raw / "page-2.mp4").exists()  # downloads are kept on disk, only the manifest narrows
+    assert sorted(manifest(raw)) == [a]
+    assert (raw / f"{b}.mp4").exists()  # downloads are kept on disk, only the manifest narrows
 
     download(params([url], max_videos=2), seed=0, out_dir=raw)
     assert server.gets("/v/a.mp4") == server.gets("/v/b.mp4") == 1  # never fetched twice
-    rebuilt = manifest(raw)["page-2"]
-    assert rebuilt["status"] == "ok" and rebuilt["sha256"] == full["page-2"]["sha256"] == hashlib.sha256(clips["b"]).hexdigest()
+    rebuilt = manifest(raw)[b]
+    assert rebuilt["status"] == "ok" and rebuilt["sha256"] == full[b]["sha256"] == hashlib.sha256(clips["b"]).hexdigest()
 
 
 def test_a_video_reached_through_two_sources_is_fetched_and_listed_once(server, clips, params, tmp_path):
@@ -218,5 +227,34 @@ def test_a_video_reached_through_two_sources_is_fetched_and_listed_once(server, 
     raw = tmp_path / "raw"
     download(params([url, url + "?via=playlist"]), seed=0, out_dir=raw)
 
-    assert list(manifest(raw)) == ["a"] and manifest(raw)["a"]["source"] == url
-    assert video_files(raw) == ["a.mp4"]
+    a = file_id(server, "/v/a.mp4")  # the query is not part of a media file's id
+    assert list(manifest(raw)) == [a] and manifest(raw)[a]["source"] == url
+    assert video_files(raw) == [f"{a}.mp4"]
+
+
+def test_two_files_with_one_name_at_different_paths_are_two_videos(server, clips, params, tmp_path):
+    server.routes["/x/clip.mp4"] = ("file", clips["a"])
+    server.routes["/y/clip.mp4"] = ("file", clips["b"])
+    urls = [server.url("/x/clip.mp4"), server.url("/y/clip.mp4")]
+    raw = tmp_path / "raw"
+    download(params(urls), seed=0, out_dir=raw)
+
+    m = manifest(raw)
+    x, y = file_id(server, "/x/clip.mp4"), file_id(server, "/y/clip.mp4")
+    assert x != y and x.startswith("clip-") and y.startswith("clip-")
+    assert (raw / f"{x}.mp4").read_bytes() == clips["a"] and (raw / f"{y}.mp4").read_bytes() == clips["b"]
+    assert m[x]["status"] == m[y]["status"] == "ok"
+
+    gets = [server.gets("/x/clip.mp4"), server.gets("/y/clip.mp4")]
+    download(params(urls), seed=0, out_dir=raw)  # the archive tells them apart too
+    # Listing a direct link reads its headers (one GET); a second download would be another.
+    assert [server.gets("/x/clip.mp4"), server.gets("/y/clip.mp4")] == [gets[0] + 1, gets[1] + 1]
+    assert manifest(raw) == m
+
+
+def test_only_videos_named_after_their_file_get_a_location_id():
+    site = {"id": "dQw4w9WgXcQ", "extractor_key": "Youtube", "webpage_url": "https://www.youtube.com/watch?v=dQw4w9WgXcQ"}
+    assert media_file_id(site) is None  # a site's own ids are stable and readable
+    direct = {"id": "clip", "extractor_key": "Generic", "formats": [{"url": "https://h/a/clip.mp4?sig=1"}]}
+    assert media_file_id(direct) == media_file_id({**direct, "formats": [{"url": "https://h/a/clip.mp4?sig=2"}]})
+    assert media_file_id(direct) != media_file_id({**direct, "formats": [{"url": "https://h/b/clip.mp4"}]})
