@@ -182,6 +182,7 @@ class DynamicsTransformer(nn.Module):
         )
         self.out_norm = RMSNorm(cfg.dim)
         self.patch_out = nn.Linear(cfg.dim, patch_dim)
+        self._space_rope_tables: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}  # not state
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -214,10 +215,16 @@ class DynamicsTransformer(nn.Module):
 
     # ------------------------------------------------------------------ tokens in and out
     def _space_rope(self, device):
-        gh, gw = self.config.grid
-        rows = torch.arange(gh, device=device).repeat_interleave(gw)
-        cols = torch.arange(gw, device=device).repeat(gh)
-        return rope_2d(rows, cols, self.config.dim // self.config.heads, self.config.num_registers + 2)
+        """The spatial RoPE table: fixed by the config, so built once per device."""
+        table = self._space_rope_tables.get(device)
+        if table is None:
+            with torch.inference_mode(False):  # built in a caller's inference mode, still usable in training
+                gh, gw = self.config.grid
+                rows = torch.arange(gh, device=device).repeat_interleave(gw)
+                cols = torch.arange(gw, device=device).repeat(gh)
+                table = rope_2d(rows, cols, self.config.dim // self.config.heads, self.config.num_registers + 2)
+            self._space_rope_tables[device] = table
+        return table
 
     def _tokens(self, x, tau, d, actions):
         """x (B, T, C, h, w), tau/d (B, T), actions (B, T) or None -> (B, T, N, D)."""
@@ -288,30 +295,19 @@ class DynamicsTransformer(nn.Module):
         them. Returns its x0 prediction (B, C, h, w); with `append` its keys/values join the
         cache as a new frame (use append=True for context frames)."""
         b = x.shape[0]
-        if b != cache.batch_size:
-            raise ValueError(f"cache built for batch {cache.batch_size}, got a frame batch of {b}")
         as_col = lambda v, dtype: torch.as_tensor(v, dtype=dtype, device=x.device).expand(b).reshape(b, 1)  # noqa: E731
         action = None if action is None else as_col(action, torch.long)
-        h = self._tokens(x[:, None], as_col(tau, torch.float32), as_col(d, torch.float32), action)
-        position = cache.next_position
-        space_rope = self._space_rope(x.device)
-        time_rope = rope_1d(torch.tensor([position], device=x.device), self.config.dim // self.config.heads)
-        new_kv, layer = [], 0
-        for block in self.blocks:
-            if block.temporal:
-                h, kv = block(h, time_rope, past=cache.past(layer))  # one query: sees all cached + itself
-                new_kv.append(kv)
-                layer += 1
-            else:
-                h, _ = block(h, space_rope)
-        if append:
-            cache.append(new_kv, position)
-        return self._frames(h)[:, 0]
-
+        tau, d = as_col(tau, torch.float32), as_col(d, torch.float32)
+        return self._extend(cache, x[:, None], tau, d, action, append=append)[:, 0]
 
     def prefill(self, cache: KVCache, x, tau, d, actions=None):
         """Append T frames x (B, T, C, h, w) in one batched pass: the same keys/values and
         predictions as T calls of ``step(..., append=True)`` (tested), for context frames."""
+        return self._extend(cache, x, tau, d, actions, append=True)
+
+    def _extend(self, cache: KVCache, x, tau, d, actions, *, append: bool):
+        """T frames x (B, T, C, h, w) at the time positions after the cached frames: frame i sees
+        every cached frame and the new frames up to itself. Returns the x0 predictions."""
         b, t = x.shape[:2]
         if b != cache.batch_size:
             raise ValueError(f"cache built for batch {cache.batch_size}, got a frame batch of {b}")
@@ -319,8 +315,8 @@ class DynamicsTransformer(nn.Module):
         positions = list(range(cache.next_position, cache.next_position + t))
         space_rope = self._space_rope(x.device)
         time_rope = rope_1d(torch.tensor(positions, device=x.device), self.config.dim // self.config.heads)
-        held = len(cache)  # new frame i sees every cached frame and new frames <= i
-        mask = torch.ones(t, held + t, dtype=torch.bool, device=x.device).tril(diagonal=held)
+        held = len(cache)  # one new frame sees everything: no mask
+        mask = None if t == 1 else torch.ones(t, held + t, dtype=torch.bool, device=x.device).tril(diagonal=held)
         new_kv, layer = [], 0
         for block in self.blocks:
             if block.temporal:
@@ -329,7 +325,8 @@ class DynamicsTransformer(nn.Module):
                 layer += 1
             else:
                 h, _ = block(h, space_rope)
-        cache.append(new_kv, positions)
+        if append:
+            cache.append(new_kv, positions)
         return self._frames(h)
 
 

@@ -168,3 +168,12 @@ def test_the_normalisation_is_part_of_the_saved_config(tmp_path):
 def test_a_non_positive_latent_std_is_rejected():
     with pytest.raises(ValueError, match="latent_std"):
         DynamicsConfig(latent_channels=4, latent_height=8, latent_width=8, latent_std=0.0)
+
+
+def test_a_model_first_run_in_inference_mode_still_trains():
+    model = tiny().train()
+    x, tau, d, actions = inputs()
+    with torch.inference_mode():  # builds the cached spatial RoPE table
+        model(x, tau, d, actions)
+    model(x, tau, d, actions).square().mean().backward()
+    assert model.patch_in.weight.grad is not None
