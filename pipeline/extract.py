@@ -10,7 +10,6 @@ actions) is reported by name with its reason and skipped; the run fails only if 
 
 from __future__ import annotations
 
-import json
 import multiprocessing as mp
 import os
 import shutil
@@ -26,7 +25,7 @@ from tqdm import tqdm
 
 from pipeline.atomic import TMP_MARK, atomic_dir, remove_stale_tmp, write_json
 from pipeline.config import ExtractParams
-from pipeline.sources.manifest import sha256_file
+from pipeline.sources.manifest import ACTIONS_SUFFIX, MANIFEST_NAME, load_manifest, sha256_file
 from pipeline.splits import SPLITS, assign_splits
 from pipeline.stores import ShardedArrayWriter, compressor
 from pipeline.video.decode import (
@@ -38,8 +37,6 @@ from pipeline.video.probe import ProbeError, VideoInfo, probe_video
 # decoding everything in this process is done sooner.
 SERIAL_BELOW_PIXELS = 1e9
 VIDEO_EXTS = (".mp4", ".mkv", ".webm", ".mov", ".avi")
-ACTIONS_SUFFIX = ".actions.npy"
-MANIFEST = "manifest.json"
 
 
 class ExtractError(RuntimeError):
@@ -85,7 +82,7 @@ def find_sources(raw_dir: str | Path) -> tuple[list[Source], list[dict]]:
     raw = Path(raw_dir)
     if not raw.is_dir():
         raise ExtractError(f"{raw}: no such directory (run the download stage first)")
-    manifest = raw / MANIFEST
+    manifest = raw / MANIFEST_NAME
     sources, skipped = [], []
     if not manifest.is_file():
         for path in sorted(p for p in raw.iterdir() if p.suffix.lower() in VIDEO_EXTS and TMP_MARK not in p.name):
@@ -94,29 +91,28 @@ def find_sources(raw_dir: str | Path) -> tuple[list[Source], list[dict]]:
         return sources, skipped
 
     try:
-        entries = json.loads(manifest.read_text())["videos"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise ExtractError(f"{manifest}: not a manifest with a 'videos' list ({exc})") from None
-    for i, e in enumerate(entries):
-        vid = e.get("id") if isinstance(e, dict) else None
-        if not vid:
-            raise ExtractError(f"{manifest}: videos[{i}] has no 'id'")
-        if e.get("status") != "ok":
-            skipped.append(_skip(vid, f"download status {e.get('status')!r}: {e.get('error') or 'no error given'}", None))
+        entries = load_manifest(raw)
+    except ValueError as exc:
+        raise ExtractError(str(exc)) from None
+    for vid, e in entries.items():
+        if e.status != "ok":
+            skipped.append(_skip(vid, f"download status {e.status!r}: {e.error or 'no error given'}", None))
             continue
         path = _video_file(raw, vid)
         if path is None:
-            skipped.append(_skip(vid, f"listed as ok in {MANIFEST} but no {raw / vid}.<{'|'.join(x[1:] for x in VIDEO_EXTS)}> exists", None))
+            skipped.append(_skip(vid, f"listed as ok in {MANIFEST_NAME} but no {raw / vid}.<{'|'.join(x[1:] for x in VIDEO_EXTS)}> exists", None))
             continue
-        actions = raw / (e.get("actions_file") or f"{vid}{ACTIONS_SUFFIX}")
-        has_actions = bool(e.get("actions_file")) or actions.is_file()
+        actions_file = e.extra.get("actions_file")
+        actions = raw / (actions_file or f"{vid}{ACTIONS_SUFFIX}")
+        has_actions = bool(actions_file) or actions.is_file()
+        meanings = e.extra.get("action_meanings")
         sources.append(Source(
-            id=vid, path=path, source=e.get("url") or e.get("source") or path.name,
+            id=vid, path=path, source=e.url or e.source or path.name,
             actions_path=actions if has_actions else None,
-            actions_fps=float(e["fps"]) if has_actions and e.get("fps") else None,
-            n_actions=e.get("n_actions"),
-            action_meanings=tuple(e["action_meanings"]) if has_actions and e.get("action_meanings") else None,
-            manifest_sha256=e.get("sha256"),
+            actions_fps=float(e.fps) if has_actions and e.fps else None,
+            n_actions=e.extra.get("n_actions"),
+            action_meanings=tuple(meanings) if has_actions and meanings else None,
+            manifest_sha256=e.sha256,
         ))
     return sources, skipped
 
@@ -237,7 +233,7 @@ def _run_one(src: Source, info: VideoInfo, window: FrameWindow, cfg: ExtractPara
     entry = {"id": src.id, "status": "ok", "file": str(src.path), "n_frames": attrs["n_frames"],
              "seconds": round(time.perf_counter() - t0, 3), "attrs": attrs}
     if src.manifest_sha256 and src.manifest_sha256 != attrs["source_sha256"]:
-        entry["warning"] = f"sha256 differs from {MANIFEST} (the file changed after download)"
+        entry["warning"] = f"sha256 differs from {MANIFEST_NAME} (the file changed after download)"
     return entry
 
 

@@ -300,3 +300,13 @@ def test_ctrl_c_stops_the_process_pool_at_once(tmp_path, clip, pool_always, monk
         run(raw, tmp_path, params(workers=2))
     assert time.monotonic() - t0 < 15  # without terminating them, shutdown would wait ~20 s for the workers
     assert not (tmp_path / "frames.zarr").exists() and list(tmp_path.glob("frames.zarr.tmp-*")) == []
+
+
+@pytest.mark.parametrize("text", ["{not json", '{"videos": [{"status": "ok"}]}', '{"entries": []}'])
+def test_a_manifest_that_is_not_one_is_named_and_nothing_is_written(tmp_path, text):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "manifest.json").write_text(text)
+    with pytest.raises(ExtractError, match=r"raw/manifest\.json: not a manifest"):
+        run(raw, tmp_path)
+    assert not (tmp_path / "frames.zarr").exists()

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from pipeline.atomic import atomic_file
 from pipeline.config import RecorderParams
-from pipeline.sources.manifest import VideoEntry, entry_for_file
+from pipeline.sources.manifest import ACTIONS_SUFFIX, VideoEntry, entry_for_file
 from pipeline.video.ffmpeg import ffmpeg_exe
 
 ALE_HZ = 60
@@ -105,7 +105,7 @@ def _encode_command(out: Path, width: int, height: int, rec: RecorderParams) -> 
 def record_episode(game: str, source: str, seed: int, episode: int, rec: RecorderParams, out_dir: Path) -> VideoEntry:
     """Record one episode to out_dir/<id>.mp4 and <id>.actions.npy (both appear complete or not at all)."""
     vid = episode_id(game, seed, episode)
-    video, actions_path = out_dir / f"{vid}.mp4", out_dir / f"{vid}.actions.npy"
+    video, actions_path = out_dir / f"{vid}.mp4", out_dir / f"{vid}{ACTIONS_SUFFIX}"
     actions: list[int] = []
     with atomic_file(video) as tmp_video, atomic_file(actions_path) as tmp_actions:
         proc = None

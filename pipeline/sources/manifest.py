@@ -20,6 +20,7 @@ from pipeline.video.probe import probe_video
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
+ACTIONS_SUFFIX = ".actions.npy"  # <id>.actions.npy beside <id>.mp4: the action of every frame
 
 Status = Literal["ok", "failed", "skipped"]
 
@@ -107,7 +108,7 @@ def load_manifest(out_dir: Path) -> dict[str, VideoEntry]:
         videos = json.loads(path.read_text())["videos"]
         return {d["id"]: VideoEntry.from_json(d) for d in videos}
     except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{path}: not a manifest this pipeline wrote ({exc}); delete it to start over") from None
+        raise ValueError(f"{path}: not a manifest this pipeline wrote ({exc!r}); delete it to start over") from None
 
 
 def write_manifest(out_dir: Path, entries: dict[str, VideoEntry], sources: list[str]) -> Path:
