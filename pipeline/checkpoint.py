@@ -92,28 +92,37 @@ def read_config(directory: str | Path, kind: str) -> dict:
     return header
 
 
+def state_dict_drift(module: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """What keeps `state` from loading strictly into `module` (empty: nothing): missing and
+    unexpected keys and shape mismatches, the first five of each."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+             for k in sorted(set(own) & set(state)) if own[k].shape != state[k].shape]  # fmt: skip
+
+    def first(items: list[str]) -> str:
+        return ", ".join(items[:5]) + (f" (+{len(items) - 5} more)" if len(items) > 5 else "")
+
+    named = (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch", wrong))
+    return [f"{name} {first(items)}" for name, items in named if items]
+
+
+def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], source: str | Path,
+                      error: type[Exception], problem: str) -> None:  # fmt: skip
+    """``load_state_dict(strict=True)``, or `error` naming the source file and every drift."""
+    drift = state_dict_drift(module, state)
+    if drift:
+        raise error(f"{source}: {problem}: " + "; ".join(drift))
+    module.load_state_dict(state, strict=True)
+
+
 def load_weights(module: nn.Module, file: str | Path) -> None:
     """Strict load: every key present, no extras, same shapes, or an error that lists the drift."""
     file = Path(file)
     if not file.is_file():
         raise CheckpointError(f"{file}: missing")
-    state = load_file(file)
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {missing[:5]}{'...' if len(missing) > 5 else ''}")
-        if unexpected:
-            parts.append(f"unexpected keys {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
-        if wrong:
-            parts.append(
-                "shape mismatch " + ", ".join(f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in wrong[:5])
-            )
-        raise CheckpointError(f"{file}: does not match the model built from its config: " + "; ".join(parts))
-    module.load_state_dict(state, strict=True)
+    load_state_strict(module, load_file(file), file, CheckpointError, "does not match the model built from its config")
 
 
 def load_model(directory: str | Path, kind: str, build: Callable[[dict], nn.Module], *, ema: bool = True) -> tuple[nn.Module, dict]:

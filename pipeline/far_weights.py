@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pipeline.checkpoint import load_state_strict
 from pipeline.networks.far import FAR, FARConfig, far_config
 
 HUB_REPO = "guyuchao/FAR_Models"
@@ -127,20 +128,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 def load_strict(module: nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
     """``load_state_dict(strict=True)`` with an error that names the file, keys and shapes."""
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    mismatched = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-                  for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or mismatched:
-        def first(items):
-            return ", ".join(items[:5]) + (f" (+{len(items) - 5} more)" if len(items) > 5 else "")
-
-        parts = [f"{name} {len(items)}: {first(items)}"
-                 for name, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatches", mismatched))
-                 if items]
-        raise FarWeightsError(f"{source} does not fit {type(module).__name__}: " + "; ".join(parts))
-    module.load_state_dict(state, strict=True)
+    load_state_strict(module, state, source, FarWeightsError, f"does not fit {type(module).__name__}")
 
 
 def load_transformer(variant: FarVariant, weights_dir=None, allow_hub_download=False, device="cpu") -> FAR:

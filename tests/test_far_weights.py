@@ -61,7 +61,7 @@ def test_strict_loading_names_missing_unexpected_and_mismatched_keys(tmp_path):
     with pytest.raises(FarWeightsError) as err:
         load_strict(model, bad, tmp_path / "ckpt.pth")
     msg = str(err.value)
-    assert "ckpt.pth" in msg and "missing 1: 1.bias" in msg and "unexpected 1: extra" in msg
+    assert "ckpt.pth: does not fit Sequential" in msg and "missing keys 1.bias" in msg and "unexpected keys extra" in msg
     assert "0.weight: file (4, 5) vs model (4, 3)" in msg
     fresh = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
     load_strict(fresh, good, "ok")
