@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pipeline.atomic import write_json
-from pipeline.video.probe import probe_video
+from pipeline.video.probe import VideoInfo, probe_video
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
@@ -79,10 +79,11 @@ def sha256_file(path: Path, block: int = 1 << 20) -> str:
 
 
 def entry_for_file(
-    path: Path, *, id: str, source: str, title: str | None, url: str | None = None, extra: dict | None = None
+    path: Path, *, id: str, source: str, title: str | None, url: str | None = None, extra: dict | None = None,
+    probed: VideoInfo | None = None,
 ) -> VideoEntry:
-    """An "ok" entry describing the finished file at `path` (hashed and probed)."""
-    info = probe_video(path)
+    """An "ok" entry describing the finished file at `path` (hashed, and probed unless `probed` is given)."""
+    info = probed or probe_video(path)
     return VideoEntry(
         id=id,
         source=source,

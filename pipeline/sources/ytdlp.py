@@ -29,7 +29,7 @@ from yt_dlp.utils import DownloadError, parse_bytes, remove_terminal_sequences
 from pipeline.config import DownloadParams
 from pipeline.sources.manifest import VideoEntry, entry_for_file, safe_id
 from pipeline.video.ffmpeg import ffmpeg_exe
-from pipeline.video.probe import ProbeError, probe_video
+from pipeline.video.probe import ProbeError, VideoInfo, probe_video
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +205,7 @@ def fetch(url: str, source: str, p: DownloadParams, out_dir: Path, staging: Path
     staging.mkdir(parents=True, exist_ok=True)
     (staging / ".gitignore").write_text("*\n")  # resumable .part files, never committed
     archive = out_dir / ARCHIVE_NAME if p.archive else None
-    published: dict[str, Path] = {}
+    published: dict[str, tuple[Path, VideoInfo]] = {}  # yt-dlp's file path -> where it landed, probe
 
     def publish(filepath: str) -> None:
         # Post hook: runs once the file is complete and post-processed, before the archive entry.
@@ -213,13 +213,13 @@ def fetch(url: str, source: str, p: DownloadParams, out_dir: Path, staging: Path
         try:
             if src.suffix != ".mp4":
                 raise ValueError(f"{src.name}: expected an mp4 after remuxing, got {src.suffix}")
-            probe_video(src)  # an error page saved as .mp4 fails here, is not archived, never lands
+            info = probe_video(src)  # an error page saved as .mp4 fails here, is not archived, never lands
         except (ValueError, ProbeError):
             src.unlink(missing_ok=True)
             raise
         dest = out_dir / f"{safe_id(src.stem)}.mp4"
         os.replace(src, dest)
-        published[filepath] = dest
+        published[filepath] = dest, info
 
     bars = _ByteBars()
     opts = ytdlp_options(p, staging, archive, file_urls=url.startswith("file://"))
@@ -239,7 +239,7 @@ def fetch(url: str, source: str, p: DownloadParams, out_dir: Path, staging: Path
         bars.close()
 
 
-def _fetch_one(ydl: YoutubeDL, item: dict, source: str, url: str, published: dict[str, Path]) -> VideoEntry:
+def _fetch_one(ydl: YoutubeDL, item: dict, source: str, url: str, published: dict[str, tuple[Path, VideoInfo]]) -> VideoEntry:
     item_url = item.get("webpage_url") or item.get("url") or url
     if file_id := media_file_id(item):
         item = {**item, "id": file_id}  # before the archive check: the archive records this id
@@ -255,12 +255,12 @@ def _fetch_one(ydl: YoutubeDL, item: dict, source: str, url: str, published: dic
         return VideoEntry(id=vid, source=source, status="skipped", url=item_url, title=item.get("title"),
                           error="skipped by yt-dlp (live stream or already in the download archive)")  # fmt: skip
     filepath = info.get("filepath") or (info.get("requested_downloads") or [{}])[-1].get("filepath")
-    dest = published.get(filepath)
-    if dest is None:
+    if filepath not in published:
         return VideoEntry(id=vid, source=source, status="skipped", url=item_url, title=info.get("title"),
                           error="yt-dlp downloaded nothing (the file already existed in staging?)")  # fmt: skip
+    dest, probed = published[filepath]
     return entry_for_file(dest, id=dest.stem, source=source, title=info.get("title"),
-                          url=info.get("webpage_url") or item_url)  # fmt: skip
+                          url=info.get("webpage_url") or item_url, probed=probed)  # fmt: skip
 
 
 def _failed(vid: str, source: str, url: str, exc: BaseException) -> VideoEntry:
