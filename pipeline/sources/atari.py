@@ -12,6 +12,7 @@ bit-exact (x264 on one thread, no metadata), so the same params give the same by
 from __future__ import annotations
 
 import difflib
+import functools
 import subprocess
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -27,6 +28,7 @@ from pipeline.video.ffmpeg import ffmpeg_exe
 ALE_HZ = 60
 
 
+@functools.cache  # a game name maps to one ROM; listing ale-py's ROMs once is enough
 def rom_id(game: str) -> str:
     """ale-py's ROM id for a game name: "Boxing" -> "boxing", "MontezumaRevenge" -> "montezuma_revenge"."""
     from ale_py import roms
@@ -86,8 +88,13 @@ def play_episode(
             return
 
 
+@functools.cache  # loading a ROM once per game, not once per episode
+def _action_names(game: str) -> tuple[str, ...]:
+    return tuple(a.name for a in _make_ale(rom_id(game), 0).getMinimalActionSet())
+
+
 def action_meanings(game: str) -> list[str]:
-    return [a.name for a in _make_ale(rom_id(game), 0).getMinimalActionSet()]
+    return list(_action_names(game))
 
 
 def _encode_command(out: Path, width: int, height: int, rec: RecorderParams) -> list[str]:
