@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import json
+from pathlib import Path
+
+import yaml
+
+from tests.project_clone import PROJECT_ROOT
 
 TINY_RECORDER = {"download": {"recorder": {"episodes": 3, "max_frames": 24}}}
 
@@ -43,3 +49,36 @@ def test_the_stage_rejects_a_misspelt_key_naming_it(project_clone):
     assert proc.returncode != 0
     assert "download.max_heigth: unknown key (did you mean max_height?)" in proc.stderr
     assert not (project_clone.root / "data/raw").exists()  # failed before any work
+
+
+# Every stage imports these; listing them would rerun the whole pipeline on a schema edit.
+SHARED_MODULES = {"pipeline/__init__.py", "pipeline/atomic.py", "pipeline/config.py"}
+
+
+def imported_modules(path: Path, seen: set[str] | None = None) -> set[str]:
+    """The pipeline modules a file imports, transitively (repository-relative paths)."""
+    seen = set() if seen is None else seen
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("pipeline"):
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names if a.name.startswith("pipeline")]
+        else:
+            continue
+        for name in names:
+            base = PROJECT_ROOT / name.replace(".", "/")
+            module = base.with_suffix(".py") if base.with_suffix(".py").is_file() else base / "__init__.py"
+            rel = module.relative_to(PROJECT_ROOT).as_posix()
+            if module.is_file() and rel not in seen:
+                seen.add(rel)
+                imported_modules(module, seen)
+    return seen
+
+
+def test_each_stage_depends_on_exactly_the_code_it_runs():
+    stages = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        module = f"stages/{name}.py"
+        code_deps = {d for d in stage["deps"] if d.endswith(".py")}
+        expected = {module} | (imported_modules(PROJECT_ROOT / module) - SHARED_MODULES)
+        assert code_deps == expected, (name, sorted(code_deps ^ expected))

@@ -50,3 +50,8 @@ def test_dvc_repro_runs_all_stages_deterministically_and_exp_run_reruns_only_dow
         assert f"Running stage '{stage}'" not in out
     for stage in ("train", "benchmark"):
         assert f"Running stage '{stage}'" in out
+
+    # editing the dynamics model's code makes exactly the stages that run it stale
+    with open(root / "pipeline/networks/dynamics.py", "a") as f:
+        f.write("\n# an edit\n")
+    assert sorted(json.loads(project_clone.run("dvc", "status", "--json").stdout)) == ["benchmark", "train"]
