@@ -27,6 +27,7 @@ import torch
 from tqdm import tqdm
 
 from pipeline.atomic import atomic_file, write_json
+from pipeline.paired_stats import paired_difference, standard_error
 from pipeline.rollout.loop import run_rollout
 from pipeline.rollout.policies import load_policy
 from pipeline.pixels import to_pixels
@@ -36,6 +37,7 @@ from pipeline.stores import StoreError, list_videos, open_store, read_actions, r
 METRIC_NAMES = ("psnr", "ssim", "lpips")
 EVAL_MODE = "real_rollout"
 PSNR_FOR_FULL_SCORE = 40.0  # temporal_quality_main = min(100, PSNR / 40 * 100)
+PAIRED_BASELINE = "full_history"  # every policy's PSNR is also reported as a paired gap to this one
 
 
 class BenchmarkError(RuntimeError):
@@ -246,7 +248,9 @@ def _key(cell: Cell) -> tuple[str, str, str, str]:
 
 
 def summarize(run: BenchmarkRun) -> dict[tuple[str, str, str, str], dict]:
-    """Per cell: mean metrics, per-horizon curves, speed and memory."""
+    """Per cell: mean metrics, per-horizon curves, speed and memory, and how sure the PSNR is:
+    its standard error over rollouts and its paired gap to PAIRED_BASELINE (same clips, same
+    noise; see pipeline.paired_stats) with a 95% confidence half-width."""
     groups: dict[tuple, list[RolloutRecord]] = {}
     for rec in run.records:
         groups.setdefault(_key(rec.cell), []).append(rec)
@@ -276,7 +280,26 @@ def summarize(run: BenchmarkRun) -> dict[tuple[str, str, str, str], dict]:
         )
         entry["peak_kv_memory_mb"] = entry["peak_retained_bytes"] / 2**20
         out[key] = entry
+    _add_uncertainty(out, groups)
     return out
+
+
+def _rollout_psnr(recs: list[RolloutRecord]) -> dict[tuple[int, int], float]:
+    """Each rollout's mean PSNR over its predicted frames, by (clip, sample seed)."""
+    return {(r.clip, r.seed): float(np.mean(r.per_frame["psnr"])) for r in recs}
+
+
+def _add_uncertainty(summary: dict, groups: dict[tuple, list[RolloutRecord]]) -> None:
+    gap_key = f"psnr_vs_{PAIRED_BASELINE}"
+    for (workload, budget, policy, mode), entry in summary.items():
+        psnr = _rollout_psnr(groups[(workload, budget, policy, mode)])
+        entry["psnr_sem"] = standard_error(list(psnr.values()))
+        entry[gap_key] = entry[f"{gap_key}_ci95"] = None
+        baseline = groups.get((workload, budget, PAIRED_BASELINE, mode))
+        if baseline is not None:
+            base = _rollout_psnr(baseline)
+            pairs = sorted(set(psnr) & set(base))
+            entry[gap_key], entry[f"{gap_key}_ci95"] = paired_difference([psnr[k] for k in pairs], [base[k] for k in pairs])
 
 
 def summarize_references(run: BenchmarkRun) -> dict[str, dict[str, dict]]:
@@ -313,8 +336,26 @@ def metrics_lines(summary: dict, references: dict) -> list[str]:
     return lines
 
 
-JSON_KEYS = ("temporal_quality_main", "psnr", "ssim", "lpips", "fps", "peak_kv_memory_mb", "peak_retained_bytes",
-             "n_frames_kept", "mean_frames_kept", "policy_time_share")
+def ranking_lines(summary: dict) -> list[str]:
+    """Per workload, budget and mode: the policies by PSNR, each with its standard error and its
+    paired gap to PAIRED_BASELINE with a 95% interval -- what to read before calling a ranking."""
+    gap_key = f"psnr_vs_{PAIRED_BASELINE}"
+    lines = []
+    for workload, budget, mode in dict.fromkeys((w, b, m) for (w, b, _, m) in summary):
+        cells = [(p, e) for (w, b, p, m), e in summary.items() if (w, b, m) == (workload, budget, mode)]
+        lines.append(f"{workload} / budget {budget} / {mode}: PSNR dB (± s.e.), paired gap to {PAIRED_BASELINE} (± 95% CI)")
+        for policy, e in sorted(cells, key=lambda pe: -pe[1]["psnr"]):
+            sem = "" if e["psnr_sem"] is None else f"± {e['psnr_sem']:.2f}"
+            gap = "" if e[gap_key] is None else f"{e[gap_key]:+.2f}"
+            if gap and e[f"{gap_key}_ci95"] is not None:
+                gap += f" ± {e[f'{gap_key}_ci95']:.2f}"
+            lines.append(f"  {policy:<20} {e['psnr']:6.2f} {sem:<7}  {gap}".rstrip())
+    return lines
+
+
+UNCERTAINTY_KEYS = ("psnr_sem", f"psnr_vs_{PAIRED_BASELINE}", f"psnr_vs_{PAIRED_BASELINE}_ci95")
+JSON_KEYS = ("temporal_quality_main", "psnr", *UNCERTAINTY_KEYS, "ssim", "lpips", "fps", "peak_kv_memory_mb",
+             "peak_retained_bytes", "n_frames_kept", "mean_frames_kept", "policy_time_share")
 
 
 def metrics_json(summary: dict, references: dict, info: dict) -> dict:
@@ -330,7 +371,7 @@ def metrics_json(summary: dict, references: dict, info: dict) -> dict:
 
 
 HORIZON_COLUMNS = ("workload", "budget", "mode", "policy", "horizon", "psnr", "ssim", "lpips")
-BUDGET_COLUMNS = ("workload", "budget", "max_frames", "mode", "policy", "psnr", "ssim", "lpips",
+BUDGET_COLUMNS = ("workload", "budget", "max_frames", "mode", "policy", "psnr", *UNCERTAINTY_KEYS, "ssim", "lpips",
                   "temporal_quality_main", "peak_kv_memory_mb", "mean_frames_kept", "fps")
 
 
@@ -354,8 +395,9 @@ def budget_rows(summary: dict, budgets: dict[str, int | None]) -> list[dict]:
     for (workload, budget, policy, mode), e in summary.items():
         max_frames = budgets.get(budget)
         rows.append(dict(zip(BUDGET_COLUMNS, (
-            workload, budget, "full" if max_frames is None else max_frames, mode, policy, e["psnr"], e["ssim"],
-            e["lpips"], e["temporal_quality_main"], e["peak_kv_memory_mb"], e["mean_frames_kept"], e["fps"]))))
+            workload, budget, "full" if max_frames is None else max_frames, mode, policy, e["psnr"],
+            *(e[k] for k in UNCERTAINTY_KEYS), e["ssim"], e["lpips"], e["temporal_quality_main"],
+            e["peak_kv_memory_mb"], e["mean_frames_kept"], e["fps"]))))
     return rows
 
 

@@ -26,11 +26,12 @@ def main() -> None:
     clips = bm.workload_clips(params)
     run = bm.run_benchmark(host, bench, clips, seed=params.seed, media_clips=bench.media_clips, scorer=bm.Scorer(device))
     info = bm.run_info(params, device)
-    _, _, lines = bm.write_outputs(run, bench.budgets, info, bm.METRICS_JSON, bm.HORIZON_CSV, bm.BUDGET_CSV)
+    summary, _, lines = bm.write_outputs(run, bench.budgets, info, bm.METRICS_JSON, bm.HORIZON_CSV, bm.BUDGET_CSV)
     with atomic_dir(bm.REPORTS) as tmp:
         if bench.media_clips:
             bm.write_media(run, tmp, bench.workloads, mode=bench.modes[0])
     print("\n".join(lines))
+    print("\n".join(bm.ranking_lines(summary)))
     print(f"benchmark: {len(run.records)} rollouts in {run.seconds:.1f} s (stage {time.perf_counter() - start:.1f} s)")
 
 

@@ -200,3 +200,28 @@ def test_policies_that_may_read_the_budget_are_always_rerun(stores, scorer, tmp_
     )
     result = run(stores, scorer, bench_params(policies=[f"{path}:MyWindow"], modes=["kv"]))
     assert not any(r.reused for r in result.records)
+
+
+def test_each_policy_gets_a_standard_error_and_a_paired_gap_to_full_history(stores, scorer):
+    result = run(stores, scorer)
+    summary = bm.summarize(result)
+    for (workload, budget, policy, mode), e in summary.items():
+        recs = [r for r in result.records if (r.cell.workload, r.cell.budget, r.cell.policy, r.cell.mode)
+                == (workload, budget, policy, mode)]  # fmt: skip
+        base = {(r.clip, r.seed): np.mean(r.per_frame["psnr"]) for r in result.records
+                if (r.cell.workload, r.cell.budget, r.cell.policy, r.cell.mode) == (workload, budget, "full_history", mode)}  # fmt: skip
+        gaps = [np.mean(r.per_frame["psnr"]) - base[(r.clip, r.seed)] for r in recs]
+        assert e["psnr_vs_full_history"] == pytest.approx(np.mean(gaps))
+        assert e["psnr_sem"] == pytest.approx(np.std([np.mean(r.per_frame["psnr"]) for r in recs], ddof=1) / np.sqrt(2))
+        assert e["psnr_vs_full_history_ci95"] >= 0
+    assert summary[("short", "full", "full_history", "kv")]["psnr_vs_full_history"] == 0.0
+    lines = bm.ranking_lines(summary)
+    assert lines[0] == "short / budget full / recompute: PSNR dB (± s.e.), paired gap to full_history (± 95% CI)"
+    assert re.match(r"^  (recent_window|full_history) +\d+\.\d\d ± \d+\.\d\d +[+-]\d+\.\d\d ± \d+\.\d\d$", lines[1])
+
+
+def test_without_full_history_there_is_no_gap_but_still_a_standard_error(stores, scorer):
+    summary = bm.summarize(run(stores, scorer, bench_params(policies=["recent_window"])))
+    for e in summary.values():
+        assert e["psnr_vs_full_history"] is None and e["psnr_vs_full_history_ci95"] is None
+        assert e["psnr_sem"] is not None

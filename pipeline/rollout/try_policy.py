@@ -5,7 +5,9 @@
 
 Runs the same rollouts and metrics as the `benchmark` stage (same clips, seeds and noise, so the
 numbers are paired with the stage's), prints the `TEST_METRICS:` lines, then a table that puts
-them next to the baselines' last results in metrics/benchmark.json. Writes nothing.
+them next to the baselines' last results in metrics/benchmark.json. Writes nothing. Add
+`--policy full_history` to also get each policy's paired PSNR gap to it with a 95% interval
+(same clips, same noise): a gap inside its interval is not a ranking.
 """
 
 from __future__ import annotations
@@ -91,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<26}{mode:<11}" + "".join(f"{e.get(c, float('nan')):>11.4g}" for c in COLUMNS))
     for name, e in (old_refs or refs).items():
         print(f"  {name:<24}{'reference':<11}" + "".join(f"{e.get(c, float('nan')):>11.4g}" for c in list(COLUMNS)[:4]))
+    if any(e[f"psnr_vs_{bm.PAIRED_BASELINE}"] is not None for e in summary.values()):
+        print("\n" + "\n".join(bm.ranking_lines(summary)))
     return 0
 
 

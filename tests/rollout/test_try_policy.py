@@ -3,6 +3,7 @@ small random models, real LPIPS; run from the project directory as users do."""
 
 import csv
 import json
+import re
 import shutil
 import textwrap
 from pathlib import Path
@@ -89,6 +90,7 @@ def test_stage_writes_metrics_tables_and_media(project, stage_output):
     rows = list(csv.DictReader(open(project / "metrics/benchmark_horizon.csv")))
     assert {r["policy"] for r in rows} == {"recent_window", "full_history", "persistence", "tokenizer_ceiling"}
     assert sorted(p.name for p in (project / "reports/benchmark").iterdir()) == ["short_full.gif", "short_tight.gif"]
+    assert "short / budget tight / kv: PSNR dB (± s.e.), paired gap to full_history (± 95% CI)" in stage_output
 
 
 def test_try_policy_runs_a_user_policy_and_compares_with_the_baselines(project, stage_output, monkeypatch, capsys):
@@ -112,6 +114,18 @@ def test_try_policy_runs_a_user_policy_and_compares_with_the_baselines(project, 
     table = out[out.index("* = this run"):]
     assert "* oldest_and_newest" in table and "  recent_window" in table and "  full_history" in table
     assert (project / "metrics/benchmark.json").read_text() == before  # try_policy writes nothing
+    assert "paired gap" not in out  # full_history did not run alongside: nothing to pair with
+
+
+def test_try_policy_with_full_history_alongside_reports_the_paired_gap(project, stage_output, monkeypatch, capsys):
+    from pipeline.rollout import try_policy
+
+    monkeypatch.chdir(project)
+    assert try_policy.main(["--policy", "packcache", "--policy", "full_history", "--budget", "tight", "--clips", "3"]) == 0
+    out = capsys.readouterr().out
+    ranking = out[out.index("short / budget tight / kv: PSNR dB"):]
+    assert re.search(r"^  packcache +\d+\.\d\d ± \d+\.\d\d +[+-]\d+\.\d\d ± \d+\.\d\d$", ranking, re.MULTILINE)
+    assert re.search(r"^  full_history +\d+\.\d\d ± \d+\.\d\d +\+0\.00 ± 0\.00$", ranking, re.MULTILINE)
 
 
 def test_try_policy_rejects_an_unknown_budget(project, monkeypatch):
