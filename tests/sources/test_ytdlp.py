@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
 import json
 from pathlib import Path
 
@@ -258,3 +259,21 @@ def test_only_videos_named_after_their_file_get_a_location_id():
     direct = {"id": "clip", "extractor_key": "Generic", "formats": [{"url": "https://h/a/clip.mp4?sig=1"}]}
     assert media_file_id(direct) == media_file_id({**direct, "formats": [{"url": "https://h/a/clip.mp4?sig=2"}]})
     assert media_file_id(direct) != media_file_id({**direct, "formats": [{"url": "https://h/b/clip.mp4"}]})
+
+
+def test_a_ucf101_style_xvid_avi_file_url_lands_as_a_remuxed_mp4(params, tmp_path):
+    from pipeline.video.ffmpeg import ffmpeg_exe
+    from pipeline.video.probe import probe_video
+
+    src = tmp_path / "v_Basketball_g01_c01.avi"  # UCF-101's container, codec and size
+    subprocess.run([ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25",
+                    "-frames:v", "25", "-c:v", "mpeg4", "-vtag", "xvid", str(src)], check=True)  # fmt: skip
+    raw = tmp_path / "raw"
+    download(params([src.as_uri()]), seed=0, out_dir=raw)
+
+    (entry,) = manifest(raw).values()
+    assert entry["status"] == "ok" and entry["id"].startswith("v_Basketball_g01_c01-")
+    assert (entry["width"], entry["height"], entry["fps"]) == (320, 240, 25.0)
+    assert video_files(raw) == [f"{entry['id']}.mp4"]
+    landed = probe_video(raw / f"{entry['id']}.mp4")
+    assert landed.codec == "mpeg4" and landed.duration == pytest.approx(1.0, abs=0.05)  # remuxed, not re-encoded
