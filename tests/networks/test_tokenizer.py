@@ -5,7 +5,7 @@ import torch
 
 from pipeline.checkpoint import CheckpointError, save_checkpoint
 from pipeline.config import TokenizerParams
-from pipeline.networks.tokenizer import build_tokenizer, load_tokenizer, random_patch_mask, tokenizer_config
+from pipeline.networks.tokenizer import build_tokenizer, load_tokenizer, random_patch_mask, regrid, tokenizer_config
 from pipeline.training import EMA
 
 CONV = TokenizerParams(arch="conv", base_channels=8, latent_channels=4, downsample=4, patch_size=8)
@@ -86,3 +86,30 @@ def test_checkpoint_with_mismatched_config_fails_clearly(tmp_path):
         load_tokenizer(tmp_path / "tok")
     with pytest.raises(CheckpointError, match="no checkpoint here"):
         load_tokenizer(tmp_path / "nothing")
+
+
+def test_regrid_averages_onto_a_coarser_grid_and_repeats_onto_a_finer_one():
+    tokens = torch.arange(16.0).reshape(1, 16, 1)  # a 4x4 grid, one channel
+    coarse = regrid(tokens, (4, 4), (2, 2))
+    assert coarse.flatten().tolist() == [2.5, 4.5, 10.5, 12.5]
+    assert regrid(coarse, (2, 2), (4, 4)).reshape(4, 4)[:2, :2].flatten().tolist() == [2.5] * 4
+
+
+@pytest.mark.parametrize("patch_size", [4, 8])  # one patch per latent, and one patch over four latents
+def test_transformer_latents_have_a_local_path_to_the_patches_under_them(patch_size):
+    # With every block's output zeroed (the residual stream only), what reaches a latent token
+    # is its local path: changing the top-left patch must change only the latents it covers.
+    cfg = tokenizer_config(TokenizerParams(arch="transformer", dim=32, depth=1, heads=4, patch_size=patch_size,
+                                           latent_channels=4, downsample=4), 32)  # fmt: skip
+    torch.manual_seed(0)
+    tok = build_tokenizer(cfg).eval()
+    with torch.no_grad():
+        for block in list(tok.encoder.blocks) + list(tok.decoder.blocks):
+            block.proj.weight.zero_(), block.proj.bias.zero_(), block.mlp[2].weight.zero_(), block.mlp[2].bias.zero_()
+        x = torch.rand(1, 3, 32, 32)
+        y = x.clone()
+        y[:, :, :patch_size, :patch_size] = 1 - y[:, :, :patch_size, :patch_size]
+        changed = (tok.encode(x) - tok.encode(y)).abs().amax(dim=1)[0] > 1e-6  # (8, 8) latent grid
+    covered = torch.zeros(8, 8, dtype=torch.bool)
+    covered[: patch_size // 4, : patch_size // 4] = True
+    assert torch.equal(changed, covered)
