@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -199,3 +200,12 @@ def test_the_stage_relaunches_itself_under_torchrun_and_matches_one_process(tmp)
     two, one = load_file(work / "models/dynamics/model.safetensors"), load_file(single / "models/dynamics/model.safetensors")
     for k in one:
         torch.testing.assert_close(two[k], one[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_the_bf16_autocast_path_of_the_gpu_presets_trains_on_cpu_too(tmp):
+    # CPU bf16 autocast runs the same mixed-precision code as CUDA's, so a dtype slip in the
+    # model or the objective shows up here, not on the first GPU run.
+    out, metrics = run(tmp, tiny_params(steps=60, log_every=20, precision="bf16"))
+    losses = [float(r.split("\t")[-1]) for r in (out / "dvclive/plots/metrics/train/loss.tsv").read_text().splitlines()[1:]]
+    assert len(losses) == 3 and all(np.isfinite(losses)) and losses[-1] < losses[0]
+    assert all(np.isfinite(v) for v in metrics["val"].values())
