@@ -145,7 +145,6 @@ class TransformerEncoder(nn.Module):
         self.to_latent = nn.Linear(dim, latent_channels)
 
     def forward(self, x, mask=None):
-        b = x.shape[0]
         patches = F.unfold(x, self.p, stride=self.p).transpose(1, 2)  # (B, N, 3·p·p)
         tokens = self.patch_in(patches)
         if mask is not None:  # masked autoencoding: hidden patches become a learned token
@@ -176,7 +175,6 @@ class TransformerDecoder(nn.Module):
         self.patch_out = nn.Linear(dim, 3 * patch_size**2)
 
     def forward(self, z):  # z: (B, L, C)
-        b = z.shape[0]
         latents = self.latent_in(z)
         queries = self.patch_queries + regrid(latents, self.latent_grid, self.patch_grid)  # local path, as in the encoder
         tokens = torch.cat([latents, queries], 1) + self.pos
