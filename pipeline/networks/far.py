@@ -85,6 +85,9 @@ def far_config(size: str, long: bool = False, **overrides) -> FARConfig:
 # ----------------------------------------------------------------------------------------------
 # blocks
 # ----------------------------------------------------------------------------------------------
+# diffusers has both adaLN classes, but they chunk the conditioning on dim 1 and so expect one
+# vector per sample; FAR conditions every token with its own frame's timestep (``_temb``), so
+# these two take (B, N, D). Module names are diffusers' (the checkpoints' keys).
 class AdaLayerNormZeroSingle(nn.Module):
     """LayerNorm modulated by (shift, scale) and a residual gate, all from the conditioning."""
 

@@ -72,12 +72,19 @@ def test_prefill_equals_appending_frame_by_frame_also_after_cached_and_evicted_f
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
-def test_a_step_without_append_leaves_the_cache_unchanged():
-    model = tiny()
+def cache_of_first_frames(model, n: int):
+    """A batch-2 cache holding the first n frames of ``inputs()``, appended step by step."""
     x, tau, d, actions = inputs()
     cache = model.new_cache(2)
-    for t in range(3):
+    for t in range(n):
         model.step(cache, x[:, t], tau[:, t], d[:, t], actions[:, t], append=True)
+    return cache
+
+
+def test_a_step_without_append_leaves_the_cache_unchanged():
+    model = tiny()
+    x = inputs()[0]
+    cache = cache_of_first_frames(model, 3)
     before = (cache.nbytes(), list(cache.positions))
     first = model.step(cache, x[:, 3], 0.7, 0.25, None, append=False)
     again = model.step(cache, x[:, 3], 0.7, 0.25, None, append=False)
@@ -88,9 +95,7 @@ def test_a_step_without_append_leaves_the_cache_unchanged():
 def test_evicting_frames_frees_their_bytes_and_keeps_absolute_positions():
     model = tiny()
     x, tau, d, actions = inputs()
-    cache = model.new_cache(2)
-    for t in range(4):
-        model.step(cache, x[:, t], tau[:, t], d[:, t], actions[:, t], append=True)
+    cache = cache_of_first_frames(model, 4)
     per_frame = cache.nbytes() / 4
     # B * N tokens x kv_heads x head_dim, keys and values, 2 temporal layers, fp32
     assert per_frame == 2 * model.config.tokens_per_frame * 2 * 8 * 2 * 2 * 4
