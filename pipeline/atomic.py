@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -34,8 +35,12 @@ def replace_path(src: Path, dst: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(final: str | Path) -> Iterator[Path]:
-    """Yield a fresh temporary directory; on success it replaces `final`, on error it is removed."""
+def atomic_dir(final: str | Path, settle_s: float = 0.0) -> Iterator[Path]:
+    """Yield a fresh temporary directory; on success it replaces `final`, on error it is removed.
+
+    `settle_s`: keep removing it for this long after an error. A writer's background thread
+    (zarr's IO thread, hit by Ctrl-C mid-write) can recreate a file after the first removal.
+    """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_sibling(final)
@@ -43,7 +48,12 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
     try:
         yield tmp
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        deadline = time.monotonic() + settle_s
+        while True:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.05)
         raise
     replace_path(tmp, final)
 

@@ -52,6 +52,11 @@ class RecorderParams(Section):
         return v
 
 
+# What download.sources accepts (pipeline.sources.parse_source dispatches on the same prefixes).
+SOURCE_PREFIXES = ("http://", "https://", "file://", "atari:", "@")
+SOURCE_HINT = "expected an http(s):// or file:// URL, a YouTube @handle, or atari:<Game>"
+
+
 class DownloadParams(Section):
     sources: list[str] = Field(min_length=1)
     max_videos: int = Field(6, ge=1, description="videos per source (playlist/channel entries, recorder episodes)")
@@ -69,10 +74,8 @@ class DownloadParams(Section):
     @classmethod
     def _known_scheme(cls, sources: list[str]) -> list[str]:
         for i, s in enumerate(sources):
-            if not (s.startswith(("http://", "https://", "file://", "atari:")) or s.startswith("@")):
-                raise ValueError(
-                    f"[{i}] {s!r}: expected an http(s):// or file:// URL, a YouTube @handle, or atari:<Game>"
-                )
+            if not s.startswith(SOURCE_PREFIXES):
+                raise ValueError(f"[{i}] {s!r}: {SOURCE_HINT}")
         return sources
 
     @field_validator("rate_limit")

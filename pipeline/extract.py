@@ -11,7 +11,6 @@ actions) is reported by name with its reason and skipped; the run fails only if 
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import shutil
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -286,31 +285,15 @@ def extract_all(raw_dir: str | Path, out: str | Path, report_path: str | Path, c
             continue
         jobs.append((src, info, window))
 
-    try:
-        report = _build_store(out, report_path, raw_dir, jobs, entries, cfg, seed, t0)
-    except BaseException:
-        _sweep_own_tmp(out)
-        raise
+    report = _build_store(out, report_path, raw_dir, jobs, entries, cfg, seed, t0)
     write_json(report_path, report)
     return report
-
-
-def _sweep_own_tmp(out: Path, grace_s: float = 0.5) -> None:
-    """Remove this process's temporary store again for a moment after a failure: a Ctrl-C can land
-    while zarr's IO thread is writing a metadata file, which then reappears after atomic_dir's cleanup."""
-    deadline = time.monotonic() + grace_s
-    while True:
-        for stale in out.parent.glob(f"{out.name}{TMP_MARK}{os.getpid()}-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        if time.monotonic() > deadline:
-            return
-        time.sleep(0.05)
 
 
 def _build_store(out: Path, report_path, raw_dir, jobs: list[tuple], entries: list[dict], cfg: ExtractParams,
                  seed: int, t0: float) -> dict:
     """Extract every job into a temporary store, assign splits, rename it into place; returns the report."""
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, settle_s=0.5) as tmp:  # Ctrl-C can land mid-write in zarr's IO thread
         root = zarr.open_group(str(tmp), mode="w")
         root.attrs.update({**cfg.model_dump(mode="json"), "seed": seed})
         entries += _run_all(jobs, cfg, tmp)
@@ -321,7 +304,7 @@ def _build_store(out: Path, report_path, raw_dir, jobs: list[tuple], entries: li
             raise ExtractError(f"no usable video in {raw_dir} (details in {report_path}):\n  {reasons}")
         splits = assign_splits([e["id"] for e in ok], cfg.splits.model_dump(), seed)
         for e in ok:
-            zarr.open_group(str(tmp / e["id"]), mode="r+").attrs["split"] = e["attrs"]["split"] = splits[e["id"]]
+            root[e["id"]].attrs["split"] = e["attrs"]["split"] = splits[e["id"]]
         root.attrs["split_videos"] = {s: sorted(v for v, sp in splits.items() if sp == s) for s in SPLITS}
         return _report(entries, cfg, time.perf_counter() - t0)
 

@@ -21,7 +21,7 @@ from typing import Iterator, Literal
 from tqdm.auto import tqdm
 
 from pipeline.atomic import remove_stale_tmp
-from pipeline.config import DownloadParams
+from pipeline.config import SOURCE_HINT, DownloadParams
 from pipeline.sources import atari, ytdlp
 from pipeline.sources.manifest import VideoEntry, entry_for_file, load_manifest, write_manifest
 from pipeline.sources.ytdlp import SourceBlockedError
@@ -56,9 +56,7 @@ def parse_source(spec: str) -> Source:
         return Source(spec, "url", f"https://www.youtube.com/{spec}/videos")
     if spec.startswith(("http://", "https://", "file://")):
         return Source(spec, "url", spec)
-    raise ValueError(
-        f"download.sources: {spec!r}: expected an http(s):// or file:// URL, a YouTube @handle, or atari:<Game>"
-    )
+    raise ValueError(f"download.sources: {spec!r}: {SOURCE_HINT}")
 
 
 def _fetch(src: Source, p: DownloadParams, seed: int, out_dir: Path, staging: Path) -> Iterator[VideoEntry]:
@@ -84,7 +82,7 @@ def _settle(new: VideoEntry, old: VideoEntry | None, out_dir: Path) -> VideoEntr
     return new
 
 
-def download(p: DownloadParams, seed: int, out_dir: str | Path, staging: str | Path | None = None) -> list[VideoEntry]:
+def download(p: DownloadParams, seed: int, out_dir: str | Path) -> list[VideoEntry]:
     """Fetch every source of `p` into out_dir and write out_dir/manifest.json after each video.
 
     A failing video is recorded and the others go on (unless p.fail_fast). Raises DownloadFailed
@@ -92,7 +90,7 @@ def download(p: DownloadParams, seed: int, out_dir: str | Path, staging: str | P
     written in every case.
     """
     out_dir = Path(out_dir)
-    staging = Path(staging) if staging is not None else out_dir.parent / f".{out_dir.name}-partial"
+    staging = out_dir.parent / f".{out_dir.name}-partial"  # yt-dlp's resumable .part files
     sources = [parse_source(s) for s in p.sources]
     if p.cookies_file and not Path(p.cookies_file).is_file():
         raise FileNotFoundError(f"download.cookies_file: {p.cookies_file!r} does not exist")

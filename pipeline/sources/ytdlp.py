@@ -245,22 +245,25 @@ def _fetch_one(ydl: YoutubeDL, item: dict, source: str, url: str, published: dic
         item = {**item, "id": file_id}  # before the archive check: the archive records this id
     vid = safe_id(item["id"]) if item.get("id") else url_id(item_url)
     if ydl.in_download_archive(item):
-        return VideoEntry(id=vid, source=source, status="skipped", url=item_url, title=item.get("title"),
-                          error="already in the download archive")  # fmt: skip
+        return _skipped(vid, source, item_url, item.get("title"), "already in the download archive")
     try:
         info = ydl.process_ie_result(item, download=True)
     except DownloadError as exc:
         return _failed(vid, source, item_url, exc)
     if info is None:  # skipped by yt-dlp itself (match filter, or archived under another id)
-        return VideoEntry(id=vid, source=source, status="skipped", url=item_url, title=item.get("title"),
-                          error="skipped by yt-dlp (live stream or already in the download archive)")  # fmt: skip
+        return _skipped(vid, source, item_url, item.get("title"),
+                        "skipped by yt-dlp (live stream or already in the download archive)")
     filepath = info.get("filepath") or (info.get("requested_downloads") or [{}])[-1].get("filepath")
     if filepath not in published:
-        return VideoEntry(id=vid, source=source, status="skipped", url=item_url, title=info.get("title"),
-                          error="yt-dlp downloaded nothing (the file already existed in staging?)")  # fmt: skip
+        return _skipped(vid, source, item_url, info.get("title"),
+                        "yt-dlp downloaded nothing (the file already existed in staging?)")
     dest, probed = published[filepath]
     return entry_for_file(dest, id=dest.stem, source=source, title=info.get("title"),
                           url=info.get("webpage_url") or item_url, probed=probed)  # fmt: skip
+
+
+def _skipped(vid: str, source: str, url: str, title: str | None, why: str) -> VideoEntry:
+    return VideoEntry(id=vid, source=source, status="skipped", url=url, title=title, error=why)
 
 
 def _failed(vid: str, source: str, url: str, exc: BaseException) -> VideoEntry:

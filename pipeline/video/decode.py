@@ -170,7 +170,6 @@ class FrameStream:
         self._queue: queue.Queue = queue.Queue(maxsize=prefetch)
         self._stderr: collections.deque[str] = collections.deque(maxlen=20)
         self._proc: subprocess.Popen | None = None
-        self.n_frames = 0
 
     def _drain_stderr(self) -> None:
         for line in iter(self._proc.stderr.readline, b""):
@@ -209,7 +208,6 @@ class FrameStream:
                 if len(item) % self.frame_bytes:
                     raise DecodeError(f"{self.name}: ffmpeg stopped inside a frame ({len(item) % self.frame_bytes} stray bytes)")
                 frames = np.frombuffer(item, dtype=np.uint8).reshape(-1, *self.shape)
-                self.n_frames += len(frames)
                 yield frames
             rc = self._proc.wait()
             for t in threads:

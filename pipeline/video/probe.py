@@ -62,21 +62,22 @@ def _looks_like_mp4(path: Path) -> bool:
     return head[4:8] in (b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip")
 
 
-def _header(path: Path) -> str:
+def _ffmpeg_stderr(path: Path, *output_args: str, timeout: float = 60) -> str:
+    """What `ffmpeg -i path [output_args]` reports on stderr (the header, progress, errors)."""
     proc = subprocess.run(
-        [ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path)],
-        capture_output=True, text=True, errors="replace", timeout=60,
+        [ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path), *output_args],
+        capture_output=True, text=True, errors="replace", timeout=timeout,
     )
     return proc.stderr
 
 
+def _header(path: Path) -> str:
+    return _ffmpeg_stderr(path)
+
+
 def _remux_duration(path: Path) -> float | None:
     """Last timestamp reached when copying the video stream to the null muxer (no decoding)."""
-    proc = subprocess.run(
-        [ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path), "-map", "0:v:0", "-c", "copy", "-f", "null", "-"],
-        capture_output=True, text=True, errors="replace", timeout=600,
-    )
-    times = _TIME.findall(proc.stderr)
+    times = _TIME.findall(_ffmpeg_stderr(path, "-map", "0:v:0", "-c", "copy", "-f", "null", "-", timeout=600))
     return _seconds(*times[-1]) if times else None
 
 
