@@ -59,9 +59,7 @@ def time_null(args: list[str]) -> tuple[float, float]:
     return time.perf_counter() - t0, cpu_seconds() - c0
 
 
-def time_extract(video: Path, cfg: ExtractParams, work: Path, run: int) -> tuple[float, float, Path, int]:
-    info = probe_video(video)
-    window = frame_window(info, cfg.fps, cfg.skip_start_s, cfg.skip_end_s, cfg.max_frames)
+def time_extract(video: Path, info, window, cfg: ExtractParams, work: Path, run: int) -> tuple[float, float, Path, int]:
     store = work / f"frames-{run}.zarr"
     zarr.open_group(str(store), mode="w")
     t0, c0 = time.perf_counter(), cpu_seconds()
@@ -94,7 +92,7 @@ def main() -> None:
     cfg = ExtractParams(fps=args.fps, size=args.size, resize_mode=args.mode,
                         chunk_frames=args.chunk_frames, shard_frames=args.shard_frames)
     info = probe_video(video)
-    window = frame_window(info, cfg.fps)
+    window = frame_window(info, cfg.fps, cfg.skip_start_s, cfg.skip_end_s, cfg.max_frames)  # as extract computes it
     graph, _ = build_graph(info, cfg.size, cfg.resize_mode, cfg.fps, window, cfg.hud_masks)
     null = null_args(graph)
     print(f"input: {video.name} {info.width}x{info.height} {info.fps:g} fps {info.duration:.1f} s ({info.bytes / 1e6:.1f} MB)")
@@ -106,7 +104,7 @@ def main() -> None:
     for r in range(args.repeats):
         t, c = time_null(null)
         t_null.append(t), c_null.append(c)
-        t, c, store, n = time_extract(video, cfg, work, r)
+        t, c, store, n = time_extract(video, info, window, cfg, work, r)
         t_ours.append(t), c_ours.append(c)
         print(f"  run {r}: ffmpeg null {n / t_null[-1]:8.1f} frames/s   extract->zarr {n / t:8.1f} frames/s")
         if r:

@@ -25,7 +25,6 @@ from pipeline.diffusion.sampler import ShortcutEulerSampler
 from pipeline.rollout.loop import run_rollout
 from pipeline.rollout.pipeline_host import PipelineHost
 from pipeline.rollout.policies import BASELINES, load_policy
-from pipeline.training import pick_device
 
 
 def random_models(params, n_actions: int = 18):
@@ -63,9 +62,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     params = load_params()
-    device = pick_device()
-    if device.type == "cpu" and params.benchmark.cpu_threads:
-        torch.set_num_threads(params.benchmark.cpu_threads)
+    device = bm.benchmark_device(params)
     trained = (bm.TOKENIZER / "config.json").is_file() and (bm.DYNAMICS / "config.json").is_file()
     if trained:
         loaded = PipelineHost.load(bm.TOKENIZER, bm.DYNAMICS, params.benchmark.sampling_steps,
@@ -91,7 +88,7 @@ def main() -> None:
         actions = [0] * (args.context + args.predict) if models[1].config.n_actions else None
 
     k_fast, k_slow = params.benchmark.sampling_steps, min(64, models[1].config.k_max)
-    host = make_host(params, k_fast, device, models)
+    host = loaded if trained else make_host(params, k_fast, device, models)
     timed(host, "full_history", context, 2, None, "kv", actions, 1)  # warm-up
 
     print(f"\n1. kv vs recompute (K = {k_fast}, full_history policy)")
@@ -108,7 +105,7 @@ def main() -> None:
 
     print(f"\n2. K = {k_fast} vs K = {k_slow} (kv mode, full history)")
     slow_host = make_host(params, k_slow, device, models)
-    fast = timed(host, "full_history", context, args.predict, None, "kv", actions, args.repeats)
+    fast = rows[("full", "kv")]  # section 1's run: same host, policy, clip, noise and repeats
     slow = timed(slow_host, "full_history", context, args.predict, None, "kv", actions, args.repeats)
     print(f"   K={k_fast}: {args.predict / fast.seconds:.2f} frames/s   K={k_slow}: {args.predict / slow.seconds:.2f} "
           f"frames/s   speed-up x{slow.seconds / fast.seconds:.2f}")
@@ -125,7 +122,8 @@ def main() -> None:
 
     print("\n3. policy bookkeeping share of step time (kv mode, medium budget)")
     for policy in BASELINES:
-        r = timed(host, policy, context, args.predict, args.medium, "kv", actions, args.repeats)
+        r = (rows[(f"medium({args.medium})", "kv")] if policy == "full_history"  # section 1 ran it
+             else timed(host, policy, context, args.predict, args.medium, "kv", actions, args.repeats))
         print(f"   {policy:>16}: {1e3 * r.policy_seconds / args.predict:6.3f} ms/step of {1e3 * r.seconds / args.predict:7.2f} "
               f"ms/step = {100 * r.policy_seconds / r.seconds:5.2f} %")
 

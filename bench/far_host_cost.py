@@ -18,6 +18,7 @@ import torch
 from pipeline.far_weights import VARIANTS, weights_dtype
 from pipeline.networks.far import FAR
 from pipeline.rollout.far_host import FarHost
+from pipeline.rollout.loop import finish_queued_work
 
 
 class _NoVAE:  # the DCAE plays no part in generation; only its scaling factor is read
@@ -35,12 +36,10 @@ def seconds_per_frame(host: FarHost, mode: str, context: torch.Tensor, repeats: 
         session = host.start(mode, torch.Generator().manual_seed(r))
         for x in context:
             session.append(x, None)
-        if host.device.type == "cuda":
-            torch.cuda.synchronize()
+        finish_queued_work(host.device)
         t0, c0 = time.perf_counter(), time.process_time()
         session.generate(None)
-        if host.device.type == "cuda":
-            torch.cuda.synchronize()
+        finish_queued_work(host.device)
         times.append((time.perf_counter() - t0, time.process_time() - c0))
     return min(times)
 

@@ -88,7 +88,7 @@ def select_clips(frames_path: str | Path, latents_path: str | Path | None, conte
         if latents_root is not None:
             if video.id not in latents_root:
                 raise StoreError(f"{latents_path}: no latents for test video {video.id!r} (rerun the tokenize stage)")
-            latents = torch.from_numpy(read_array(latents_path, video.id, "latents", start, start + context)).float()
+            latents = torch.from_numpy(latents_root[video.id]["latents"][start : start + context]).float()
         pixels = to_pixels(read_array(frames_path, video.id, "frames", start, start + length))
         clips.append(Clip(video.id, start, pixels, latents, _conditioning_actions(frames_path, video, start, length)))
     return clips
@@ -247,6 +247,17 @@ def _key(cell: Cell) -> tuple[str, str, str, str]:
     return (cell.workload, cell.budget, cell.policy, cell.mode)
 
 
+def _metric_means(per_metric: dict[str, list[list[float]]]) -> dict:
+    """Per metric: the mean over rollouts and frames, and the per-horizon mean curve
+    (values are per rollout, per predicted frame)."""
+    entry: dict = {}
+    for m, values in per_metric.items():
+        arr = np.array(values)  # (rollouts, n_predict)
+        entry[m] = float(arr.mean())
+        entry[f"{m}_horizon"] = arr.mean(axis=0).tolist()
+    return entry
+
+
 def summarize(run: BenchmarkRun) -> dict[tuple[str, str, str, str], dict]:
     """Per cell: mean metrics, per-horizon curves, speed and memory, and how sure the PSNR is:
     its standard error over rollouts and its paired gap to PAIRED_BASELINE (same clips, same
@@ -261,11 +272,7 @@ def summarize(run: BenchmarkRun) -> dict[tuple[str, str, str, str], dict]:
     groups = dict(sorted(groups.items(), key=lambda kv: tuple(firsts[i].index(kv[0][i]) for i in range(4))))
     out = {}
     for key, recs in groups.items():
-        entry: dict = {}
-        for m in METRIC_NAMES:
-            per_frame = np.array([r.per_frame[m] for r in recs])  # (rollouts, n_predict)
-            entry[m] = float(per_frame.mean())
-            entry[f"{m}_horizon"] = per_frame.mean(axis=0).tolist()
+        entry = _metric_means({m: [r.per_frame[m] for r in recs] for m in METRIC_NAMES})
         frames = sum(r.n_predict for r in recs)
         seconds = sum(r.seconds for r in recs)
         kept = [k for r in recs for k in r.kept_per_step]
@@ -306,11 +313,7 @@ def summarize_references(run: BenchmarkRun) -> dict[str, dict[str, dict]]:
     out: dict[str, dict[str, dict]] = {}
     for workload, refs in run.references.items():
         for name, metrics in refs.items():
-            entry = {}
-            for m, per_clip in metrics.items():
-                arr = np.array(per_clip)
-                entry[m] = float(arr.mean())
-                entry[f"{m}_horizon"] = arr.mean(axis=0).tolist()
+            entry = _metric_means(metrics)
             entry["temporal_quality_main"] = temporal_quality(entry["psnr"])
             out.setdefault(workload, {})[name] = entry
     return out
@@ -434,6 +437,17 @@ BUDGET_CSV = Path("metrics/benchmark_budget.csv")
 REPORTS = Path("reports/benchmark")
 
 
+def benchmark_device(params) -> torch.device:
+    """The device rollouts run on; on CPU capped at ``benchmark.cpu_threads`` threads (per-frame
+    ops are small: more threads cost more than they give)."""
+    from pipeline.training import pick_device
+
+    device = pick_device()
+    if device.type == "cpu" and params.benchmark.cpu_threads:
+        torch.set_num_threads(params.benchmark.cpu_threads)
+    return device
+
+
 def build_host(params, device: torch.device | str = "cpu"):
     """The RolloutHost named by ``benchmark.host``."""
     bench = params.benchmark
@@ -477,7 +491,7 @@ def workload_clips(params, workloads: Iterable[str] | None = None) -> dict[str, 
             from pipeline.rollout.far_data import dmlab_clips
 
             clips[name] = [
-                Clip(c.id, 0, c.frames[: w.context + w.predict], None, np.asarray(c.actions[: w.context + w.predict]))
+                Clip(c.id, 0, c.frames, None, np.asarray(c.actions))  # episodes come cut to the clip length
                 for c in dmlab_clips(bench.far.dmlab_npz, bench.n_clips, w.context + w.predict)
             ]
         else:

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import time
 
-import torch
 
 from pipeline import benchmark as bm
 from pipeline.atomic import atomic_dir
 from pipeline.config import load_params_or_exit
-from pipeline.training import pick_device, seed_everything
+from pipeline.training import seed_everything
 
 
 def main() -> None:
@@ -19,9 +18,7 @@ def main() -> None:
     params = load_params_or_exit()
     bench = params.benchmark
     seed_everything(params.seed)
-    device = pick_device()
-    if device.type == "cpu" and bench.cpu_threads:
-        torch.set_num_threads(bench.cpu_threads)  # small per-frame ops: threads cost more than they give
+    device = bm.benchmark_device(params)
     host = bm.build_host(params, device)
     clips = bm.workload_clips(params)
     run = bm.run_benchmark(host, bench, clips, seed=params.seed, media_clips=bench.media_clips, scorer=bm.Scorer(device))

@@ -186,19 +186,22 @@ class FarSession:
         cfg_batch = host.guidance_scale > 1
         scheduler = host.new_scheduler()
         n_cached = self.cache.n_frames if use_cache else 0
+        # The actions are those of the whole frame: on the device once, not once per step.
+        all_actions = torch.tensor([actions], device=dev) if host.uses_actions else None
+        if cfg_batch and all_actions is not None:  # [null actions, actions], as the reference's CFG
+            all_actions = torch.cat([torch.full_like(all_actions, self.cfg.null_action), all_actions])
         for i, t in enumerate(scheduler.timesteps):
             if use_cache:  # the first call also caches the frames appended since the last one
                 frames = self.latents[n_cached:] if i == 0 else []
-                acts = actions[n_cached:] if i == 0 else actions[-1:]
+                acts = slice(n_cached, None) if i == 0 else slice(-1, None)
             else:
-                frames, acts = self.latents, actions
+                frames, acts = self.latents, slice(None)
             x = torch.stack(frames + [z[0, 0]])[None]
             ts = torch.full((1, x.shape[1]), -1.0, device=dev)
             ts[:, -1] = t
-            a = torch.tensor([acts], device=dev) if host.uses_actions else None
-            if cfg_batch:  # [null actions, actions], as the reference's CFG
+            a = None if all_actions is None else all_actions[:, acts]
+            if cfg_batch:
                 x, ts = x.repeat(2, 1, 1, 1, 1), ts.repeat(2, 1)
-                a = torch.cat([torch.full_like(a, self.cfg.null_action), a])
             v = host.model(
                 x, ts, actions=a,
                 cache=self.cache if use_cache else None,

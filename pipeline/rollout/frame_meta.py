@@ -49,9 +49,7 @@ def latent_features(latents: torch.Tensor, ref: torch.Tensor) -> dict[str, torch
     x = latents.reshape(len(latents), -1).float()
     ref = ref.reshape(-1).float()
     n = len(x)
-    boundary = torch.zeros(n)
-    similarity = torch.ones(n)
-    motion = torch.zeros(n)
+    boundary, similarity, motion = x.new_zeros(n), x.new_ones(n), x.new_zeros(n)  # on the latents' device
     if n > 1:
         cur, prev = x[1:], x[:-1]
         diff = cur - prev
@@ -70,7 +68,8 @@ def build_frame_meta(
     """One FrameMeta per history frame, oldest first, before generating frame ``step``."""
     if len(records) != len(latents):
         raise ValueError(f"{len(latents)} latents but {len(records)} frame records")
-    feats = {k: v.tolist() for k, v in latent_features(latents, ref).items()}
+    features = latent_features(latents, ref)
+    feats = dict(zip(features, torch.stack(list(features.values())).cpu().tolist()))  # one device transfer
     size_mb = latents[0].numel() * latents.element_size() / 2**20
     newest = records[-1].time
     metas = []

@@ -78,7 +78,7 @@ def capacity_mb(max_frames: int | None, frame_mb: float) -> float:
     return math.inf if max_frames is None else max_frames * frame_mb
 
 
-def _finish_queued_work(device: torch.device) -> None:
+def finish_queued_work(device: torch.device) -> None:
     """CUDA runs kernels asynchronously: wait for them so that timers measure work, not queueing."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -127,7 +127,7 @@ def run_rollout(
     result = RolloutResult(generated=torch.empty(0))
     generated = []
     for step in range(n_predict):
-        _finish_queued_work(context.device)  # else the policy's timer absorbs the last generation
+        finish_queued_work(context.device)  # else the policy's timer absorbs the last generation
         t0 = time.perf_counter()
         cand_lat, cand_rec = kept_lat + new_lat, kept_rec + new_rec
         metas = build_frame_meta(torch.stack(cand_lat), ref, cand_rec, step)
@@ -158,7 +158,7 @@ def run_rollout(
         generated.append(x)
         new_lat, new_rec = [x], [FrameRecord(time=t_new)]
     result.generated = torch.stack(generated)
-    _finish_queued_work(context.device)
+    finish_queued_work(context.device)
     result.seconds = time.perf_counter() - start
     result.policy_seconds = policy_seconds
     return result

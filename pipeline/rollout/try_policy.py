@@ -17,11 +17,10 @@ import json
 import sys
 from pathlib import Path
 
-import torch
 
 from pipeline import benchmark as bm
 from pipeline.config import load_params
-from pipeline.training import pick_device, seed_everything
+from pipeline.training import seed_everything
 
 COLUMNS = {"temporal_quality_main": "tq_main", "psnr": "psnr", "ssim": "ssim", "lpips": "lpips", "fps": "fps",
            "peak_kv_memory_mb": "peak_MiB", "mean_frames_kept": "mean_kept"}
@@ -70,9 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     budget, max_frames = parse_budget(args.budget, bench.budgets)
     modes = args.mode or list(bench.modes)
     seed_everything(params.seed)
-    device = pick_device()
-    if device.type == "cpu" and bench.cpu_threads:
-        torch.set_num_threads(bench.cpu_threads)
+    device = bm.benchmark_device(params)
     host = bm.build_host(params, device)
     clips = bm.workload_clips(params, [args.workload])
     run = bm.run_benchmark(host, bench, clips, seed=params.seed, policies=args.policy, budgets={budget: max_frames},
