@@ -16,7 +16,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -33,7 +32,7 @@ from pipeline.diffusion.objective import NoisePlan, add_noise, sample_plan, shor
 from pipeline.latent_windows import AlternatingBatches, Batch, LatentVideos, WindowError, latent_shape
 from pipeline.networks.dynamics import KIND, DynamicsConfig, DynamicsTransformer, config_dict
 from pipeline.stores import store_identity
-from pipeline.training import EMA, autocast, build_optimizer, check_finite, seed_everything, warmup_cosine
+from pipeline.training import EMA, autocast, build_optimizer, check_finite, open_live, seed_everything, warmup_cosine
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,14 +218,6 @@ class Interval:
         return {f"loss_d/1_{2**j}": float(err[j] / count[j]) for j in range(self.levels) if count[j] > 0}
 
 
-def open_live(live_dir: Path, resume: bool):
-    from dvclive import Live
-
-    if not resume and live_dir.exists():
-        shutil.rmtree(live_dir)  # a fresh run starts fresh plots
-    return Live(str(live_dir), resume=resume, save_dvc_exp=False, dvcyaml=None, report=None)
-
-
 # ---------------------------------------------------------------------------------------------
 # The run
 # ---------------------------------------------------------------------------------------------
@@ -266,7 +257,7 @@ def train_dynamics(params: Params, *, latents: Path, out_dir: Path, metrics_path
     net = torch.nn.parallel.DistributedDataParallel(model) if ddp.world > 1 else model
     n_params = sum(p.numel() for p in model.parameters())
 
-    live = open_live(Path(live_dir), resume=start > 0) if ddp.main else None
+    live = open_live(live_dir, start or None) if ddp.main else None
     if ddp.main:
         print(f"dynamics: {n_params / 1e6:.2f}M params, latents {c}x{h}x{w} (mean {latent_mean:.3f}, "
               f"std {latent_std:.3f}: normalised), "

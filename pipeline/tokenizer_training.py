@@ -13,11 +13,9 @@ and running-RMS state, so a resumed run follows the same trajectory as an uninte
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import math
-import shutil
 import time
 from pathlib import Path
 from typing import Callable
@@ -34,7 +32,7 @@ from pipeline.metrics import LPIPS, psnr, ssim
 from pipeline.networks.tokenizer import KIND, build_tokenizer, random_patch_mask, tokenizer_config
 from pipeline.pixels import to_pixels
 from pipeline.stores import StoreError, list_videos, open_store, store_identity
-from pipeline.training import EMA, build_optimizer, check_finite, pick_device, seed_everything, warmup_cosine
+from pipeline.training import EMA, build_optimizer, check_finite, open_live, pick_device, seed_everything, warmup_cosine
 
 LOG_EVERY = 10  # steps between logged training points
 
@@ -108,30 +106,6 @@ def evaluate(model, lpips: LPIPS, prev: np.ndarray, cur: np.ndarray, batch: int 
 
 
 # --------------------------------------------------------------------------------------------
-# DVCLive bookkeeping across resumes
-# --------------------------------------------------------------------------------------------
-def truncate_live(live_dir: Path, step: int) -> None:
-    """Drop logged rows after `step` (logged after the checkpoint a resume restarts from)."""
-    for tsv in (live_dir / "plots" / "metrics").rglob("*.tsv"):
-        with tsv.open() as f:
-            rows = list(csv.DictReader(f, delimiter="\t"))
-            fields = list(rows[0].keys()) if rows else None
-        if fields is None:
-            continue
-        kept = [r for r in rows if int(r["step"]) <= step]
-        with tsv.open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=fields, delimiter="\t")
-            w.writeheader()
-            w.writerows(kept)
-
-
-def _open_live(live_dir: Path, resume: bool):
-    from dvclive import Live
-
-    return Live(str(live_dir), dvcyaml=None, save_dvc_exp=False, resume=resume)
-
-
-# --------------------------------------------------------------------------------------------
 # the loop
 # --------------------------------------------------------------------------------------------
 def train_tokenizer(
@@ -178,11 +152,8 @@ def train_tokenizer(
     if resume:
         step, extra = load_training_state(out_dir, kind=KIND, model=model, ema=ema, optimizer=optimizer, scheduler=scheduler)
         rms = {k: RunningRMS(**v) for k, v in extra["rms"].items()}
-        truncate_live(live_dir, step)
         print(f"train_tokenizer: resuming from step {step}/{tok.steps} ({out_dir})")
-    else:
-        shutil.rmtree(live_dir, ignore_errors=True)
-    live = _open_live(live_dir, resume)
+    live = open_live(live_dir, step if resume else None)
     live.log_params({"tokenizer": tok.model_dump(), "seed": seed, "latent_shape": config["latent_shape"]})
 
     def checkpoint(at: int, extra: dict | None = None) -> None:
@@ -215,11 +186,14 @@ def train_tokenizer(
                 "lr": scheduler.get_last_lr()[0]}
         bar.update(1)
         bar.set_postfix(loss=f"{logs['loss']:.3f}", psnr=f"{logs['psnr']:.2f}")
-        if step % LOG_EVERY == 0 or step == tok.steps:
+        log_train = step % LOG_EVERY == 0 or step == tok.steps
+        log_val = step % tok.val_every == 0 or step == tok.steps  # any val_every, not only multiples of LOG_EVERY
+        if log_train or log_val:
             live.step = step
-            for k, v in logs.items():
-                live.log_metric(f"train/{k}", v)
-            if step % tok.val_every == 0 or step == tok.steps:
+            if log_train:
+                for k, v in logs.items():
+                    live.log_metric(f"train/{k}", v)
+            if log_val:
                 for k, v in evaluate(ema.module, lpips, prev, cur).items():
                     live.log_metric(f"val/{k}", v)
             live.next_step()

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import csv
 import math
 import random
+import shutil
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -89,3 +92,34 @@ def check_finite(loss: torch.Tensor, step: int) -> None:
             f"loss is {loss.item()} at step {step}; stopping. The last good checkpoint is kept; "
             "lower the learning rate or check the data."
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# DVCLive plots across resumes
+# ---------------------------------------------------------------------------------------------
+def truncate_live(live_dir: Path, step: int) -> None:
+    """Drop logged rows after `step` (logged after the checkpoint a resume restarts from)."""
+    for tsv in (Path(live_dir) / "plots" / "metrics").rglob("*.tsv"):
+        with tsv.open() as f:
+            rows = list(csv.DictReader(f, delimiter="\t"))
+            fields = list(rows[0].keys()) if rows else None
+        if fields is None:
+            continue
+        kept = [r for r in rows if int(r["step"]) <= step]
+        with tsv.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields, delimiter="\t")
+            w.writeheader()
+            w.writerows(kept)
+
+
+def open_live(live_dir: str | Path, resume_step: int | None):
+    """A DVCLive logger for a training run: fresh plots for a new run (`resume_step` None), or
+    the plots up to the checkpoint a resumed run restarts from (later rows were logged by the
+    killed run and are logged again)."""
+    from dvclive import Live
+
+    if resume_step is None:
+        shutil.rmtree(live_dir, ignore_errors=True)
+    else:
+        truncate_live(Path(live_dir), resume_step)
+    return Live(str(live_dir), resume=resume_step is not None, save_dvc_exp=False, dvcyaml=None, report=None)

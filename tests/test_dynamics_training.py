@@ -108,6 +108,25 @@ def test_resume_after_a_kill_continues_exactly(tmp, monkeypatch):
     assert steps == [5, 10, 15, 20]
 
 
+def test_a_kill_between_checkpoints_leaves_no_duplicate_plot_rows(tmp, monkeypatch):
+    params = tiny_params()
+    real_check = dt.check_finite
+
+    def die_at_step_16(loss, step):
+        real_check(loss, step)
+        if step == 16:  # past the step-15 log row, before the step-20 checkpoint
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(dt, "check_finite", die_at_step_16)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp, params, "killed")
+    monkeypatch.setattr(dt, "check_finite", real_check)
+    killed, resumed = run(tmp, params, "killed")
+    assert resumed["resumed_from"] == [10]
+    steps = [int(r.split("\t")[0]) for r in (killed / "dvclive/plots/metrics/train/loss.tsv").read_text().splitlines()[1:]]
+    assert steps == [5, 10, 15, 20]
+
+
 def test_changed_params_start_fresh_and_clear_the_plots(tmp):
     out, _ = run(tmp, tiny_params())
     (out / "dvclive/plots/metrics/train/stale.tsv").write_text("step\tx\n1\t1\n")

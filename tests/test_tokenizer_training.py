@@ -89,3 +89,10 @@ def test_running_rms_tracks_scale():
     for _ in range(200):
         value = rms.update(torch.tensor(0.5))
     assert value == pytest.approx(0.5, rel=1e-3)
+
+
+def test_validation_runs_every_val_every_steps_even_off_the_logging_grid(frames_store, tmp_path):
+    params = TINY.model_copy(update={"steps": 45, "val_every": 15, "checkpoint_every": 45})
+    train_tokenizer(params, 0, frames_store, tmp_path / "tok", tmp_path / "live")
+    assert [s for s, _ in curve(tmp_path / "live", "val/psnr")] == [15, 30, 45]
+    assert [s for s, _ in curve(tmp_path / "live")] == [10, 20, 30, 40, 45]
