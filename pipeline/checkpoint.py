@@ -53,6 +53,10 @@ def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict, meta: di
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
+def _cpu_state(module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+
+
 def save_checkpoint(
     directory: str | Path,
     *,
@@ -67,9 +71,9 @@ def save_checkpoint(
 ) -> None:
     """Write a complete checkpoint to `directory`, replacing any previous one atomically."""
     with atomic_dir(directory) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
+        save_file(_cpu_state(model), tmp / "model.safetensors")
         if ema is not None:
-            save_file({k: v.detach().cpu().contiguous() for k, v in ema.state_dict().items()}, tmp / "ema.safetensors")
+            save_file(_cpu_state(ema), tmp / "ema.safetensors")
         if optimizer is not None:
             tensors, meta = _optimizer_tensors(optimizer)
             tensors["rng.torch"] = torch.get_rng_state()

@@ -101,7 +101,6 @@ def locate(filename: str, weights_dir: str | Path | None = None, allow_hub_downl
             return Path(hf_hub_download(repo_id=HUB_REPO, filename=filename))
         except Exception as e:  # offline, gated, renamed: say which file and why
             raise MissingFarWeightError(f"FAR weight {filename!r}: download from {HUB_REPO} failed: {e}") from e
-        tried.append(f"hf://{HUB_REPO}/{filename}")
     where = ", ".join(tried) if tried else f"no weights directory (benchmark.far.weights_dir and ${ENV_VAR} unset)"
     raise MissingFarWeightError(
         f"FAR weight {filename!r} not found (looked in: {where}). Put the official files of {HUB_REPO} under "

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from pipeline.checkpoint import load_model
-from pipeline.networks.layers import Attention, RMSNorm, SwiGLU, rope_1d, rope_2d
+from pipeline.networks.layers import Attention, RMSNorm, SwiGLU, pack, rope_1d, rope_2d, unpack
 
 KIND = "dynamics"
 
@@ -236,7 +236,7 @@ class DynamicsTransformer(nn.Module):
                 f"{(cfg.latent_channels, cfg.latent_height, cfg.latent_width)}"
             )
         p, (gh, gw) = cfg.patch_size, cfg.grid
-        patches = x.reshape(b, t, c, gh, p, gw, p).permute(0, 1, 3, 5, 2, 4, 6).reshape(b, t, gh * gw, c * p * p)
+        patches = pack(x, p).view(b, t, gh * gw, c * p * p)
         spatial = self.patch_in(patches.to(self.patch_in.weight.dtype))
         registers = self.registers.expand(b, t, -1, -1)
         # log2(1/d) in [0, log2 k_max]: the shortcut level. Scales chosen so features vary.
@@ -260,8 +260,7 @@ class DynamicsTransformer(nn.Module):
         b, t = h.shape[:2]
         p, (gh, gw) = cfg.patch_size, cfg.grid
         out = self.patch_out(self.out_norm(h[:, :, : gh * gw]))
-        out = out.view(b, t, gh, gw, cfg.latent_channels, p, p).permute(0, 1, 4, 2, 5, 3, 6)
-        return out.reshape(b, t, cfg.latent_channels, cfg.latent_height, cfg.latent_width)
+        return unpack(out.reshape(b, t * gh * gw, -1), t, cfg.latent_height, cfg.latent_width, p)
 
     # ------------------------------------------------------------------ whole sequences
     def forward(self, x, tau, d, actions=None, independent: torch.Tensor | None = None):
@@ -314,7 +313,7 @@ class DynamicsTransformer(nn.Module):
         h = self._tokens(x, tau, d, actions)
         positions = list(range(cache.next_position, cache.next_position + t))
         space_rope = self._space_rope(x.device)
-        time_rope = rope_1d(torch.tensor(positions, device=x.device), self.config.dim // self.config.heads)
+        time_rope = rope_1d(torch.arange(positions[0], positions[-1] + 1, device=x.device), self.config.dim // self.config.heads)
         held = len(cache)  # one new frame sees everything: no mask
         mask = None if t == 1 else torch.ones(t, held + t, dtype=torch.bool, device=x.device).tril(diagonal=held)
         new_kv, layer = [], 0

@@ -31,6 +31,8 @@ from diffusers.models.embeddings import LabelEmbedding, TimestepEmbedding, Times
 from diffusers.models.transformers.transformer_flux import FluxPosEmbed
 from torch import nn
 
+from pipeline.networks.layers import pack, unpack
+
 
 @dataclass(frozen=True)
 class FARConfig:
@@ -137,7 +139,6 @@ class FarAttnProcessor:
         self,
         attn: Attention,
         hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
         n_long: int = 0,
@@ -205,7 +206,9 @@ class FARBlock(nn.Module):
 
     def forward(self, x, temb, rotary_emb, mask, n_long=0, layer_cache=None, cache_tokens=0):
         h, gate = self.norm1(x, temb)
-        x = x + gate * self.attn(
+        # The processor directly: diffusers' Attention.forward inspects its signature on every call.
+        x = x + gate * self.attn.processor(
+            self.attn,
             h,
             attention_mask=mask,
             rotary_emb=rotary_emb,
@@ -249,20 +252,6 @@ class FarKVCache:
 # ----------------------------------------------------------------------------------------------
 # the transformer
 # ----------------------------------------------------------------------------------------------
-def pack(x: torch.Tensor, p: int) -> torch.Tensor:
-    """(B, T, C, H, W) -> (B, T*(H/p)*(W/p), C*p*p): frame-major, then row, then column."""
-    b, t, c, h, w = x.shape
-    x = x.reshape(b, t, c, h // p, p, w // p, p).permute(0, 1, 3, 5, 2, 4, 6)
-    return x.reshape(b, t * (h // p) * (w // p), c * p * p)
-
-
-def unpack(x: torch.Tensor, t: int, h: int, w: int, p: int) -> torch.Tensor:
-    b, _, d = x.shape
-    c = d // (p * p)
-    x = x.reshape(b, t, h // p, w // p, c, p, p).permute(0, 1, 4, 2, 5, 3, 6)
-    return x.reshape(b, t, c, h, w)
-
-
 def grid_ids(frames: torch.Tensor, h: int, w: int, stride: int = 1) -> torch.Tensor:
     """RoPE ids (frame, row, col) per token; coarse patches sit on the fine grid (``stride``)."""
     rows, cols = torch.arange(h) * float(stride), torch.arange(w) * float(stride)
@@ -356,9 +345,10 @@ class FAR(nn.Module):
         short = x[:, n_long:]
         tokens = self.x_embedder(pack(short, p))
         temb = self._temb(timestep[:, n_long:], None if actions is None else actions[:, n_long:], tpf, tokens.dtype)
-        first = n_past + n_long  # history index of x's first short-term frame (one term is 0)
-        ids = grid_ids(torch.arange(first, total), h // p, w // p)
-        frame_idx = torch.arange(first, total).repeat_interleave(tpf)
+        # Keys cover cached + new short-term frames, at their indices in the retained history
+        # (with a cache n_long is 0, so this starts at the first cached frame).
+        ids = grid_ids(torch.arange(n_long, total), h // p, w // p)
+        frame_idx = torch.arange(n_long, total).repeat_interleave(tpf)
         n_long_tokens = 0
         if n_long:
             cp = cfg.context_patch_size
@@ -376,10 +366,6 @@ class FAR(nn.Module):
         if cfg.condition_type == "label":
             temb = temb + self.label_embedder(labels).unsqueeze(1)
 
-        # keys cover cached + new frames; positions are the frames' indices in the retained history
-        if cache is not None:
-            ids = torch.cat([grid_ids(torch.arange(n_past), h // p, w // p), ids])
-            frame_idx = torch.cat([torch.arange(n_past).repeat_interleave(tpf), frame_idx])
         rotary = self.pos_embed(ids.to(x.device))
         mask = self._mask(frame_idx.to(x.device), tokens.shape[1])
 

@@ -18,7 +18,8 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Normalise in fp32: bf16 sums of squares lose too much precision.
-        y = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)
+        xf = x.float()
+        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return y.type_as(x) * self.weight
 
 
@@ -31,6 +32,23 @@ class SwiGLU(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up(x).chunk(2, dim=-1)
         return self.down(F.silu(gate) * up)
+
+
+# ---------------------------------------------------------------------------------------------
+# Patches: latent frames <-> token sequences (FAR and the dynamics model share the layout).
+# ---------------------------------------------------------------------------------------------
+def pack(x: torch.Tensor, p: int) -> torch.Tensor:
+    """(B, T, C, H, W) -> (B, T*(H/p)*(W/p), C*p*p): frame-major, then row, then column."""
+    b, t, c, h, w = x.shape
+    x = x.reshape(b, t, c, h // p, p, w // p, p).permute(0, 1, 3, 5, 2, 4, 6)
+    return x.reshape(b, t * (h // p) * (w // p), c * p * p)
+
+
+def unpack(x: torch.Tensor, t: int, h: int, w: int, p: int) -> torch.Tensor:
+    b, _, d = x.shape
+    c = d // (p * p)
+    x = x.reshape(b, t, h // p, w // p, c, p, p).permute(0, 1, 4, 2, 5, 3, 6)
+    return x.reshape(b, t, c, h, w)
 
 
 # ---------------------------------------------------------------------------------------------
