@@ -82,49 +82,53 @@ def test_console_shows_step_kind_length_loss_tau_range_and_rate(tmp, capsys):
     assert __import__("re").fullmatch(r"step 5/5 [SL] T=(8|16) loss \d+\.\d{4} Tau: \[0\.\d\d-1\.00\] [\d.]+ batch/s", line)
 
 
+def killed_then_resumed(tmp, monkeypatch, params, name: str, dying):
+    """Run with ``dt.<name>`` replaced by ``dying(original)`` until it raises KeyboardInterrupt
+    (the kill), then run again with the original: (out dir, metrics) of the resumed run."""
+    real = getattr(dt, name)
+    monkeypatch.setattr(dt, name, dying(real))
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp, params, "killed")
+    monkeypatch.setattr(dt, name, real)
+    return run(tmp, params, "killed")
+
+
+def logged_steps(out) -> list[int]:
+    return [int(r.split("\t")[0]) for r in (out / "dvclive/plots/metrics/train/loss.tsv").read_text().splitlines()[1:]]
+
+
 def test_resume_after_a_kill_continues_exactly(tmp, monkeypatch):
     params = tiny_params()
     whole, expected = run(tmp, params, "whole")
 
-    real_save = dt.save_checkpoint
+    def save_then_die(real_save):
+        def save(*args, step, **kwargs):
+            real_save(*args, step=step, **kwargs)
+            if step == 10:
+                raise KeyboardInterrupt  # killed right after the step-10 checkpoint
+        return save
 
-    def save_then_die(*args, step, **kwargs):
-        real_save(*args, step=step, **kwargs)
-        if step == 10:
-            raise KeyboardInterrupt  # killed right after the step-10 checkpoint
-
-    monkeypatch.setattr(dt, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        run(tmp, params, "killed")
-    monkeypatch.setattr(dt, "save_checkpoint", real_save)
-    killed, resumed = run(tmp, params, "killed")
+    killed, resumed = killed_then_resumed(tmp, monkeypatch, params, "save_checkpoint", save_then_die)
     assert resumed["resumed_from"] == [10]
     for file in ("model.safetensors", "ema.safetensors"):
         a, b = load_file(whole / "models/dynamics" / file), load_file(killed / "models/dynamics" / file)
         assert all(torch.equal(a[k], b[k]) for k in a)
     for key in ("final_loss", "best_loss", "tau_min", "tau_max", "short_batches", "long_batches", "val"):
         assert resumed[key] == expected[key]
-    steps = [int(r.split("\t")[0]) for r in (killed / "dvclive/plots/metrics/train/loss.tsv").read_text().splitlines()[1:]]
-    assert steps == [5, 10, 15, 20]
+    assert logged_steps(killed) == [5, 10, 15, 20]
 
 
 def test_a_kill_between_checkpoints_leaves_no_duplicate_plot_rows(tmp, monkeypatch):
-    params = tiny_params()
-    real_check = dt.check_finite
+    def die_at_step_16(real_check):
+        def check(loss, step):
+            real_check(loss, step)
+            if step == 16:  # past the step-15 log row, before the step-20 checkpoint
+                raise KeyboardInterrupt
+        return check
 
-    def die_at_step_16(loss, step):
-        real_check(loss, step)
-        if step == 16:  # past the step-15 log row, before the step-20 checkpoint
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(dt, "check_finite", die_at_step_16)
-    with pytest.raises(KeyboardInterrupt):
-        run(tmp, params, "killed")
-    monkeypatch.setattr(dt, "check_finite", real_check)
-    killed, resumed = run(tmp, params, "killed")
+    killed, resumed = killed_then_resumed(tmp, monkeypatch, tiny_params(), "check_finite", die_at_step_16)
     assert resumed["resumed_from"] == [10]
-    steps = [int(r.split("\t")[0]) for r in (killed / "dvclive/plots/metrics/train/loss.tsv").read_text().splitlines()[1:]]
-    assert steps == [5, 10, 15, 20]
+    assert logged_steps(killed) == [5, 10, 15, 20]
 
 
 def test_changed_params_start_fresh_and_clear_the_plots(tmp):
