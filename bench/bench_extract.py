@@ -32,11 +32,11 @@ import zarr
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.config import ExtractParams  # noqa: E402
-from pipeline.extract import Source, extract_video  # noqa: E402
-from pipeline.stores import read_array  # noqa: E402
-from pipeline.video.decode import build_graph, frame_window, null_args  # noqa: E402
-from pipeline.video.ffmpeg import ffmpeg_exe  # noqa: E402
-from pipeline.video.probe import probe_video  # noqa: E402
+from pipeline.data.extract import Source, extract_video  # noqa: E402
+from pipeline.data.stores import read_array  # noqa: E402
+from pipeline.data.video.decode import build_graph, frame_window, null_args  # noqa: E402
+from pipeline.data.video.ffmpeg import ffmpeg_exe  # noqa: E402
+from pipeline.data.video.probe import probe_video  # noqa: E402
 
 
 def make_input(path: Path, width: int, height: int, fps: int, seconds: float) -> Path:

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from pipeline import benchmark as bm
+from pipeline import paths
+from pipeline.benchmark import run as bm
 from pipeline.config import load_params
 from pipeline.diffusion.sampler import ShortcutEulerSampler
 from pipeline.rollout.loop import run_rollout
@@ -63,12 +64,12 @@ def main() -> None:
     torch.set_grad_enabled(False)
     params = load_params()
     device = bm.benchmark_device(params)
-    trained = (bm.TOKENIZER / "config.json").is_file() and (bm.DYNAMICS / "config.json").is_file()
+    trained = (paths.TOKENIZER / "config.json").is_file() and (paths.DYNAMICS / "config.json").is_file()
     if trained:
-        loaded = PipelineHost.load(bm.TOKENIZER, bm.DYNAMICS, params.benchmark.sampling_steps,
+        loaded = PipelineHost.load(paths.TOKENIZER, paths.DYNAMICS, params.benchmark.sampling_steps,
                                    params.benchmark.tau_ctx, device)
         models = (loaded.tokenizer, loaded.dynamics)
-        print(f"models: trained checkpoints in {bm.TOKENIZER} and {bm.DYNAMICS}")
+        print(f"models: trained checkpoints in {paths.TOKENIZER} and {paths.DYNAMICS}")
     else:
         torch.manual_seed(params.seed)
         models = tuple(m.to(device) for m in random_models(params))
@@ -79,8 +80,8 @@ def main() -> None:
           f"workload {args.context} -> {args.predict}")
 
     clip = None
-    if Path(bm.FRAMES).exists() and Path(bm.LATENTS).exists() and trained:
-        clip = bm.select_clips(bm.FRAMES, bm.LATENTS, args.context, args.predict, 1, params.seed)[0]
+    if Path(paths.FRAMES).exists() and Path(paths.LATENTS).exists() and trained:
+        clip = bm.select_clips(paths.FRAMES, paths.LATENTS, args.context, args.predict, 1, params.seed)[0]
         context, actions = clip.context_latents.to(device), clip.actions
     else:
         g = torch.Generator().manual_seed(0)

@@ -21,10 +21,10 @@ import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.config import parse_params
-from pipeline.dynamics_training import global_plan, local_loss
-from pipeline.latent_windows import Batch
+from pipeline.data.latent_windows import Batch
 from pipeline.networks.dynamics import DynamicsConfig, DynamicsTransformer
-from pipeline.training import EMA, autocast, build_optimizer, pick_device
+from pipeline.training.common import EMA, autocast, build_optimizer, pick_device
+from pipeline.training.dynamics import global_plan, local_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 PARAMS_FILE = "params.yaml"
 
@@ -52,7 +59,7 @@ class RecorderParams(Section):
         return v
 
 
-# What download.sources accepts (pipeline.sources.parse_source dispatches on the same prefixes).
+# What download.sources accepts (pipeline.data.sources.parse_source dispatches on the same prefixes).
 SOURCE_PREFIXES = ("http://", "https://", "file://", "atari:", "@")
 SOURCE_HINT = "expected an http(s):// or file:// URL, a YouTube @handle, or atari:<Game>"
 

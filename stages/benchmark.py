@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import time
 
-
-from pipeline import benchmark as bm
+from pipeline import paths
 from pipeline.atomic import atomic_dir
+from pipeline.benchmark import run as bm
 from pipeline.config import load_params_or_exit
-from pipeline.training import seed_everything
+from pipeline.training.common import seed_everything
 
 
 def main() -> None:
@@ -23,8 +23,8 @@ def main() -> None:
     clips = bm.workload_clips(params)
     run = bm.run_benchmark(host, bench, clips, seed=params.seed, media_clips=bench.media_clips, scorer=bm.Scorer(device))
     info = bm.run_info(params, device)
-    summary, _, lines = bm.write_outputs(run, bench.budgets, info, bm.METRICS_JSON, bm.HORIZON_CSV, bm.BUDGET_CSV)
-    with atomic_dir(bm.REPORTS) as tmp:
+    summary, _, lines = bm.write_outputs(run, bench.budgets, info, paths.BENCHMARK_METRICS, paths.BENCHMARK_HORIZON, paths.BENCHMARK_BUDGET)
+    with atomic_dir(paths.BENCHMARK_REPORTS) as tmp:
         if bench.media_clips:
             bm.write_media(run, tmp, bench.workloads, mode=bench.modes[0])
     print("\n".join(lines))

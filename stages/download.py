@@ -5,21 +5,20 @@ from __future__ import annotations
 import logging
 import sys
 
+from pipeline import paths
 from pipeline.config import load_params_or_exit
-from pipeline.sources import DownloadFailed, SourceBlockedError, download
-
-OUT_DIR = "data/raw"
+from pipeline.data.sources import DownloadFailed, SourceBlockedError, download
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     params = load_params_or_exit()
     try:
-        entries = download(params.download, seed=params.seed, out_dir=OUT_DIR)
+        entries = download(params.download, seed=params.seed, out_dir=paths.RAW)
     except (DownloadFailed, SourceBlockedError) as exc:
-        sys.exit(f"download failed: {exc}\n(see {OUT_DIR}/manifest.json for every video's status)")
+        sys.exit(f"download failed: {exc}\n(see {paths.RAW}/manifest.json for every video's status)")
     ok = sum(e.status == "ok" for e in entries)
-    print(f"download: {ok}/{len(entries)} videos ready in {OUT_DIR} (manifest: {OUT_DIR}/manifest.json)")
+    print(f"download: {ok}/{len(entries)} videos ready in {paths.RAW} (manifest: {paths.RAW}/manifest.json)")
 
 
 if __name__ == "__main__":

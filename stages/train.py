@@ -7,8 +7,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
+from pipeline import paths
 from pipeline.config import load_params_or_exit
 
 
@@ -18,14 +18,16 @@ def main() -> None:
     if n > 1 and "LOCAL_RANK" not in os.environ:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", "-m", "stages.train"]
         sys.exit(subprocess.call(cmd))
-    from pipeline.dynamics_training import train_dynamics  # after the relaunch: torch loads once per rank
+    from pipeline.training.dynamics import (
+        train_dynamics,  # after the relaunch: torch loads once per rank
+    )
 
     train_dynamics(
         params,
-        latents=Path("data/latents.zarr"),
-        out_dir=Path("models/dynamics"),
-        metrics_path=Path("metrics/train.json"),
-        live_dir=Path("dvclive/train"),
+        latents=paths.LATENTS,
+        out_dir=paths.DYNAMICS,
+        metrics_path=paths.TRAIN_METRICS,
+        live_dir=paths.TRAIN_LIVE,
     )
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 import zarr
 
-from pipeline.stores import ShardedArrayWriter
+from pipeline.data.stores import ShardedArrayWriter
 
 
 def write_latents_store(path, *, videos=(("v0", "train", 40), ("v1", "train", 40), ("v2", "train", 40),

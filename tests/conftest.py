@@ -17,3 +17,13 @@ def frames_store(tmp_path):
 @pytest.fixture
 def project_clone(tmp_path) -> ProjectClone:
     return make_project_clone(tmp_path / "project")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """No test may skip: a skipped test (missing data, a missing tool) is a failure of the suite,
+    so that every clone runs every check."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter is not None else []
+    if skipped and exitstatus == 0:
+        reporter.write_line(f"{len(skipped)} test(s) skipped: the suite allows none (see -rs)", red=True)
+        session.exitstatus = 1

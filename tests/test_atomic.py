@@ -2,7 +2,13 @@ import json
 
 import pytest
 
-from pipeline.atomic import TMP_MARK, atomic_dir, atomic_file, remove_stale_tmp, write_json
+from pipeline.atomic import (
+    TMP_MARK,
+    atomic_dir,
+    atomic_file,
+    remove_stale_tmp,
+    write_json,
+)
 
 
 def test_atomic_dir_replaces_previous_result_only_on_success(tmp_path):

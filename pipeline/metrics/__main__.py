@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.data.pixels import to_pixels
 from pipeline.metrics import LPIPS, METRICS, video_metrics
-from pipeline.pixels import to_pixels
 
 
 def read_frames(path: str | Path, max_frames: int = 0) -> np.ndarray:

@@ -34,13 +34,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from pipeline.checkpoint import load_model
-from pipeline.networks.layers import Attention, RMSNorm, SwiGLU, pack, rope_1d, rope_2d, unpack
+from pipeline.networks.layers import (
+    Attention,
+    RMSNorm,
+    SwiGLU,
+    pack,
+    rope_1d,
+    rope_2d,
+    unpack,
+)
 
 KIND = "dynamics"
 
@@ -335,9 +341,3 @@ def build_dynamics(config: dict) -> DynamicsTransformer:
 
 def config_dict(config: DynamicsConfig) -> dict:
     return asdict(config)
-
-
-def load_dynamics(directory: str | Path) -> DynamicsTransformer:
-    """The trained model (EMA weights), in eval mode; strict load via pipeline.checkpoint."""
-    model, _ = load_model(directory, KIND, build_dynamics, ema=True)
-    return model.eval()

@@ -20,13 +20,10 @@ learns to represent a frame from part of it. Two architectures share the interfa
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from pipeline.checkpoint import load_model
 
 KIND = "tokenizer"
 ARCH_KEYS = {
@@ -260,9 +257,3 @@ def build_tokenizer(config: dict) -> Tokenizer:
     if arch == "transformer" and config["dim"] % config["heads"]:
         raise ValueError(f"tokenizer config: dim {config['dim']} is not divisible by heads {config['heads']}")
     return Tokenizer(config)
-
-
-def load_tokenizer(directory: str | Path, device: str | torch.device = "cpu") -> Tokenizer:
-    """The trained tokenizer in `directory`: EMA weights, strict load, eval mode, no grads."""
-    model, _ = load_model(directory, KIND, build_tokenizer, ema=True)
-    return model.to(device).eval().requires_grad_(False)

@@ -23,7 +23,12 @@ from pathlib import Path
 import torch
 
 from pipeline.diffusion.sampler import ShortcutEulerSampler
+from pipeline.networks.dynamics import KIND as DYNAMICS_KIND
+from pipeline.networks.dynamics import build_dynamics
+from pipeline.networks.tokenizer import KIND as TOKENIZER_KIND
+from pipeline.networks.tokenizer import build_tokenizer
 from pipeline.rollout.api import Mode
+from pipeline.training.checkpoint import load_trained
 
 
 class PipelineHost:
@@ -43,11 +48,8 @@ class PipelineHost:
     @classmethod
     def load(cls, tokenizer_dir: str | Path, dynamics_dir: str | Path, sampling_steps: int, tau_ctx: float,
              device: torch.device | str = "cpu") -> "PipelineHost":
-        from pipeline.networks.dynamics import load_dynamics
-        from pipeline.networks.tokenizer import load_tokenizer
-
-        tokenizer = load_tokenizer(tokenizer_dir).to(device)
-        dynamics = load_dynamics(dynamics_dir).to(device)
+        tokenizer = load_trained(tokenizer_dir, TOKENIZER_KIND, build_tokenizer, device)
+        dynamics = load_trained(dynamics_dir, DYNAMICS_KIND, build_dynamics, device)
         return cls(tokenizer, dynamics, ShortcutEulerSampler(sampling_steps, tau_ctx), device)
 
     @torch.no_grad()

@@ -1,8 +1,13 @@
 import pytest
 import torch
 
-from pipeline.checkpoint import CheckpointError, save_checkpoint
-from pipeline.networks.dynamics import DynamicsConfig, DynamicsTransformer, build_dynamics, config_dict, load_dynamics
+from pipeline.networks.dynamics import (
+    DynamicsConfig,
+    DynamicsTransformer,
+    build_dynamics,
+    config_dict,
+)
+from pipeline.training.checkpoint import CheckpointError, load_trained, save_checkpoint
 
 
 def tiny(**overrides) -> DynamicsTransformer:
@@ -138,14 +143,14 @@ def test_load_dynamics_gives_the_ema_weights_in_eval_mode_and_rejects_a_mismatch
         for p in ema.parameters():
             p.mul_(0.5)
     save_checkpoint(tmp_path / "dyn", kind="dynamics", config=config_dict(model.config), model=model, ema=ema)
-    loaded = load_dynamics(tmp_path / "dyn")
+    loaded = load_trained(tmp_path / "dyn", "dynamics", build_dynamics)
     x, tau, d, actions = inputs()
     assert not loaded.training
     torch.testing.assert_close(loaded(x, tau, d, actions), ema(x, tau, d, actions))
     bigger = config_dict(model.config) | {"dim": 64}
     save_checkpoint(tmp_path / "bad", kind="dynamics", config=bigger, model=model)
     with pytest.raises(CheckpointError, match="shape mismatch"):
-        load_dynamics(tmp_path / "bad")
+        load_trained(tmp_path / "bad", "dynamics", build_dynamics)
     assert isinstance(build_dynamics(config_dict(model.config)), DynamicsTransformer)
 
 
@@ -166,7 +171,7 @@ def test_normalize_maps_latents_to_the_model_space_and_denormalize_inverts_it():
 def test_the_normalisation_is_part_of_the_saved_config(tmp_path):
     model = tiny(latent_mean=-0.1, latent_std=0.385)
     save_checkpoint(tmp_path / "dyn", kind="dynamics", config=config_dict(model.config), model=model, ema=model)
-    loaded = load_dynamics(tmp_path / "dyn")
+    loaded = load_trained(tmp_path / "dyn", "dynamics", build_dynamics)
     assert (loaded.config.latent_mean, loaded.config.latent_std) == (-0.1, 0.385)
 
 

@@ -3,10 +3,15 @@ import json
 import pytest
 import torch
 
-from pipeline.checkpoint import CheckpointError, save_checkpoint
 from pipeline.config import TokenizerParams
-from pipeline.networks.tokenizer import build_tokenizer, load_tokenizer, random_patch_mask, regrid, tokenizer_config
-from pipeline.training import EMA
+from pipeline.networks.tokenizer import (
+    build_tokenizer,
+    random_patch_mask,
+    regrid,
+    tokenizer_config,
+)
+from pipeline.training.checkpoint import CheckpointError, load_trained, save_checkpoint
+from pipeline.training.common import EMA
 
 CONV = TokenizerParams(arch="conv", base_channels=8, latent_channels=4, downsample=4, patch_size=8)
 TRANSFORMER = TokenizerParams(arch="transformer", latent_channels=4, downsample=4, patch_size=8, dim=32, depth=1, heads=2)
@@ -70,7 +75,7 @@ def test_load_tokenizer_is_strict_eval_and_uses_ema_weights(tmp_path):
         for p in model.parameters():
             p.add_(1.0)  # the raw weights drift away from the EMA copy
     save_checkpoint(tmp_path / "tok", kind="tokenizer", config=config, model=model, ema=ema, step=1)
-    loaded = load_tokenizer(tmp_path / "tok")
+    loaded = load_trained(tmp_path / "tok", "tokenizer", build_tokenizer)
     assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
     x = torch.rand(2, 3, 32, 32)
     assert torch.equal(loaded.encode(x), ema.module.eval().encode(x))
@@ -83,9 +88,9 @@ def test_checkpoint_with_mismatched_config_fails_clearly(tmp_path):
     header["config"]["base_channels"] = 16
     (tmp_path / "tok" / "config.json").write_text(json.dumps(header))
     with pytest.raises(CheckpointError, match="does not match the model built from its config.*shape mismatch"):
-        load_tokenizer(tmp_path / "tok")
+        load_trained(tmp_path / "tok", "tokenizer", build_tokenizer)
     with pytest.raises(CheckpointError, match="no checkpoint here"):
-        load_tokenizer(tmp_path / "nothing")
+        load_trained(tmp_path / "nothing", "tokenizer", build_tokenizer)
 
 
 def test_regrid_averages_onto_a_coarser_grid_and_repeats_onto_a_finer_one():

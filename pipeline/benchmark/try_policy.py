@@ -1,0 +1,99 @@
+"""Try a retention policy outside DVC, against the existing checkpoints and latents:
+
+    python -m pipeline.benchmark.try_policy --policy my_policy.py:MyPolicy --workload short --budget tight
+    python -m pipeline.benchmark.try_policy --policy packcache --policy my.mod:Other --budget 6 --mode kv
+
+Runs the same rollouts and metrics as the `benchmark` stage (same clips, seeds and noise, so the
+numbers are paired with the stage's), prints the `TEST_METRICS:` lines, then a table that puts
+them next to the baselines' last results in metrics/benchmark.json. Writes nothing. Add
+`--policy full_history` to also get each policy's paired PSNR gap to it with a 95% interval
+(same clips, same noise): a gap inside its interval is not a ranking.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from pipeline import paths
+from pipeline.benchmark import run as bm
+from pipeline.config import load_params
+from pipeline.training.common import seed_everything
+
+COLUMNS = {"temporal_quality_main": "tq_main", "psnr": "psnr", "ssim": "ssim", "lpips": "lpips", "fps": "fps",
+           "peak_kv_memory_mb": "peak_MiB", "mean_frames_kept": "mean_kept"}
+
+
+def parse_budget(value: str, budgets: dict) -> tuple[str, int | None]:
+    if value in budgets:
+        return value, budgets[value]
+    if value.isdigit() and int(value) >= 1:
+        return value, int(value)
+    raise SystemExit(f"--budget {value!r}: not one of benchmark.budgets ({', '.join(budgets)}) nor a frame count >= 1")
+
+
+def baseline_rows(path: Path, workload: str, budget: str, modes: list[str], info: dict) -> tuple[list, dict]:
+    if not path.is_file():
+        print(f"(no {path}: run `dvc repro benchmark` for the baselines' results)")
+        return [], {}
+    data = json.loads(path.read_text())
+    mismatch = [k for k in ("host", "sampling_steps", "n_clips", "n_seeds", "checkpoints")
+                if k in data and data[k] != info.get(k)]
+    if mismatch:
+        print(f"note: {path} was made with other settings ({', '.join(f'{k}={data[k]}' for k in mismatch)}): "
+              "not a paired comparison")
+    cells = data.get("rollouts", {}).get(workload, {}).get(budget, {})
+    rows = [(policy, mode, e) for policy, by_mode in cells.items() for mode, e in by_mode.items() if mode in modes]
+    return rows, data.get("references", {}).get(workload, {})
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--policy", action="append", required=True,
+                    help="baseline name, module:Class or path/to/file.py:Class (repeatable)")
+    ap.add_argument("--workload", default="short", help="a name of benchmark.workloads (default short)")
+    ap.add_argument("--budget", default="medium", help="a name of benchmark.budgets or a frame count (default medium)")
+    ap.add_argument("--mode", action="append", choices=["recompute", "kv"], help="default: benchmark.modes")
+    ap.add_argument("--clips", type=int, help="override benchmark.n_clips (then not paired with the stage)")
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--baselines", default=str(paths.BENCHMARK_METRICS), help="results to compare with")
+    args = ap.parse_args(argv)
+
+    params = load_params(args.params)
+    bench = params.benchmark
+    if args.clips:
+        bench = bench.model_copy(update={"n_clips": args.clips})
+        params = params.model_copy(update={"benchmark": bench})
+    budget, max_frames = parse_budget(args.budget, bench.budgets)
+    modes = args.mode or list(bench.modes)
+    seed_everything(params.seed)
+    device = bm.benchmark_device(params)
+    host = bm.build_host(params, device)
+    clips = bm.workload_clips(params, [args.workload])
+    run = bm.run_benchmark(host, bench, clips, seed=params.seed, policies=args.policy, budgets={budget: max_frames},
+                           modes=modes, scorer=bm.Scorer(device))
+    summary, refs = bm.summarize(run), bm.summarize_references(run)
+    print("\n".join(bm.metrics_lines(summary, refs)))
+
+    info = bm.run_info(params, device)
+    rows, old_refs = baseline_rows(Path(args.baselines), args.workload, budget, modes, info)
+    new = {(p, m) for (_, _, p, m) in summary}
+    table = [(f"* {p}", m, e) for (_, _, p, m), e in summary.items()]
+    table += [(f"  {p}", m, e) for p, m, e in rows if (p, m) not in new]
+    table.sort(key=lambda r: -r[2]["psnr"])
+    print(f"\n{args.workload} / budget {budget} ({'unlimited' if max_frames is None else max_frames} frames); "
+          f"* = this run, others from {args.baselines}")
+    print(f"{'policy':<26}{'mode':<11}" + "".join(f"{label:>11}" for label in COLUMNS.values()))
+    for name, mode, e in table:
+        print(f"{name:<26}{mode:<11}" + "".join(f"{e.get(c, float('nan')):>11.4g}" for c in COLUMNS))
+    for name, e in (old_refs or refs).items():
+        print(f"  {name:<24}{'reference':<11}" + "".join(f"{e.get(c, float('nan')):>11.4g}" for c in list(COLUMNS)[:4]))
+    if any(e[f"psnr_vs_{bm.PAIRED_BASELINE}"] is not None for e in summary.values()):
+        print("\n" + "\n".join(bm.ranking_lines(summary)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Encode every frame of a frames store with a trained tokenizer: data/latents.zarr.
+
+Same groups as the frames store, each with ``latents`` float16 (T, C, h, w), chunked and
+sharded like its ``frames``, the ``actions`` copied when present, and the group attributes
+copied (split, fps, n_actions, ...). Root attributes name the tokenizer: ``tokenizer_hash``
+(the checkpoint's hash, given by the caller) and ``latent_shape``. The tokenizer is any
+object with ``encode``, ``image_size``, ``latent_shape`` and ``config`` (the trained network:
+this module reads frames and writes latents, it does not load models). The store is built under a
+temporary name and renamed into place, so a crash never leaves a partial store.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import zarr
+from tqdm import tqdm
+
+from pipeline.atomic import atomic_dir, remove_stale_tmp
+from pipeline.data.pixels import to_pixels
+from pipeline.data.stores import ShardedArrayWriter, StoreError, list_videos, open_store
+
+
+def _layout(array: zarr.Array) -> tuple[int, int]:
+    """(chunk_frames, shard_frames) of a time-major array."""
+    chunk = array.chunks[0]
+    return chunk, (array.shards[0] if array.shards else chunk)
+
+
+@torch.no_grad()
+def encode_frames(model, frames: np.ndarray, device) -> np.ndarray:
+    """uint8 (N, H, W, 3) -> float16 (N, C, h, w)."""
+    x = to_pixels(frames, device)
+    return model.encode(x).to(torch.float16).cpu().numpy()
+
+
+def encode_store(frames: str | Path, model, tokenizer_hash: str, out: str | Path, batch_size: int, device="cpu") -> dict:
+    """Write `out` (latents store) from `frames` with the trained tokenizer `model` (on
+    `device`), whose checkpoint hash the store records; returns a summary."""
+    frames, out = Path(frames), Path(out)
+    videos = list_videos(frames)
+    if not videos:
+        raise StoreError(f"{frames}: no videos to encode")
+    size = tuple(model.image_size)
+    src = open_store(frames)
+    for v in videos:
+        got = tuple(src[v.id]["frames"].shape[1:3])
+        if got != size:
+            raise StoreError(f"{frames}/{v.id}: frames are {got[0]}x{got[1]}, the tokenizer was trained on {size[0]}x{size[1]} (retrain it on this store)")
+
+    remove_stale_tmp(out.parent, out.name)  # left by a killed run
+    total = sum(v.n_frames for v in videos)
+    with atomic_dir(out) as tmp, tqdm(total=total, desc="tokenize", unit="frame", dynamic_ncols=True) as bar:
+        root = zarr.open_group(str(tmp), mode="w")
+        root.attrs.update({
+            "tokenizer_hash": tokenizer_hash,
+            "latent_shape": list(model.latent_shape),
+            "tokenizer_config": model.config,
+        })
+        for v in videos:
+            source = src[v.id]
+            group = root.create_group(v.id)
+            group.attrs.update(v.attrs)
+            frames_arr = source["frames"]  # resolve once: every group lookup re-reads zarr.json
+            chunk, shard = _layout(frames_arr)
+            # `with`: on a crash the write in flight finishes before atomic_dir removes the tmp store
+            with ShardedArrayWriter(group, "latents", model.latent_shape, np.float16, chunk, shard) as writer:
+                for start in range(0, v.n_frames, batch_size):
+                    batch = frames_arr[start : start + batch_size]
+                    writer.append(encode_frames(model, batch, device))
+                    bar.update(len(batch))
+            if v.has_actions:
+                actions = source["actions"]
+                a_chunk, a_shard = _layout(actions)
+                with ShardedArrayWriter(group, "actions", actions.shape[1:], actions.dtype, a_chunk, a_shard) as aw:
+                    aw.append(actions[:])
+    return {"videos": len(videos), "frames": total, "latent_shape": list(model.latent_shape)}

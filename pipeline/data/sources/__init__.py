@@ -1,0 +1,151 @@
+"""Where raw videos come from: parse `download.sources` and fetch every source into data/raw.
+
+A source is one of
+- a URL that yt-dlp supports: a video, playlist or channel page, a direct http(s) link, a file:// URL;
+- a YouTube channel handle `@name`, short for https://www.youtube.com/@name/videos;
+- `atari:<Game>`, the embedded recorder (ale-py ROMs, a seeded agent; offline, seconds).
+
+The manifest that comes out describes exactly what the current params select: one entry per
+video of each source (up to max_videos), "ok" with the file's hash and probed size, "failed"
+with the error, or "skipped". Videos already on disk (download archive) keep their entries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Literal
+
+from tqdm.auto import tqdm
+
+from pipeline.atomic import remove_stale_tmp
+from pipeline.config import SOURCE_HINT, DownloadParams
+from pipeline.data.sources import atari, ytdlp
+from pipeline.data.sources.manifest import (
+    VideoEntry,
+    entry_for_file,
+    load_manifest,
+    write_manifest,
+)
+from pipeline.data.sources.ytdlp import SourceBlockedError
+from pipeline.data.video.probe import ProbeError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Source", "parse_source", "download", "DownloadFailed", "SourceBlockedError"]
+
+
+class DownloadFailed(RuntimeError):
+    """No usable video was obtained, or a source failed with download.fail_fast set."""
+
+
+@dataclass(frozen=True)
+class Source:
+    spec: str  # as written in params.yaml; entries in the manifest name it
+    kind: Literal["url", "atari"]
+    target: str  # the URL for yt-dlp, or the game name
+
+
+def parse_source(spec: str) -> Source:
+    spec = spec.strip()
+    if spec.startswith("atari:"):
+        game = spec.removeprefix("atari:")
+        if not game:
+            raise ValueError(f"download.sources: {spec!r}: name a game, e.g. atari:Boxing")
+        return Source(spec, "atari", game)
+    if spec.startswith("@"):
+        if len(spec) < 2 or "/" in spec:
+            raise ValueError(f"download.sources: {spec!r}: a channel handle looks like @domisumReplay-Garen")
+        return Source(spec, "url", f"https://www.youtube.com/{spec}/videos")
+    if spec.startswith(("http://", "https://", "file://")):
+        return Source(spec, "url", spec)
+    raise ValueError(f"download.sources: {spec!r}: {SOURCE_HINT}")
+
+
+def _fetch(src: Source, p: DownloadParams, seed: int, out_dir: Path, staging: Path) -> Iterator[VideoEntry]:
+    if src.kind == "atari":
+        return atari.record(src.target, src.spec, seed, p.recorder, p.max_videos, out_dir)
+    return ytdlp.fetch(src.target, src.spec, p, out_dir, staging)
+
+
+def _settle(new: VideoEntry, old: VideoEntry | None, out_dir: Path) -> VideoEntry:
+    """What the manifest records when this run did not produce the file itself."""
+    if new.status == "ok":
+        return new
+    path = out_dir / new.file_name
+    if not path.is_file():
+        return new
+    if old is not None and old.status == "ok" and old.bytes == path.stat().st_size:
+        return old  # archive skip (or a transient failure) of a video we already have
+    if new.status == "skipped":  # on disk but not in the manifest (e.g. max_videos was lower): describe it
+        try:
+            return entry_for_file(path, id=new.id, source=new.source, title=new.title, url=new.url)
+        except ProbeError as exc:
+            return dataclasses.replace(new, status="failed", error=f"archived, but the file on disk is unusable: {exc}")
+    return new
+
+
+def download(p: DownloadParams, seed: int, out_dir: str | Path) -> list[VideoEntry]:
+    """Fetch every source of `p` into out_dir and write out_dir/manifest.json after each video.
+
+    A failing video is recorded and the others go on (unless p.fail_fast). Raises DownloadFailed
+    when nothing usable was obtained, SourceBlockedError when a site throttles us; the manifest is
+    written in every case.
+    """
+    out_dir = Path(out_dir)
+    staging = out_dir.parent / f".{out_dir.name}-partial"  # yt-dlp's resumable .part files
+    sources = [parse_source(s) for s in p.sources]
+    if p.cookies_file and not Path(p.cookies_file).is_file():
+        raise FileNotFoundError(f"download.cookies_file: {p.cookies_file!r} does not exist")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp(out_dir)  # leftovers of a crashed run never look like videos
+    previous = load_manifest(out_dir)
+    specs = [s.spec for s in sources]
+    entries: dict[str, VideoEntry] = {}
+
+    complete = False
+    try:
+        for src in tqdm(sources, desc="sources", unit="source"):
+            for new in _fetch(src, p, seed, out_dir, staging):
+                if new.id in entries and entries[new.id].status == "ok":
+                    continue  # the same video through two sources (a playlist and its channel): once
+                entry = entries[new.id] = _settle(new, previous.get(new.id), out_dir)
+                write_manifest(out_dir, entries, specs)
+                if entry.status == "failed":
+                    log.warning("%s: %s failed: %s", src.spec, entry.id, entry.error)
+                    if p.fail_fast:
+                        raise DownloadFailed(
+                            f"{src.spec}: {entry.id}: {entry.error} (stopped: download.fail_fast is set)"
+                        )
+        complete = True
+    finally:
+        if not complete:  # keep what earlier runs obtained from the sources this run did not reach
+            entries = {**{k: v for k, v in previous.items() if v.source in specs}, **entries}
+        write_manifest(out_dir, entries, specs)
+        _remove_if_empty(staging)
+    _drop_stale_recordings(previous, entries, out_dir)
+
+    ok = [e for e in entries.values() if e.status == "ok"]
+    failed = [e for e in entries.values() if e.status == "failed"]
+    log.info("download: %d ok, %d failed, %d skipped", len(ok), len(failed), len(entries) - len(ok) - len(failed))
+    if not ok:
+        summary = "\n  ".join(f"{e.source}: {e.id}: {e.status}: {e.error}" for e in entries.values()) or "(no videos)"
+        raise DownloadFailed(f"no usable video was obtained from download.sources:\n  {summary}")
+    return list(entries.values())
+
+
+def _drop_stale_recordings(previous: dict[str, VideoEntry], entries: dict[str, VideoEntry], out_dir: Path) -> None:
+    # Recordings are cheap to redo, so ones the params no longer select are removed (not so downloads).
+    for old in previous.values():
+        if old.id not in entries and old.source.startswith("atari:"):
+            (out_dir / old.file_name).unlink(missing_ok=True)
+            if old.extra.get("actions_file"):
+                (out_dir / old.extra["actions_file"]).unlink(missing_ok=True)
+
+
+def _remove_if_empty(staging: Path) -> None:
+    if staging.is_dir() and {p.name for p in staging.iterdir()} <= {".gitignore"}:
+        (staging / ".gitignore").unlink(missing_ok=True)
+        staging.rmdir()

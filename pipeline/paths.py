@@ -1,0 +1,26 @@
+"""Where each stage reads and writes, relative to the project root: the one list of stage paths.
+
+dvc.yaml names the same paths (a test keeps them in step); stages, the benchmark and the
+command-line tools import them from here.
+"""
+
+from pathlib import Path
+
+RAW = Path("data/raw")  # downloaded or recorded videos + manifest.json
+FRAMES = Path("data/frames.zarr")
+FRAMES_REPORT = Path("data/frames_report.json")
+LATENTS = Path("data/latents.zarr")
+
+TOKENIZER = Path("models/tokenizer")
+DYNAMICS = Path("models/dynamics")
+
+TOKENIZER_METRICS = Path("metrics/tokenizer.json")
+TRAIN_METRICS = Path("metrics/train.json")
+BENCHMARK_METRICS = Path("metrics/benchmark.json")
+BENCHMARK_HORIZON = Path("metrics/benchmark_horizon.csv")
+BENCHMARK_BUDGET = Path("metrics/benchmark_budget.csv")
+
+TOKENIZER_LIVE = Path("dvclive/tokenizer")
+TRAIN_LIVE = Path("dvclive/train")
+
+BENCHMARK_REPORTS = Path("reports/benchmark")

@@ -1,0 +1,185 @@
+"""Checkpoints: safetensors weights + JSON config, and the training state needed to resume.
+
+Layout of a checkpoint directory (written atomically; never pickle)::
+
+    config.json             {"kind": ..., "config": {...}, "step": N, "extra": {...}}
+    model.safetensors       raw weights
+    ema.safetensors         EMA weights (what inference uses), if training kept an EMA
+    train_state.safetensors optimizer moments + RNG state, if saved for resume
+    train_state.json        optimizer param_groups and non-tensor state
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from pipeline.atomic import atomic_dir
+
+CONFIG_FILE = "config.json"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, incomplete, or does not match the model it is loaded into."""
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for pid, state in sd["state"].items():
+        for name, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"optim.{pid}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{pid}.{name}"] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, pid, name = key.split(".", 2)
+            state.setdefault(int(pid), {})[name] = value
+    for key, value in meta["scalars"].items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def _cpu_state(module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+
+
+def save_checkpoint(
+    directory: str | Path,
+    *,
+    kind: str,
+    config: dict,
+    model: nn.Module,
+    ema: nn.Module | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    step: int = 0,
+    extra: dict | None = None,
+) -> None:
+    """Write a complete checkpoint to `directory`, replacing any previous one atomically."""
+    with atomic_dir(directory) as tmp:
+        save_file(_cpu_state(model), tmp / "model.safetensors")
+        if ema is not None:
+            save_file(_cpu_state(ema), tmp / "ema.safetensors")
+        if optimizer is not None:
+            tensors, meta = _optimizer_tensors(optimizer)
+            tensors["rng.torch"] = torch.get_rng_state()
+            save_file(tensors, tmp / "train_state.safetensors")
+            meta["scheduler"] = scheduler.state_dict() if scheduler is not None else None
+            (tmp / "train_state.json").write_text(json.dumps(meta))
+        (tmp / CONFIG_FILE).write_text(
+            json.dumps({"kind": kind, "config": config, "step": step, "extra": extra or {}}, indent=2)
+        )
+
+
+def read_config(directory: str | Path, kind: str) -> dict:
+    """The checkpoint's JSON header; fails clearly if absent or of another kind."""
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no checkpoint here (run the stage that trains it first)")
+    header = json.loads(path.read_text())
+    if header.get("kind") != kind:
+        raise CheckpointError(f"{path}: holds a {header.get('kind')!r} checkpoint, expected {kind!r}")
+    return header
+
+
+def state_dict_drift(module: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """What keeps `state` from loading strictly into `module` (empty: nothing): missing and
+    unexpected keys and shape mismatches, the first five of each."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+             for k in sorted(set(own) & set(state)) if own[k].shape != state[k].shape]  # fmt: skip
+
+    def first(items: list[str]) -> str:
+        return ", ".join(items[:5]) + (f" (+{len(items) - 5} more)" if len(items) > 5 else "")
+
+    named = (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch", wrong))
+    return [f"{name} {first(items)}" for name, items in named if items]
+
+
+def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], source: str | Path,
+                      error: type[Exception], problem: str) -> None:  # fmt: skip
+    """``load_state_dict(strict=True)``, or `error` naming the source file and every drift."""
+    drift = state_dict_drift(module, state)
+    if drift:
+        raise error(f"{source}: {problem}: " + "; ".join(drift))
+    module.load_state_dict(state, strict=True)
+
+
+def load_weights(module: nn.Module, file: str | Path) -> None:
+    """Strict load: every key present, no extras, same shapes, or an error that lists the drift."""
+    file = Path(file)
+    if not file.is_file():
+        raise CheckpointError(f"{file}: missing")
+    load_state_strict(module, load_file(file), file, CheckpointError, "does not match the model built from its config")
+
+
+def load_model(directory: str | Path, kind: str, build: Callable[[dict], nn.Module], *, ema: bool = True) -> tuple[nn.Module, dict]:
+    """Build the model from the checkpoint's config and load its (EMA) weights strictly."""
+    directory = Path(directory)
+    header = read_config(directory, kind)
+    model = build(header["config"])
+    weights = directory / ("ema.safetensors" if ema and (directory / "ema.safetensors").is_file() else "model.safetensors")
+    load_weights(model, weights)
+    return model, header
+
+
+def load_training_state(
+    directory: str | Path,
+    *,
+    kind: str,
+    model: nn.Module,
+    ema: nn.Module | None,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+) -> tuple[int, dict]:
+    """Restore everything needed to continue training; returns (step, extra)."""
+    directory = Path(directory)
+    header = read_config(directory, kind)
+    load_weights(model, directory / "model.safetensors")
+    if ema is not None:
+        load_weights(ema, directory / "ema.safetensors")
+    tensors = load_file(directory / "train_state.safetensors")
+    meta = json.loads((directory / "train_state.json").read_text())
+    _restore_optimizer(optimizer, tensors, meta)
+    if scheduler is not None and meta.get("scheduler") is not None:
+        scheduler.load_state_dict(meta["scheduler"])
+    torch.set_rng_state(tensors["rng.torch"])
+    return header["step"], header["extra"]
+
+
+def checkpoint_hash(directory: str | Path) -> str:
+    """sha256 over the weights that inference uses and the config: names a checkpoint in stores."""
+    directory = Path(directory)
+    h = hashlib.sha256()
+    for name in (CONFIG_FILE, "ema.safetensors", "model.safetensors"):
+        p = directory / name
+        if p.is_file():
+            h.update(name.encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+
+def load_trained(directory: str | Path, kind: str, build: Callable[[dict], nn.Module],
+                 device: str | torch.device = "cpu") -> nn.Module:
+    """A trained model for inference: built from its checkpoint's config, EMA weights loaded
+    strictly, on `device`, in eval mode, without gradients. ``kind`` and ``build`` come from
+    the network's module (e.g. ``networks.tokenizer.KIND, build_tokenizer``)."""
+    model, _ = load_model(directory, kind, build, ema=True)
+    return model.to(device).eval().requires_grad_(False)

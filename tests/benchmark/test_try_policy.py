@@ -1,0 +1,136 @@
+"""The benchmark stage and try_policy on a tiny project: real zarr stores, real checkpoints of
+small random models, real LPIPS; run from the project directory as users do."""
+
+import csv
+import json
+import re
+import shutil
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+import zarr
+
+from pipeline.data.stores import ShardedArrayWriter
+from pipeline.networks.dynamics import build_dynamics, config_dict
+from pipeline.networks.tokenizer import build_tokenizer, tokenizer_config
+from pipeline.training.checkpoint import save_checkpoint
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("project")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["benchmark"].update(
+        policies=["recent_window", "full_history"], modes=["kv"], workloads={"short": {"context": 3, "predict": 3}},
+        budgets={"full": None, "tight": 2}, n_clips=1, seeds=[0], sampling_steps=2, media_clips=1,
+    )
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    shutil.copytree(REPO / ".dvc" / "plots", root / ".dvc" / "plots")
+
+    torch.manual_seed(0)
+    tok = build_tokenizer(tokenizer_config(dict(arch="conv", latent_channels=4, downsample=4, base_channels=8,
+                                                patch_size=8), 64))
+    dyn = build_dynamics(dict(latent_channels=4, latent_height=16, latent_width=16, n_actions=3, dim=32, depth=2,
+                              heads=2, kv_heads=2, patch_size=4, num_registers=1, temporal_every=2, k_max=4))
+    torch.nn.init.normal_(dyn.patch_out.weight, std=0.1)
+    save_checkpoint(root / "models/tokenizer", kind="tokenizer", config=tok.config, model=tok, ema=tok)
+    save_checkpoint(root / "models/dynamics", kind="dynamics", config=config_dict(dyn.config), model=dyn, ema=dyn)
+
+    frames_root = zarr.open_group(str(root / "data/frames.zarr"), mode="w")
+    latents_root = zarr.open_group(str(root / "data/latents.zarr"), mode="w")
+    rng = np.random.default_rng(0)
+    for vid, split in (("v_train", "train"), ("v_test", "test")):
+        frames = rng.integers(0, 255, (20, 64, 64, 3), dtype=np.uint8)
+        for r in (frames_root, latents_root):
+            r.create_group(vid).attrs.update({"split": split, "fps": 20.0})
+        w = ShardedArrayWriter(frames_root[vid], "frames", (64, 64, 3), np.uint8, 8, 32)
+        w.append(frames)
+        w.close()
+        frames_root[vid].create_array("actions", data=rng.integers(0, 3, 20).astype(np.int64))
+        with torch.no_grad():
+            lat = tok.encode(torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255).numpy().astype(np.float16)
+        w = ShardedArrayWriter(latents_root[vid], "latents", lat.shape[1:], np.float16, 8, 32)
+        w.append(lat)
+        w.close()
+    return root
+
+
+@pytest.fixture(scope="module")
+def stage_output(project):
+    """Runs the benchmark stage once in the project; its stdout."""
+    import contextlib
+    import io
+    import os
+
+    from stages import benchmark as stage
+
+    cwd, buf = os.getcwd(), io.StringIO()
+    os.chdir(project)
+    try:
+        with contextlib.redirect_stdout(buf):
+            stage.main()
+    finally:
+        os.chdir(cwd)
+    return buf.getvalue()
+
+
+def test_stage_writes_metrics_tables_and_media(project, stage_output):
+    lines = [line for line in stage_output.splitlines() if line.startswith("TEST_METRICS:")]
+    assert len(lines) == 2 * 2 + 2  # budgets x policies (one mode) + two references
+    data = json.loads((project / "metrics/benchmark.json").read_text())
+    assert data["rollouts"]["short"]["tight"]["full_history"]["kv"]["n_frames_kept"] == 2
+    assert data["rollouts"]["short"]["full"]["full_history"]["kv"]["n_frames_kept"] == 5
+    assert data["sampling_steps"] == 2 and data["eval_mode"] == "real_rollout"
+    rows = list(csv.DictReader(open(project / "metrics/benchmark_horizon.csv")))
+    assert {r["policy"] for r in rows} == {"recent_window", "full_history", "persistence", "tokenizer_ceiling"}
+    assert sorted(p.name for p in (project / "reports/benchmark").iterdir()) == ["short_full.gif", "short_tight.gif"]
+    assert "short / budget tight / kv: PSNR dB (± s.e.), paired gap to full_history (± 95% CI)" in stage_output
+
+
+def test_try_policy_runs_a_user_policy_and_compares_with_the_baselines(project, stage_output, monkeypatch, capsys):
+    from pipeline.benchmark import try_policy
+
+    monkeypatch.chdir(project)
+    (project / "mine.py").write_text(textwrap.dedent('''
+        from pipeline.rollout.api import ChunkDecision, TemporalCachePlan
+
+        class OldestAndNewest:
+            name = "oldest_and_newest"
+
+            def build_temporal_cache_plan(self, metas, rollout_state, budget_state):
+                keep = {0, len(metas) - 1}
+                return TemporalCachePlan([ChunkDecision(m.chunk_id, "keep" if m.chunk_id in keep else "drop") for m in metas])
+    '''))
+    before = (project / "metrics/benchmark.json").read_text()
+    assert try_policy.main(["--policy", "mine.py:OldestAndNewest", "--workload", "short", "--budget", "tight"]) == 0
+    out = capsys.readouterr().out
+    assert "TEST_METRICS: workload=short budget=tight policy=oldest_and_newest mode=kv" in out
+    table = out[out.index("* = this run"):]
+    assert "* oldest_and_newest" in table and "  recent_window" in table and "  full_history" in table
+    assert (project / "metrics/benchmark.json").read_text() == before  # try_policy writes nothing
+    assert "paired gap" not in out  # full_history did not run alongside: nothing to pair with
+
+
+def test_try_policy_with_full_history_alongside_reports_the_paired_gap(project, stage_output, monkeypatch, capsys):
+    from pipeline.benchmark import try_policy
+
+    monkeypatch.chdir(project)
+    assert try_policy.main(["--policy", "packcache", "--policy", "full_history", "--budget", "tight", "--clips", "3"]) == 0
+    out = capsys.readouterr().out
+    ranking = out[out.index("short / budget tight / kv: PSNR dB"):]
+    assert re.search(r"^  packcache +\d+\.\d\d ± \d+\.\d\d +[+-]\d+\.\d\d ± \d+\.\d\d$", ranking, re.MULTILINE)
+    assert re.search(r"^  full_history +\d+\.\d\d ± \d+\.\d\d +\+0\.00 ± 0\.00$", ranking, re.MULTILINE)
+
+
+def test_try_policy_rejects_an_unknown_budget(project, monkeypatch):
+    from pipeline.benchmark import try_policy
+
+    monkeypatch.chdir(project)
+    with pytest.raises(SystemExit, match="--budget 'huge'"):
+        try_policy.main(["--policy", "packcache", "--budget", "huge"])

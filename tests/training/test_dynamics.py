@@ -1,0 +1,233 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import yaml
+from safetensors.torch import load_file, save_file
+
+import pipeline.training.dynamics as dt
+from pipeline.config import parse_params
+from pipeline.data.latent_windows import AlternatingBatches, LatentVideos, WindowError
+from pipeline.networks.dynamics import DynamicsConfig, DynamicsTransformer
+from pipeline.training.checkpoint import read_config
+from pipeline.training.common import NonFiniteLossError
+from tests.builders import write_latents_store
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def tiny_raw(**train):
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["model"].update(dim=32, depth=2, heads=2, kv_heads=1, patch_size=2, num_registers=1, temporal_every=2, k_max=8)
+    raw["train"].update(steps=20, seq_len_short=8, seq_len_long=16, batch_size_short=4, batch_size_long=2,
+                        long_ratio=0.2, stride=2, lr=3e-3, warmup_steps=10, log_every=5, val_every=1000,
+                        checkpoint_every=10, ema_decay=0.9, bootstrap_fraction=0.5, single_frame_fraction=0.25)
+    raw["train"].update(train)
+    return raw
+
+
+def tiny_params(**train):
+    return parse_params(tiny_raw(**train))
+
+
+def run(tmp, params, name="run"):
+    out = tmp / name
+    metrics = dt.train_dynamics(params, latents=tmp / "latents.zarr", out_dir=out / "models" / "dynamics",
+                                metrics_path=out / "train.json", live_dir=out / "dvclive")
+    return out, metrics
+
+
+@pytest.fixture
+def tmp(tmp_path, latents_store):
+    return tmp_path
+
+
+def test_a_tiny_model_learns_a_tiny_synthetic_sequence(tmp):
+    out, metrics = run(tmp, tiny_params(steps=150, log_every=25))
+    losses = [float(r.split("\t")[-1]) for r in (out / "dvclive/plots/metrics/train/loss.tsv").read_text().splitlines()[1:]]
+    assert len(losses) == 6 and losses[-1] < 0.5 * losses[0]
+    assert metrics["best_loss"] <= metrics["final_loss"] + 1e-12 and metrics["final_loss"] == pytest.approx(losses[-1])
+    val = metrics["val"]
+    assert val["psnr_tau_0.5"] > val["input_psnr_tau_0.5"] + 3  # denoises, not just copies its input
+    assert json.loads((out / "train.json").read_text())["val"] == val
+    assert metrics["tau_min"] == 0.125 and metrics["tau_max"] == 1.0
+    assert metrics["params"] == sum(p.numel() for p in DynamicsTransformer(DynamicsConfig(
+        4, 8, 8, n_actions=3, **tiny_params().model.model_dump())).parameters())
+    assert (out / "dvclive/plots/metrics/train/loss_d/1_8.tsv").is_file()  # per-d losses, d_min = 1/8
+    assert (out / "dvclive/plots/metrics/train/batches_per_s.tsv").is_file()
+
+
+def test_the_model_normalises_latents_by_the_train_split_statistics(tmp):
+    import numpy as np
+
+    out, metrics = run(tmp, tiny_params(steps=2))
+    train = np.concatenate([x.astype(np.float64).ravel() for x in LatentVideos.load(tmp / "latents.zarr", "train").latents])
+    config = read_config(out / "models" / "dynamics", "dynamics")["config"]
+    assert config["latent_mean"] == pytest.approx(train.mean()) and config["latent_std"] == pytest.approx(train.std())
+    assert (metrics["latent_mean"], metrics["latent_std"]) == (config["latent_mean"], config["latent_std"])
+    assert abs(train.mean()) > 0.05 and abs(train.std() - 1) > 0.05  # the fixture data needs the normalisation
+
+
+def test_console_shows_step_kind_length_loss_tau_range_and_rate(tmp, capsys):
+    run(tmp, tiny_params(steps=5, log_every=5))
+    line = [l for l in capsys.readouterr().out.splitlines() if l.startswith("step 5/5")][0]
+    assert __import__("re").fullmatch(r"step 5/5 [SL] T=(8|16) loss \d+\.\d{4} Tau: \[0\.\d\d-1\.00\] [\d.]+ batch/s", line)
+
+
+def killed_then_resumed(tmp, monkeypatch, params, name: str, dying):
+    """Run with ``dt.<name>`` replaced by ``dying(original)`` until it raises KeyboardInterrupt
+    (the kill), then run again with the original: (out dir, metrics) of the resumed run."""
+    real = getattr(dt, name)
+    monkeypatch.setattr(dt, name, dying(real))
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp, params, "killed")
+    monkeypatch.setattr(dt, name, real)
+    return run(tmp, params, "killed")
+
+
+def logged_steps(out) -> list[int]:
+    return [int(r.split("\t")[0]) for r in (out / "dvclive/plots/metrics/train/loss.tsv").read_text().splitlines()[1:]]
+
+
+def test_resume_after_a_kill_continues_exactly(tmp, monkeypatch):
+    params = tiny_params()
+    whole, expected = run(tmp, params, "whole")
+
+    def save_then_die(real_save):
+        def save(*args, step, **kwargs):
+            real_save(*args, step=step, **kwargs)
+            if step == 10:
+                raise KeyboardInterrupt  # killed right after the step-10 checkpoint
+        return save
+
+    killed, resumed = killed_then_resumed(tmp, monkeypatch, params, "save_checkpoint", save_then_die)
+    assert resumed["resumed_from"] == [10]
+    for file in ("model.safetensors", "ema.safetensors"):
+        a, b = load_file(whole / "models/dynamics" / file), load_file(killed / "models/dynamics" / file)
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    for key in ("final_loss", "best_loss", "tau_min", "tau_max", "short_batches", "long_batches", "val"):
+        assert resumed[key] == expected[key]
+    assert logged_steps(killed) == [5, 10, 15, 20]
+
+
+def test_a_kill_between_checkpoints_leaves_no_duplicate_plot_rows(tmp, monkeypatch):
+    def die_at_step_16(real_check):
+        def check(loss, step):
+            real_check(loss, step)
+            if step == 16:  # past the step-15 log row, before the step-20 checkpoint
+                raise KeyboardInterrupt
+        return check
+
+    killed, resumed = killed_then_resumed(tmp, monkeypatch, tiny_params(), "check_finite", die_at_step_16)
+    assert resumed["resumed_from"] == [10]
+    assert logged_steps(killed) == [5, 10, 15, 20]
+
+
+def test_changed_params_start_fresh_and_clear_the_plots(tmp):
+    out, _ = run(tmp, tiny_params())
+    (out / "dvclive/plots/metrics/train/stale.tsv").write_text("step\tx\n1\t1\n")
+    _, again = run(tmp, tiny_params(lr=1e-3))
+    assert again["resumed_from"] == []
+    assert not (out / "dvclive/plots/metrics/train/stale.tsv").exists()
+    _, finished = run(tmp, tiny_params(lr=1e-3))
+    assert finished["resumed_from"] == []  # a finished run is not resumed: it reruns from scratch
+
+
+def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tmp):
+    params = tiny_params(lr=1e30, warmup_steps=0, checkpoint_every=1)
+    with pytest.raises(NonFiniteLossError, match=r"at step 1; stopping"):
+        run(tmp, params)
+    header = read_config(tmp / "run/models/dynamics", "dynamics")
+    assert header["step"] == 1
+    assert not list((tmp / "run/models").glob("*.tmp-*"))
+
+
+def test_windows_longer_than_every_video_name_train_seq_len_long(tmp):
+    with pytest.raises(WindowError, match=r"train\.seq_len_long=80: .*longest of 3: 'v0' with 40 frames"):
+        run(tmp, tiny_params(seq_len_long=80))
+
+
+# ---------------------------------------------------------------------------------------------
+# DDP: two CPU processes (gloo) compute the first-step gradient of the same global batch
+# ---------------------------------------------------------------------------------------------
+def first_step_grads(model, params, d: dt.Dist) -> dict[str, torch.Tensor]:
+    batches = AlternatingBatches(LatentVideos.load(params_store(), "train"), seq_len_short=8, seq_len_long=16,
+                                 batch_size_short=4, batch_size_long=2, long_ratio=0.0, stride=2, seed=params.seed)
+    batch = batches.batch(0)
+    plan = dt.global_plan(batch, params, 0)
+    rows = dt.shard(batch.latents.shape[0], d, "train.batch_size_short")
+    net = torch.nn.parallel.DistributedDataParallel(model) if d.world > 1 else model
+    loss, _ = dt.local_loss(net, batch.rows(rows), plan.rows(rows), "velocity", torch.device("cpu"))
+    loss.backward()
+    return {k: p.grad.clone() for k, p in model.named_parameters()}
+
+
+def params_store():
+    return Path(os.environ["H4_DDP_DIR"]) / "latents.zarr"
+
+
+def new_model(params):
+    torch.manual_seed(params.seed)
+    model = DynamicsTransformer(DynamicsConfig(4, 8, 8, n_actions=3, **params.model.model_dump()))
+    with torch.no_grad():  # non-zero head, so every parameter gets a gradient
+        model.patch_out.weight.normal_(0, 0.02)
+    return model
+
+
+def ddp_worker(rank, directory):
+    torch.set_num_threads(1)
+    os.environ["H4_DDP_DIR"] = directory
+    dist.init_process_group("gloo", init_method=f"file://{directory}/rendezvous", rank=rank, world_size=2)
+    params = tiny_params(bootstrap_fraction=0.5, single_frame_fraction=0.5)
+    grads = first_step_grads(new_model(params), params, dt.Dist(rank, 2, 0))
+    save_file({k: v.contiguous() for k, v in grads.items()}, f"{directory}/grads{rank}.safetensors")
+    dist.destroy_process_group()
+
+
+def test_ddp_with_two_cpu_processes_gives_the_first_step_gradient_of_one_process(tmp, monkeypatch):
+    monkeypatch.setenv("H4_DDP_DIR", str(tmp))
+    # fork: the workers inherit the imported modules instead of importing torch again
+    mp.start_processes(ddp_worker, args=(str(tmp),), nprocs=2, join=True, start_method="fork")
+    params = tiny_params(bootstrap_fraction=0.5, single_frame_fraction=0.5)
+    single = first_step_grads(new_model(params), params, dt.Dist())
+    for rank in (0, 1):
+        grads = load_file(tmp / f"grads{rank}.safetensors")
+        assert grads.keys() == single.keys()
+        for k in single:
+            torch.testing.assert_close(grads[k], single[k], rtol=1e-4, atol=1e-6, msg=k)
+    assert sum(g.abs().sum() for g in single.values()) > 0
+
+
+@pytest.mark.slow  # three Python processes import torch: ~20-45 s on the shared 2-core machine
+def test_the_stage_relaunches_itself_under_torchrun_and_matches_one_process(tmp):
+    work = tmp / "stage"
+    (work / "data").mkdir(parents=True)
+    write_latents_store(work / "data/latents.zarr")
+    (work / "params.yaml").write_text(yaml.safe_dump(tiny_raw(steps=4, nproc_per_node=2, log_every=2)))
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "stages.train"], cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((work / "metrics/train.json").read_text())["processes"] == 2
+    assert (work / "dvclive/train/plots/metrics/train/loss.tsv").is_file()
+    assert proc.stdout.count("step 2/4") == 1  # rank 0 logs alone
+    # Two ranks train exactly what one process trains on the same global batches.
+    single, _ = run(tmp, tiny_params(steps=4, log_every=2), "single")
+    two, one = load_file(work / "models/dynamics/model.safetensors"), load_file(single / "models/dynamics/model.safetensors")
+    for k in one:
+        torch.testing.assert_close(two[k], one[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_the_bf16_autocast_path_of_the_gpu_presets_trains_on_cpu_too(tmp):
+    # CPU bf16 autocast runs the same mixed-precision code as CUDA's, so a dtype slip in the
+    # model or the objective shows up here, not on the first GPU run.
+    out, metrics = run(tmp, tiny_params(steps=60, log_every=20, precision="bf16"))
+    losses = [float(r.split("\t")[-1]) for r in (out / "dvclive/plots/metrics/train/loss.tsv").read_text().splitlines()[1:]]
+    assert len(losses) == 3 and all(np.isfinite(losses)) and losses[-1] < losses[0]
+    assert all(np.isfinite(v) for v in metrics["val"].values())
