@@ -13,8 +13,9 @@ Order of one step (``step`` = index of the frame about to be generated, 0 = the 
 
 So the budget holds at every generation, the first included: with 36 context frames and a
 budget of 8 the policy chooses, before anything is generated, which 8 context frames stay (the
-seed's harness generated its first frame from all 36). The session never holds more than
-``max_frames`` frames, so peak retained memory is a property of the budget and policy.
+ar-video-kv-temporal-policy harness generated its first frame from all 36). The session never
+holds more than ``max_frames`` frames, so peak retained memory is a property of the budget and
+policy.
 """
 
 from __future__ import annotations
