@@ -8,7 +8,11 @@ import time
 
 from pipeline import paths
 from pipeline.atomic import atomic_dir
-from pipeline.benchmark import run as bm
+from pipeline.benchmark.clips import workload_clips
+from pipeline.benchmark.hosts import benchmark_device, build_host, run_info
+from pipeline.benchmark.media import write_media
+from pipeline.benchmark.outputs import ranking_lines, write_outputs
+from pipeline.benchmark.run import Scorer, run_benchmark
 from pipeline.config import load_params_or_exit
 from pipeline.training.common import seed_everything
 
@@ -18,17 +22,18 @@ def main() -> None:
     params = load_params_or_exit()
     bench = params.benchmark
     seed_everything(params.seed)
-    device = bm.benchmark_device(params)
-    host = bm.build_host(params, device)
-    clips = bm.workload_clips(params)
-    run = bm.run_benchmark(host, bench, clips, seed=params.seed, media_clips=bench.media_clips, scorer=bm.Scorer(device))
-    info = bm.run_info(params, device)
-    summary, _, lines = bm.write_outputs(run, bench.budgets, info, paths.BENCHMARK_METRICS, paths.BENCHMARK_HORIZON, paths.BENCHMARK_BUDGET)
+    device = benchmark_device(params)
+    host = build_host(params, device)
+    clips = workload_clips(params)
+    run = run_benchmark(host, bench, clips, seed=params.seed, media_clips=bench.media_clips, scorer=Scorer(device))
+    info = run_info(params, device)
+    summary, _, lines = write_outputs(run, bench.budgets, info, paths.BENCHMARK_METRICS, paths.BENCHMARK_HORIZON,
+                                      paths.BENCHMARK_BUDGET)
     with atomic_dir(paths.BENCHMARK_REPORTS) as tmp:
         if bench.media_clips:
-            bm.write_media(run, tmp, bench.workloads, mode=bench.modes[0])
+            write_media(run, tmp, bench.workloads, mode=bench.modes[0])
     print("\n".join(lines))
-    print("\n".join(bm.ranking_lines(summary)))
+    print("\n".join(ranking_lines(summary)))
     print(f"benchmark: {len(run.records)} rollouts in {run.seconds:.1f} s (stage {time.perf_counter() - start:.1f} s)")
 
 

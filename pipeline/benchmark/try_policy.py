@@ -18,7 +18,11 @@ import sys
 from pathlib import Path
 
 from pipeline import paths
-from pipeline.benchmark import run as bm
+from pipeline.benchmark.clips import workload_clips
+from pipeline.benchmark.hosts import benchmark_device, build_host, run_info
+from pipeline.benchmark.outputs import metrics_lines, ranking_lines
+from pipeline.benchmark.run import Scorer, run_benchmark
+from pipeline.benchmark.summary import GAP_KEY, summarize, summarize_references
 from pipeline.config import load_params
 from pipeline.training.common import seed_everything
 
@@ -49,7 +53,7 @@ def baseline_rows(path: Path, workload: str, budget: str, modes: list[str], info
     return rows, data.get("references", {}).get(workload, {})
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--policy", action="append", required=True,
                     help="baseline name, module:Class or path/to/file.py:Class (repeatable)")
@@ -59,25 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clips", type=int, help="override benchmark.n_clips (then not paired with the stage)")
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--baselines", default=str(paths.BENCHMARK_METRICS), help="results to compare with")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
-    params = load_params(args.params)
-    bench = params.benchmark
-    if args.clips:
-        bench = bench.model_copy(update={"n_clips": args.clips})
-        params = params.model_copy(update={"benchmark": bench})
-    budget, max_frames = parse_budget(args.budget, bench.budgets)
-    modes = args.mode or list(bench.modes)
-    seed_everything(params.seed)
-    device = bm.benchmark_device(params)
-    host = bm.build_host(params, device)
-    clips = bm.workload_clips(params, [args.workload])
-    run = bm.run_benchmark(host, bench, clips, seed=params.seed, policies=args.policy, budgets={budget: max_frames},
-                           modes=modes, scorer=bm.Scorer(device))
-    summary, refs = bm.summarize(run), bm.summarize_references(run)
-    print("\n".join(bm.metrics_lines(summary, refs)))
 
-    info = bm.run_info(params, device)
+def print_table(summary: dict, refs: dict, args, budget: str, max_frames: int | None, modes: list[str],
+                info: dict) -> None:
+    """This run's cells beside the baselines' last results (by PSNR), then the references."""
     rows, old_refs = baseline_rows(Path(args.baselines), args.workload, budget, modes, info)
     new = {(p, m) for (_, _, p, m) in summary}
     table = [(f"* {p}", m, e) for (_, _, p, m), e in summary.items()]
@@ -90,8 +81,31 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<26}{mode:<11}" + "".join(f"{e.get(c, float('nan')):>11.4g}" for c in COLUMNS))
     for name, e in (old_refs or refs).items():
         print(f"  {name:<24}{'reference':<11}" + "".join(f"{e.get(c, float('nan')):>11.4g}" for c in list(COLUMNS)[:4]))
-    if any(e[f"psnr_vs_{bm.PAIRED_BASELINE}"] is not None for e in summary.values()):
-        print("\n" + "\n".join(bm.ranking_lines(summary)))
+
+
+def try_policies(args) -> None:
+    params = load_params(args.params)
+    bench = params.benchmark
+    if args.clips:
+        bench = bench.model_copy(update={"n_clips": args.clips})
+        params = params.model_copy(update={"benchmark": bench})
+    budget, max_frames = parse_budget(args.budget, bench.budgets)
+    modes = args.mode or list(bench.modes)
+    seed_everything(params.seed)
+    device = benchmark_device(params)
+    host = build_host(params, device)
+    clips = workload_clips(params, [args.workload])
+    run = run_benchmark(host, bench, clips, seed=params.seed, policies=args.policy, budgets={budget: max_frames},
+                        modes=modes, scorer=Scorer(device))
+    summary, refs = summarize(run), summarize_references(run)
+    print("\n".join(metrics_lines(summary, refs)))
+    print_table(summary, refs, args, budget, max_frames, modes, run_info(params, device))
+    if any(e[GAP_KEY] is not None for e in summary.values()):
+        print("\n" + "\n".join(ranking_lines(summary)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    try_policies(parse_args(argv))
     return 0
 
 
