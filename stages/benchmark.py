@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 
 from pipeline import paths
-from pipeline.atomic import atomic_dir
+from pipeline.atomic import atomic_dir, remove_stale_tmp
 from pipeline.benchmark.clips import workload_clips
 from pipeline.benchmark.hosts import benchmark_device, build_host, run_info
 from pipeline.benchmark.media import write_media
@@ -16,11 +16,15 @@ from pipeline.benchmark.run import Scorer, run_benchmark
 from pipeline.config import load_params_or_exit
 from pipeline.training.common import seed_everything
 
+OUTPUTS = (paths.BENCHMARK_METRICS, paths.BENCHMARK_HORIZON, paths.BENCHMARK_BUDGET, paths.BENCHMARK_REPORTS)
+
 
 def main() -> None:
     start = time.perf_counter()
     params = load_params_or_exit()
     bench = params.benchmark
+    for out in OUTPUTS:
+        remove_stale_tmp(out.parent, out.name)  # what a killed run left
     seed_everything(params.seed)
     device = benchmark_device(params)
     host = build_host(params, device)

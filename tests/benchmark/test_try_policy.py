@@ -61,6 +61,11 @@ def project(tmp_path_factory):
     return root
 
 
+LEFTOVERS = ["reports/benchmark.tmp-4242-0badf00d/short_full.gif", "metrics/benchmark.json.tmp-4242-0badf00d",
+             "metrics/benchmark_horizon.csv.tmp-4242-0badf00d", "metrics/benchmark_budget.csv.tmp-4242-0badf00d"]
+FOREIGN = ["metrics/train.json.tmp-4242-0badf00d"]  # another stage's: not the benchmark's to remove
+
+
 @pytest.fixture(scope="module")
 def stage_output(project):
     """Runs the benchmark stage once in the project; its stdout."""
@@ -70,6 +75,9 @@ def stage_output(project):
 
     from stages import benchmark as stage
 
+    for leftover in LEFTOVERS + FOREIGN:  # what a run killed while writing would leave
+        (project / leftover).parent.mkdir(parents=True, exist_ok=True)
+        (project / leftover).write_text("partial")
     cwd, buf = os.getcwd(), io.StringIO()
     os.chdir(project)
     try:
@@ -134,3 +142,9 @@ def test_try_policy_rejects_an_unknown_budget(project, monkeypatch):
     monkeypatch.chdir(project)
     with pytest.raises(SystemExit, match="--budget 'huge'"):
         try_policy.main(["--policy", "packcache", "--budget", "huge"])
+
+
+def test_the_stage_sweeps_the_temporary_outputs_a_killed_run_left(project, stage_output):
+    assert not any((project / leftover).exists() for leftover in LEFTOVERS)
+    assert [p.name for p in (project / "reports").iterdir()] == ["benchmark"]
+    assert all((project / foreign).is_file() for foreign in FOREIGN)
