@@ -38,6 +38,17 @@ def parse_budget(value: str, budgets: dict) -> tuple[str, int | None]:
     raise SystemExit(f"--budget {value!r}: not one of benchmark.budgets ({', '.join(budgets)}) nor a frame count >= 1")
 
 
+def positive_int(value: str) -> int:
+    """argparse type of a count >= 1 (argparse names the flag in its error)."""
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
+    return n
+
+
 def baseline_rows(path: Path, workload: str, budget: str, modes: list[str], info: dict) -> tuple[list, dict]:
     if not path.is_file():
         print(f"(no {path}: run `dvc repro benchmark` for the baselines' results)")
@@ -60,7 +71,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--workload", default="short", help="a name of benchmark.workloads (default short)")
     ap.add_argument("--budget", default="medium", help="a name of benchmark.budgets or a frame count (default medium)")
     ap.add_argument("--mode", action="append", choices=["recompute", "kv"], help="default: benchmark.modes")
-    ap.add_argument("--clips", type=int, help="override benchmark.n_clips (then not paired with the stage)")
+    ap.add_argument("--clips", type=positive_int, help="override benchmark.n_clips (then not paired with the stage)")
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--baselines", default=str(paths.BENCHMARK_METRICS), help="results to compare with")
     return ap.parse_args(argv)
@@ -86,7 +97,7 @@ def print_table(summary: dict, refs: dict, args, budget: str, max_frames: int | 
 def try_policies(args) -> None:
     params = load_params(args.params)
     bench = params.benchmark
-    if args.clips:
+    if args.clips is not None:
         bench = bench.model_copy(update={"n_clips": args.clips})
         params = params.model_copy(update={"benchmark": bench})
     budget, max_frames = parse_budget(args.budget, bench.budgets)

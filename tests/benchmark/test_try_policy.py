@@ -148,3 +148,13 @@ def test_the_stage_sweeps_the_temporary_outputs_a_killed_run_left(project, stage
     assert not any((project / leftover).exists() for leftover in LEFTOVERS)
     assert [p.name for p in (project / "reports").iterdir()] == ["benchmark"]
     assert all((project / foreign).is_file() for foreign in FOREIGN)
+
+
+@pytest.mark.parametrize("clips", ["-1", "0", "two"])
+def test_try_policy_rejects_a_clip_count_below_one_naming_the_flag(clips, capsys):
+    from pipeline.benchmark import try_policy
+
+    with pytest.raises(SystemExit) as info:
+        try_policy.main(["--policy", "packcache", "--clips", clips])
+    assert info.value.code == 2
+    assert "argument --clips:" in capsys.readouterr().err
