@@ -136,7 +136,7 @@ def run_benchmark(host, bench, clips: dict[str, list[Clip]], *, seed: int, polic
     run = BenchmarkRun(clips=clips, budget_order=list(budgets))
     start = time.perf_counter()
     total = sum(len(c) for c in clips.values()) * len(bench.seeds) * len(budgets) * len(loaded) * len(modes)
-    with tqdm(total=total, desc="benchmark rollouts", unit="rollout", disable=not progress) as bar:
+    with tqdm(total=total, desc="benchmark rollouts", unit="rollout", disable=not progress) as bar:  # closed on errors too
         for workload, wclips in clips.items():
             n_ctx, n_pred = bench.workloads[workload].context, bench.workloads[workload].predict
             for ci, clip in enumerate(wclips):

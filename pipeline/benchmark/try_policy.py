@@ -8,6 +8,9 @@ numbers are paired with the stage's), prints the `TEST_METRICS:` lines, then a t
 them next to the baselines' last results in metrics/benchmark.json. Writes nothing. Add
 `--policy full_history` to also get each policy's paired PSNR gap to it with a 95% interval
 (same clips, same noise): a gap inside its interval is not a ranking.
+
+An error in a policy (or a spec that does not load) ends the run with a message naming the policy
+and no traceback; `--debug` or PIPELINE_DEBUG=1 shows the traceback.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import sys
 from pathlib import Path
 
 from pipeline import paths
+from pipeline.benchmark.cli import user_errors
 from pipeline.benchmark.clips import workload_clips
 from pipeline.benchmark.hosts import benchmark_device, build_host, run_info
 from pipeline.benchmark.outputs import metrics_lines, ranking_lines
@@ -74,6 +78,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--clips", type=positive_int, help="override benchmark.n_clips (then not paired with the stage)")
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--baselines", default=str(paths.BENCHMARK_METRICS), help="results to compare with")
+    ap.add_argument("--debug", action="store_true", help="show the traceback of a policy's error")
     return ap.parse_args(argv)
 
 
@@ -116,7 +121,9 @@ def try_policies(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try_policies(parse_args(argv))
+    args = parse_args(argv)
+    with user_errors("try_policy", args.debug):
+        try_policies(args)
     return 0
 
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import inspect
+import os
 import sys
 from pathlib import Path
 
@@ -157,6 +159,18 @@ def _import_class(spec: str):
         return getattr(module, cls_name)
     except AttributeError:
         raise PolicyLoadError(f"policy {spec!r}: {target} has no attribute {cls_name!r}") from None
+
+
+def policy_origin(policy) -> str:
+    """Where a policy's class is defined, as ``file.py:Class`` (the path relative to the working
+    directory when it is under it), for error messages."""
+    cls = type(policy)
+    try:
+        path = inspect.getfile(cls)
+    except (TypeError, OSError):  # defined interactively or in a built-in module
+        return f"{cls.__module__}:{cls.__qualname__}"
+    rel = os.path.relpath(path)
+    return f"{path if rel.startswith('..') else rel}:{cls.__qualname__}"
 
 
 def load_policy(spec: str):

@@ -158,3 +158,63 @@ def test_try_policy_rejects_a_clip_count_below_one_naming_the_flag(clips, capsys
         try_policy.main(["--policy", "packcache", "--clips", clips])
     assert info.value.code == 2
     assert "argument --clips:" in capsys.readouterr().err
+
+
+BOOM = textwrap.dedent('''
+    from pipeline.rollout.api import ChunkDecision, TemporalCachePlan
+
+    class Boom:
+        name = "boom"
+
+        def build_temporal_cache_plan(self, metas, rollout_state, budget_state):
+            if rollout_state.step == 1:
+                raise ValueError("no plan for you")
+            return TemporalCachePlan([ChunkDecision(m.chunk_id, "keep") for m in metas])
+''')
+
+
+def sibling(project: Path, root: Path, models: bool = True, **benchmark) -> Path:
+    """A project in ``root`` that shares ``project``'s data (and models) with other benchmark params."""
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["benchmark"].update(benchmark)
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    (root / "data").symlink_to(project / "data")
+    if models:
+        (root / "models").symlink_to(project / "models")
+    (root / "boom.py").write_text(BOOM)
+    return root
+
+
+def test_try_policy_names_a_policy_that_raises_without_a_traceback(project, monkeypatch, capsys):
+    from pipeline.benchmark import try_policy
+
+    monkeypatch.chdir(project)
+    monkeypatch.delenv("PIPELINE_DEBUG", raising=False)
+    (project / "boom.py").write_text(BOOM)
+    with pytest.raises(SystemExit) as info:
+        try_policy.main(["--policy", "boom.py:Boom", "--budget", "tight"])
+    assert info.value.code == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("try_policy:")]  # not tqdm's
+    assert err[0] == "try_policy: policy 'boom' (boom.py:Boom) raised ValueError at step 1: no plan for you"
+    assert len(err) == 2 and "PIPELINE_DEBUG=1" in err[1]
+    from pipeline.rollout.loop import PolicyError
+
+    with pytest.raises(PolicyError):
+        try_policy.main(["--policy", "boom.py:Boom", "--budget", "tight", "--debug"])
+
+
+def test_the_stage_names_a_policy_that_raises_and_shows_the_traceback_only_in_debug(project, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    root = sibling(project, tmp_path, policies=["recent_window", "boom.py:Boom"])
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("PIPELINE_DEBUG", None)
+    proc = subprocess.run([sys.executable, "-m", "stages.benchmark"], cwd=root, env=env, capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert "benchmark: policy 'boom' (boom.py:Boom) raised ValueError at step 1: no plan for you" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    debug = subprocess.run([sys.executable, "-m", "stages.benchmark"], cwd=root, env={**env, "PIPELINE_DEBUG": "1"},
+                           capture_output=True, text=True)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr and "ValueError: no plan for you" in debug.stderr
