@@ -20,6 +20,7 @@ from pipeline.benchmark.hosts import benchmark_device, build_host, run_info
 from pipeline.benchmark.media import write_media
 from pipeline.benchmark.outputs import ranking_lines, write_outputs
 from pipeline.benchmark.run import Scorer, run_benchmark
+from pipeline.benchmark.validate import validate_benchmark
 from pipeline.config import load_params_or_exit
 from pipeline.training.common import seed_everything
 
@@ -29,6 +30,7 @@ OUTPUTS = (paths.BENCHMARK_METRICS, paths.BENCHMARK_HORIZON, paths.BENCHMARK_BUD
 def benchmark(params) -> None:
     start = time.perf_counter()
     bench = params.benchmark
+    validate_benchmark(params)  # before any model loads or output changes
     for out in OUTPUTS:
         remove_stale_tmp(out.parent, out.name)  # what a killed run left
     seed_everything(params.seed)

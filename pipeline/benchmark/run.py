@@ -23,8 +23,8 @@ from tqdm import tqdm
 
 from pipeline.benchmark.clips import Clip
 from pipeline.benchmark.references import REFERENCES, persistence, tokenizer_ceiling
+from pipeline.benchmark.validate import load_policies
 from pipeline.rollout.loop import run_rollout
-from pipeline.rollout.policies import load_policy
 
 METRIC_NAMES = ("psnr", "ssim", "lpips")
 
@@ -125,11 +125,7 @@ def run_benchmark(host, bench, clips: dict[str, list[Clip]], *, seed: int, polic
     ``policies``/``budgets``/``modes`` default to those of ``bench``; ``media_clips`` first
     clips keep their decoded pixels for the report videos.
     """
-    specs = list(policies if policies is not None else bench.policies)
-    loaded = [load_policy(spec) for spec in specs]
-    names = [p.name for p in loaded]
-    if len(set(names)) != len(names):
-        raise ValueError(f"benchmark.policies: two policies report under one name ({dict(zip(specs, names))})")
+    loaded = load_policies(list(policies if policies is not None else bench.policies))
     budgets = dict(budgets if budgets is not None else bench.budgets)
     modes = list(modes if modes is not None else bench.modes)
     scorer = scorer or Scorer()

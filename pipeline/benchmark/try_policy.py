@@ -27,6 +27,7 @@ from pipeline.benchmark.hosts import benchmark_device, build_host, run_info
 from pipeline.benchmark.outputs import metrics_lines, ranking_lines
 from pipeline.benchmark.run import Scorer, run_benchmark
 from pipeline.benchmark.summary import GAP_KEY, summarize, summarize_references
+from pipeline.benchmark.validate import validate_benchmark
 from pipeline.config import load_params
 from pipeline.training.common import seed_everything
 
@@ -107,6 +108,7 @@ def try_policies(args) -> None:
         params = params.model_copy(update={"benchmark": bench})
     budget, max_frames = parse_budget(args.budget, bench.budgets)
     modes = args.mode or list(bench.modes)
+    validate_benchmark(params, policies=args.policy, workloads=[args.workload], policy_key="--policy")
     seed_everything(params.seed)
     device = benchmark_device(params)
     host = build_host(params, device)

@@ -218,3 +218,27 @@ def test_the_stage_names_a_policy_that_raises_and_shows_the_traceback_only_in_de
     debug = subprocess.run([sys.executable, "-m", "stages.benchmark"], cwd=root, env={**env, "PIPELINE_DEBUG": "1"},
                            capture_output=True, text=True)
     assert debug.returncode != 0 and "Traceback" in debug.stderr and "ValueError: no plan for you" in debug.stderr
+
+
+@pytest.mark.parametrize("benchmark, message", [
+    ({"policies": ["recent_window", "full_history", "packcash"]},
+     "benchmark: benchmark.policies[2]: policy 'packcash': not a baseline (recent_window, packcache, causalcache_vdm, "
+     "flowcache, full_history)"),
+    ({"policies": ["my_policy.py:Mine"]}, "benchmark: benchmark.policies[0]: policy 'my_policy.py:Mine': file "
+     "my_policy.py not found"),
+    ({"workloads": {"short": {"context": 3, "predict": 3}, "long": {"context": 12, "predict": 12}}},
+     "benchmark: benchmark.workloads.long: data/frames.zarr: no test video has the 24 frames a 12 -> 12 workload "
+     "needs (v_test: 20)"),
+])
+def test_the_stage_checks_policies_and_workloads_before_loading_models_or_touching_outputs(
+        project, tmp_path, monkeypatch, capsys, benchmark, message):
+    from stages import benchmark as stage
+
+    root = sibling(project, tmp_path, models=False, **benchmark)  # without models: loading them would fail
+    monkeypatch.chdir(root)
+    monkeypatch.delenv("PIPELINE_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as info:
+        stage.main()
+    assert info.value.code == 1
+    assert capsys.readouterr().err.startswith(message)
+    assert not (root / "metrics").exists() and not (root / "reports").exists()
