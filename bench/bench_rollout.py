@@ -20,7 +20,9 @@ from pathlib import Path
 import torch
 
 from pipeline import paths
-from pipeline.benchmark import run as bm
+from pipeline.benchmark.clips import select_clips
+from pipeline.benchmark.hosts import benchmark_device
+from pipeline.benchmark.run import Scorer
 from pipeline.config import load_params
 from pipeline.diffusion.sampler import ShortcutEulerSampler
 from pipeline.rollout.loop import run_rollout
@@ -63,7 +65,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     params = load_params()
-    device = bm.benchmark_device(params)
+    device = benchmark_device(params)
     trained = (paths.TOKENIZER / "config.json").is_file() and (paths.DYNAMICS / "config.json").is_file()
     if trained:
         loaded = PipelineHost.load(paths.TOKENIZER, paths.DYNAMICS, params.benchmark.sampling_steps,
@@ -81,7 +83,7 @@ def main() -> None:
 
     clip = None
     if Path(paths.FRAMES).exists() and Path(paths.LATENTS).exists() and trained:
-        clip = bm.select_clips(paths.FRAMES, paths.LATENTS, args.context, args.predict, 1, params.seed)[0]
+        clip = select_clips(paths.FRAMES, paths.LATENTS, args.context, args.predict, 1, params.seed)[0]
         context, actions = clip.context_latents.to(device), clip.actions
     else:
         g = torch.Generator().manual_seed(0)
@@ -110,7 +112,7 @@ def main() -> None:
     slow = timed(slow_host, "full_history", context, args.predict, None, "kv", actions, args.repeats)
     print(f"   K={k_fast}: {args.predict / fast.seconds:.2f} frames/s   K={k_slow}: {args.predict / slow.seconds:.2f} "
           f"frames/s   speed-up x{slow.seconds / fast.seconds:.2f}")
-    scorer = bm.Scorer(device)
+    scorer = Scorer(device)
     pf, ps = host.decode(fast.generated).cpu(), host.decode(slow.generated).cpu()
     if clip is not None:
         target = clip.pixels[args.context:]

@@ -1,36 +1,63 @@
 """Stage `benchmark`: rollouts of every policy under every frame budget on held-out clips ->
 metrics/benchmark.json, metrics/benchmark_{horizon,budget}.csv, reports/benchmark/*.gif.
-Prints one `TEST_METRICS: ...` line per workload x budget x policy x mode."""
+Prints one `TEST_METRICS: ...` line per workload x budget x policy x mode.
+
+A policy's error or a setting the data cannot support ends the stage with a message and no
+traceback (`--debug` or PIPELINE_DEBUG=1 shows it)."""
 
 from __future__ import annotations
 
+import argparse
+import sys
 import time
+from typing import Sequence
 
 from pipeline import paths
-from pipeline.atomic import atomic_dir
-from pipeline.benchmark import run as bm
+from pipeline.atomic import atomic_dir, remove_stale_tmp
+from pipeline.benchmark.cli import user_errors
+from pipeline.benchmark.clips import workload_clips
+from pipeline.benchmark.hosts import benchmark_device, build_host, run_info
+from pipeline.benchmark.media import write_media
+from pipeline.benchmark.outputs import ranking_lines, write_outputs
+from pipeline.benchmark.run import Scorer, run_benchmark
+from pipeline.benchmark.validate import validate_benchmark
 from pipeline.config import load_params_or_exit
 from pipeline.training.common import seed_everything
 
+OUTPUTS = (paths.BENCHMARK_METRICS, paths.BENCHMARK_HORIZON, paths.BENCHMARK_BUDGET, paths.BENCHMARK_REPORTS)
 
-def main() -> None:
+
+def benchmark(params) -> None:
     start = time.perf_counter()
-    params = load_params_or_exit()
     bench = params.benchmark
+    validate_benchmark(params)  # before any model loads or output changes
+    for out in OUTPUTS:
+        remove_stale_tmp(out.parent, out.name)  # what a killed run left
     seed_everything(params.seed)
-    device = bm.benchmark_device(params)
-    host = bm.build_host(params, device)
-    clips = bm.workload_clips(params)
-    run = bm.run_benchmark(host, bench, clips, seed=params.seed, media_clips=bench.media_clips, scorer=bm.Scorer(device))
-    info = bm.run_info(params, device)
-    summary, _, lines = bm.write_outputs(run, bench.budgets, info, paths.BENCHMARK_METRICS, paths.BENCHMARK_HORIZON, paths.BENCHMARK_BUDGET)
+    device = benchmark_device(params)
+    host = build_host(params, device)
+    clips = workload_clips(params)
+    run = run_benchmark(host, bench, clips, seed=params.seed, media_clips=bench.media_clips, scorer=Scorer(device))
+    info = run_info(params, device)
+    summary, _, lines = write_outputs(run, bench.budgets, info, paths.BENCHMARK_METRICS, paths.BENCHMARK_HORIZON,
+                                      paths.BENCHMARK_BUDGET)
     with atomic_dir(paths.BENCHMARK_REPORTS) as tmp:
         if bench.media_clips:
-            bm.write_media(run, tmp, bench.workloads, mode=bench.modes[0])
+            write_media(run, tmp, bench.workloads, mode=bench.modes[0])
     print("\n".join(lines))
-    print("\n".join(bm.ranking_lines(summary)))
+    print("\n".join(ranking_lines(summary)))
     print(f"benchmark: {len(run.records)} rollouts in {run.seconds:.1f} s (stage {time.perf_counter() - start:.1f} s)")
 
 
+def main(argv: Sequence[str] = ()) -> int:
+    ap = argparse.ArgumentParser(prog="python -m stages.benchmark", description=__doc__)
+    ap.add_argument("--debug", action="store_true", help="show the traceback of a policy's or a setting's error")
+    args = ap.parse_args(argv)
+    params = load_params_or_exit()
+    with user_errors("benchmark", args.debug):
+        benchmark(params)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main(sys.argv[1:]))

@@ -1,4 +1,4 @@
-"""Side-by-side rollout videos: one animated GIF per workload and budget.
+"""Side-by-side rollout videos: one animated GIF per workload and budget of a benchmark run.
 
 Columns are ground truth | persistence | each policy; rows are clips; a header names the
 columns and a counter shows the horizon (t+1 = the first generated frame). GIFs render in
@@ -55,3 +55,25 @@ def write_gif(path: str | Path, frames: np.ndarray, fps: float = 4.0) -> None:
     """Looping GIF, written atomically."""
     with atomic_file(path) as tmp:
         iio.imwrite(tmp, frames, extension=".gif", duration=1000.0 / fps, loop=0)
+
+
+def write_media(run, out_dir: str | Path, workloads: dict, mode: str) -> list[Path]:
+    """One GIF per workload and budget of a BenchmarkRun: ground truth | persistence | each
+    policy (``mode``), one row per clip whose pixels the run kept."""
+    written = []
+    for workload, wclips in run.clips.items():
+        n_ctx = workloads[workload].context
+        by_cell: dict[tuple[str, str], dict[int, torch.Tensor]] = {}
+        for rec in run.records:
+            if rec.pixels is not None and rec.cell.workload == workload and rec.cell.mode == mode:
+                by_cell.setdefault((rec.cell.budget, rec.cell.policy), {})[rec.clip] = rec.pixels
+        for budget in dict.fromkeys(b for b, _ in by_cell):
+            policies = [p for b, p in by_cell if b == budget]
+            n = min(len(by_cell[(budget, p)]) for p in policies)
+            columns = {"ground truth": [c.pixels[n_ctx:] for c in wclips[:n]],
+                       "persistence": run.reference_pixels[workload]["persistence"][:n]}
+            columns.update({p: [by_cell[(budget, p)][i] for i in range(n)] for p in policies})
+            path = Path(out_dir) / f"{workload}_{budget}.gif"
+            write_gif(path, grid_frames(columns))
+            written.append(path)
+    return written

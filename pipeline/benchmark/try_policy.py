@@ -8,6 +8,9 @@ numbers are paired with the stage's), prints the `TEST_METRICS:` lines, then a t
 them next to the baselines' last results in metrics/benchmark.json. Writes nothing. Add
 `--policy full_history` to also get each policy's paired PSNR gap to it with a 95% interval
 (same clips, same noise): a gap inside its interval is not a ranking.
+
+An error in a policy (or a spec that does not load) ends the run with a message naming the policy
+and no traceback; `--debug` or PIPELINE_DEBUG=1 shows the traceback.
 """
 
 from __future__ import annotations
@@ -18,7 +21,13 @@ import sys
 from pathlib import Path
 
 from pipeline import paths
-from pipeline.benchmark import run as bm
+from pipeline.benchmark.cli import user_errors
+from pipeline.benchmark.clips import workload_clips
+from pipeline.benchmark.hosts import benchmark_device, build_host, run_info
+from pipeline.benchmark.outputs import metrics_lines, ranking_lines
+from pipeline.benchmark.run import Scorer, run_benchmark
+from pipeline.benchmark.summary import GAP_KEY, summarize, summarize_references
+from pipeline.benchmark.validate import validate_benchmark
 from pipeline.config import load_params
 from pipeline.training.common import seed_everything
 
@@ -32,6 +41,17 @@ def parse_budget(value: str, budgets: dict) -> tuple[str, int | None]:
     if value.isdigit() and int(value) >= 1:
         return value, int(value)
     raise SystemExit(f"--budget {value!r}: not one of benchmark.budgets ({', '.join(budgets)}) nor a frame count >= 1")
+
+
+def positive_int(value: str) -> int:
+    """argparse type of a count >= 1 (argparse names the flag in its error)."""
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
+    return n
 
 
 def baseline_rows(path: Path, workload: str, budget: str, modes: list[str], info: dict) -> tuple[list, dict]:
@@ -49,35 +69,23 @@ def baseline_rows(path: Path, workload: str, budget: str, modes: list[str], info
     return rows, data.get("references", {}).get(workload, {})
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--policy", action="append", required=True,
                     help="baseline name, module:Class or path/to/file.py:Class (repeatable)")
     ap.add_argument("--workload", default="short", help="a name of benchmark.workloads (default short)")
     ap.add_argument("--budget", default="medium", help="a name of benchmark.budgets or a frame count (default medium)")
     ap.add_argument("--mode", action="append", choices=["recompute", "kv"], help="default: benchmark.modes")
-    ap.add_argument("--clips", type=int, help="override benchmark.n_clips (then not paired with the stage)")
+    ap.add_argument("--clips", type=positive_int, help="override benchmark.n_clips (then not paired with the stage)")
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--baselines", default=str(paths.BENCHMARK_METRICS), help="results to compare with")
-    args = ap.parse_args(argv)
+    ap.add_argument("--debug", action="store_true", help="show the traceback of a policy's error")
+    return ap.parse_args(argv)
 
-    params = load_params(args.params)
-    bench = params.benchmark
-    if args.clips:
-        bench = bench.model_copy(update={"n_clips": args.clips})
-        params = params.model_copy(update={"benchmark": bench})
-    budget, max_frames = parse_budget(args.budget, bench.budgets)
-    modes = args.mode or list(bench.modes)
-    seed_everything(params.seed)
-    device = bm.benchmark_device(params)
-    host = bm.build_host(params, device)
-    clips = bm.workload_clips(params, [args.workload])
-    run = bm.run_benchmark(host, bench, clips, seed=params.seed, policies=args.policy, budgets={budget: max_frames},
-                           modes=modes, scorer=bm.Scorer(device))
-    summary, refs = bm.summarize(run), bm.summarize_references(run)
-    print("\n".join(bm.metrics_lines(summary, refs)))
 
-    info = bm.run_info(params, device)
+def print_table(summary: dict, refs: dict, args, budget: str, max_frames: int | None, modes: list[str],
+                info: dict) -> None:
+    """This run's cells beside the baselines' last results (by PSNR), then the references."""
     rows, old_refs = baseline_rows(Path(args.baselines), args.workload, budget, modes, info)
     new = {(p, m) for (_, _, p, m) in summary}
     table = [(f"* {p}", m, e) for (_, _, p, m), e in summary.items()]
@@ -90,8 +98,34 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<26}{mode:<11}" + "".join(f"{e.get(c, float('nan')):>11.4g}" for c in COLUMNS))
     for name, e in (old_refs or refs).items():
         print(f"  {name:<24}{'reference':<11}" + "".join(f"{e.get(c, float('nan')):>11.4g}" for c in list(COLUMNS)[:4]))
-    if any(e[f"psnr_vs_{bm.PAIRED_BASELINE}"] is not None for e in summary.values()):
-        print("\n" + "\n".join(bm.ranking_lines(summary)))
+
+
+def try_policies(args) -> None:
+    params = load_params(args.params)
+    bench = params.benchmark
+    if args.clips is not None:
+        bench = bench.model_copy(update={"n_clips": args.clips})
+        params = params.model_copy(update={"benchmark": bench})
+    budget, max_frames = parse_budget(args.budget, bench.budgets)
+    modes = args.mode or list(bench.modes)
+    validate_benchmark(params, policies=args.policy, workloads=[args.workload], policy_key="--policy")
+    seed_everything(params.seed)
+    device = benchmark_device(params)
+    host = build_host(params, device)
+    clips = workload_clips(params, [args.workload])
+    run = run_benchmark(host, bench, clips, seed=params.seed, policies=args.policy, budgets={budget: max_frames},
+                        modes=modes, scorer=Scorer(device))
+    summary, refs = summarize(run), summarize_references(run)
+    print("\n".join(metrics_lines(summary, refs)))
+    print_table(summary, refs, args, budget, max_frames, modes, run_info(params, device))
+    if any(e[GAP_KEY] is not None for e in summary.values()):
+        print("\n" + "\n".join(ranking_lines(summary)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    with user_errors("try_policy", args.debug):
+        try_policies(args)
     return 0
 
 

@@ -55,16 +55,22 @@ def read_dmlab_episode(path: str | Path, n_frames: int | None = None) -> FarClip
     return FarClip(id=path.stem, frames=frames, actions=[int(a) for a in actions])
 
 
-def dmlab_clips(directory: str | Path, n_clips: int, n_frames: int) -> list[FarClip]:
-    """The first ``n_clips`` episodes (sorted by path) that hold ``n_frames`` frames."""
-    clips = []
+def episode_paths(directory: str | Path, n_clips: int, n_frames: int) -> list[Path]:
+    """The first ``n_clips`` episodes (sorted by path) that hold ``n_frames`` frames; ValueError
+    when none does."""
+    paths = []
     for path in list_dmlab_episodes(directory):
         with np.load(path) as data:
             if "actions" in data.files and len(data["actions"]) < n_frames:  # tiny; the video is checked on read
                 continue  # too short for this workload
-        clips.append(read_dmlab_episode(path, n_frames))
-        if len(clips) == n_clips:
+        paths.append(path)
+        if len(paths) == n_clips:
             break
-    if not clips:
+    if not paths:
         raise ValueError(f"benchmark.far.dmlab_npz: no episode under {directory} has {n_frames} frames")
-    return clips
+    return paths
+
+
+def dmlab_clips(directory: str | Path, n_clips: int, n_frames: int) -> list[FarClip]:
+    """The first ``n_clips`` episodes (sorted by path) that hold ``n_frames`` frames."""
+    return [read_dmlab_episode(path, n_frames) for path in episode_paths(directory, n_clips, n_frames)]

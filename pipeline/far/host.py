@@ -5,7 +5,8 @@ reference): the new frame starts from Gaussian noise and takes ``sampling_steps`
 diffusers' ``FlowMatchEulerDiscreteScheduler``; at every step the model sees the retained
 history as clean context (timestep -1) and predicts the velocity of the new frame.
 
-- ``recompute``: every denoising call re-runs the whole retained history (as the seed harness);
+- ``recompute``: every denoising call re-runs the whole retained history (as the
+  ar-video-kv-temporal-policy harness);
 - ``kv``: history frames enter the KV cache once, together with the first denoising call of the
   next frame (as the reference's cache step), later calls run only the new frame, and eviction
   drops the frames' keys/values: nothing is recomputed.

@@ -1,4 +1,6 @@
-"""The rollout API of seeds/001, kept name for name so users can bring their own policies.
+"""The rollout API of the ar-video-kv-temporal-policy task (MLS-Bench), kept name for name so
+users can bring their own policies. Elsewhere in this package "ar-video-kv-temporal-policy"
+names that task: its harness, its baselines and its metric line format.
 
 A *host* generates latent frames one at a time from a retained history; after each new frame a
 *policy* looks at one :class:`FrameMeta` per retained frame and returns a

@@ -1,4 +1,4 @@
-"""FrameMeta features of the retained history, computed on latents (formulas: DESIGN.md).
+"""FrameMeta features of the retained history, computed on latents (the formulas below).
 
 For frame i of the history (0 = oldest kept) with prev = the kept frame before it:
 

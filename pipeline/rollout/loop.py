@@ -13,8 +13,9 @@ Order of one step (``step`` = index of the frame about to be generated, 0 = the 
 
 So the budget holds at every generation, the first included: with 36 context frames and a
 budget of 8 the policy chooses, before anything is generated, which 8 context frames stay (the
-seed's harness generated its first frame from all 36). The session never holds more than
-``max_frames`` frames, so peak retained memory is a property of the budget and policy.
+ar-video-kv-temporal-policy harness generated its first frame from all 36). The session never
+holds more than ``max_frames`` frames, so peak retained memory is a property of the budget and
+policy.
 """
 
 from __future__ import annotations
@@ -27,10 +28,26 @@ import torch
 
 from pipeline.rollout.api import ACTIONS, Mode, RolloutHost, RolloutResult, RolloutState
 from pipeline.rollout.frame_meta import FrameRecord, build_frame_meta
+from pipeline.rollout.policies import policy_origin
 
 
 class PlanError(ValueError):
     """A policy returned a plan the loop cannot apply; the message names the policy and entry."""
+
+
+class PolicyError(RuntimeError):
+    """A policy raised while planning; the message names the policy, its class and the step, and
+    the policy's own exception is the ``__cause__``."""
+
+
+def plan_step(policy, name: str, metas, state: RolloutState, budget_state: dict):
+    """``policy.build_temporal_cache_plan``, its exceptions re-raised as PolicyError."""
+    try:
+        return policy.build_temporal_cache_plan(metas, state, budget_state)
+    except Exception as exc:
+        raise PolicyError(
+            f"policy {name!r} ({policy_origin(policy)}) raised {type(exc).__name__} at step {state.step}: {exc}"
+        ) from exc
 
 
 def apply_plan(plan, n_frames: int, max_frames: int | None, policy_name: str) -> tuple[list[int], set[int]]:
@@ -132,7 +149,7 @@ def run_rollout(
         cand_lat, cand_rec = kept_lat + new_lat, kept_rec + new_rec
         metas = build_frame_meta(torch.stack(cand_lat), ref, cand_rec, step)
         state = RolloutState(step=step, budget_capacity_mb=budget_state["capacity_mb"], total_steps=n_predict)
-        plan = policy.build_temporal_cache_plan(metas, state, dict(budget_state))
+        plan = plan_step(policy, name, metas, state, dict(budget_state))
         keep, demoted = apply_plan(plan, len(cand_lat), max_frames, name)
         policy_seconds += time.perf_counter() - t0
 

@@ -5,7 +5,7 @@ at the next time position, the retained history attending as context at noise le
 
 - ``recompute``: for every generated frame the whole retained history is re-run through the
   model from its latents, at time positions 0..n-1 (one batched pass that the K denoising calls
-  share), as the seed's harness does;
+  share), as the ar-video-kv-temporal-policy harness does;
 - ``kv``: each history frame is run once when it enters (``step(..., append=True)`` stores its
   keys/values), denoising calls only run the new frame against the cache, and eviction removes
   keys/values (``KVCache.evict``): nothing is recomputed, and the survivors keep their absolute
@@ -79,7 +79,8 @@ class RecomputeSession:
 
     The context pass is shared by the K denoising calls of one frame: the model is block-causal,
     so context frames never see the noisy frame and re-running them per call would compute the
-    same keys/values K times (the seed's harness did; the result is identical, K times slower).
+    same keys/values K times (the ar-video-kv-temporal-policy harness did; the result is
+    identical, K times slower).
     """
 
     def __init__(self, host: PipelineHost, generator: torch.Generator):

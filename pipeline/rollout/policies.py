@@ -1,9 +1,10 @@
-"""Retention policies: the baselines of seeds/001 and loading a user's policy from params.
+"""Retention policies: the baselines of ar-video-kv-temporal-policy and loading a user's policy
+from params.
 
 A policy is any object with ``name`` and ``build_temporal_cache_plan(chunk_meta_list,
 rollout_state, budget_state) -> TemporalCachePlan`` (see ``pipeline.rollout.api``). The loop
 enforces the budget on top of the plan, so the baselines below only say what they would like.
-Thresholds are those of the seed's benchmark (DESIGN.md); priorities are informational.
+Thresholds are those of ar-video-kv-temporal-policy's baselines; priorities are informational.
 
 ``load_policy`` accepts a baseline name (``packcache``), an importable ``module:Class`` or a
 ``path/to/file.py:Class``; the class is instantiated without arguments.
@@ -14,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import inspect
+import os
 import sys
 from pathlib import Path
 
@@ -25,8 +28,9 @@ class PolicyLoadError(ValueError):
 
 
 class Baseline:
-    """The seed's baselines decide from the FrameMeta list alone, never from the budget (the
-    loop enforces it), so a rollout that stays within a budget is the same under any larger one."""
+    """The ar-video-kv-temporal-policy baselines decide from the FrameMeta list alone, never from
+    the budget (the loop enforces it), so a rollout that stays within a budget is the same under
+    any larger one."""
 
     name = "baseline"
     uses_budget_state = False
@@ -155,6 +159,18 @@ def _import_class(spec: str):
         return getattr(module, cls_name)
     except AttributeError:
         raise PolicyLoadError(f"policy {spec!r}: {target} has no attribute {cls_name!r}") from None
+
+
+def policy_origin(policy) -> str:
+    """Where a policy's class is defined, as ``file.py:Class`` (the path relative to the working
+    directory when it is under it), for error messages."""
+    cls = type(policy)
+    try:
+        path = inspect.getfile(cls)
+    except (TypeError, OSError):  # defined interactively or in a built-in module
+        return f"{cls.__module__}:{cls.__qualname__}"
+    rel = os.path.relpath(path)
+    return f"{path if rel.startswith('..') else rel}:{cls.__qualname__}"
 
 
 def load_policy(spec: str):

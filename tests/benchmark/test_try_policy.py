@@ -61,6 +61,11 @@ def project(tmp_path_factory):
     return root
 
 
+LEFTOVERS = ["reports/benchmark.tmp-4242-0badf00d/short_full.gif", "metrics/benchmark.json.tmp-4242-0badf00d",
+             "metrics/benchmark_horizon.csv.tmp-4242-0badf00d", "metrics/benchmark_budget.csv.tmp-4242-0badf00d"]
+FOREIGN = ["metrics/train.json.tmp-4242-0badf00d"]  # another stage's: not the benchmark's to remove
+
+
 @pytest.fixture(scope="module")
 def stage_output(project):
     """Runs the benchmark stage once in the project; its stdout."""
@@ -70,6 +75,9 @@ def stage_output(project):
 
     from stages import benchmark as stage
 
+    for leftover in LEFTOVERS + FOREIGN:  # what a run killed while writing would leave
+        (project / leftover).parent.mkdir(parents=True, exist_ok=True)
+        (project / leftover).write_text("partial")
     cwd, buf = os.getcwd(), io.StringIO()
     os.chdir(project)
     try:
@@ -134,3 +142,103 @@ def test_try_policy_rejects_an_unknown_budget(project, monkeypatch):
     monkeypatch.chdir(project)
     with pytest.raises(SystemExit, match="--budget 'huge'"):
         try_policy.main(["--policy", "packcache", "--budget", "huge"])
+
+
+def test_the_stage_sweeps_the_temporary_outputs_a_killed_run_left(project, stage_output):
+    assert not any((project / leftover).exists() for leftover in LEFTOVERS)
+    assert [p.name for p in (project / "reports").iterdir()] == ["benchmark"]
+    assert all((project / foreign).is_file() for foreign in FOREIGN)
+
+
+@pytest.mark.parametrize("clips", ["-1", "0", "two"])
+def test_try_policy_rejects_a_clip_count_below_one_naming_the_flag(clips, capsys):
+    from pipeline.benchmark import try_policy
+
+    with pytest.raises(SystemExit) as info:
+        try_policy.main(["--policy", "packcache", "--clips", clips])
+    assert info.value.code == 2
+    assert "argument --clips:" in capsys.readouterr().err
+
+
+BOOM = textwrap.dedent('''
+    from pipeline.rollout.api import ChunkDecision, TemporalCachePlan
+
+    class Boom:
+        name = "boom"
+
+        def build_temporal_cache_plan(self, metas, rollout_state, budget_state):
+            if rollout_state.step == 1:
+                raise ValueError("no plan for you")
+            return TemporalCachePlan([ChunkDecision(m.chunk_id, "keep") for m in metas])
+''')
+
+
+def sibling(project: Path, root: Path, models: bool = True, **benchmark) -> Path:
+    """A project in ``root`` that shares ``project``'s data (and models) with other benchmark params."""
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["benchmark"].update(benchmark)
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    (root / "data").symlink_to(project / "data")
+    if models:
+        (root / "models").symlink_to(project / "models")
+    (root / "boom.py").write_text(BOOM)
+    return root
+
+
+def test_try_policy_names_a_policy_that_raises_without_a_traceback(project, monkeypatch, capsys):
+    from pipeline.benchmark import try_policy
+
+    monkeypatch.chdir(project)
+    monkeypatch.delenv("PIPELINE_DEBUG", raising=False)
+    (project / "boom.py").write_text(BOOM)
+    with pytest.raises(SystemExit) as info:
+        try_policy.main(["--policy", "boom.py:Boom", "--budget", "tight"])
+    assert info.value.code == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("try_policy:")]  # not tqdm's
+    assert err[0] == "try_policy: policy 'boom' (boom.py:Boom) raised ValueError at step 1: no plan for you"
+    assert len(err) == 2 and "PIPELINE_DEBUG=1" in err[1]
+    from pipeline.rollout.loop import PolicyError
+
+    with pytest.raises(PolicyError):
+        try_policy.main(["--policy", "boom.py:Boom", "--budget", "tight", "--debug"])
+
+
+def test_the_stage_names_a_policy_that_raises_and_shows_the_traceback_only_in_debug(project, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    root = sibling(project, tmp_path, policies=["recent_window", "boom.py:Boom"])
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("PIPELINE_DEBUG", None)
+    proc = subprocess.run([sys.executable, "-m", "stages.benchmark"], cwd=root, env=env, capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert "benchmark: policy 'boom' (boom.py:Boom) raised ValueError at step 1: no plan for you" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    debug = subprocess.run([sys.executable, "-m", "stages.benchmark"], cwd=root, env={**env, "PIPELINE_DEBUG": "1"},
+                           capture_output=True, text=True)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr and "ValueError: no plan for you" in debug.stderr
+
+
+@pytest.mark.parametrize("benchmark, message", [
+    ({"policies": ["recent_window", "full_history", "packcash"]},
+     "benchmark: benchmark.policies[2]: policy 'packcash': not a baseline (recent_window, packcache, causalcache_vdm, "
+     "flowcache, full_history)"),
+    ({"policies": ["my_policy.py:Mine"]}, "benchmark: benchmark.policies[0]: policy 'my_policy.py:Mine': file "
+     "my_policy.py not found"),
+    ({"workloads": {"short": {"context": 3, "predict": 3}, "long": {"context": 12, "predict": 12}}},
+     "benchmark: benchmark.workloads.long: data/frames.zarr: no test video has the 24 frames a 12 -> 12 workload "
+     "needs (v_test: 20)"),
+])
+def test_the_stage_checks_policies_and_workloads_before_loading_models_or_touching_outputs(
+        project, tmp_path, monkeypatch, capsys, benchmark, message):
+    from stages import benchmark as stage
+
+    root = sibling(project, tmp_path, models=False, **benchmark)  # without models: loading them would fail
+    monkeypatch.chdir(root)
+    monkeypatch.delenv("PIPELINE_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as info:
+        stage.main()
+    assert info.value.code == 1
+    assert capsys.readouterr().err.startswith(message)
+    assert not (root / "metrics").exists() and not (root / "reports").exists()

@@ -1,10 +1,12 @@
 """Plan application rules and the policy-managed loop, on the deterministic toy host."""
 
+import re
+
 import pytest
 import torch
 
 from pipeline.rollout.api import ChunkDecision, TemporalCachePlan
-from pipeline.rollout.loop import PlanError, apply_plan, run_rollout
+from pipeline.rollout.loop import PlanError, PolicyError, apply_plan, run_rollout
 from pipeline.rollout.policies import BASELINES, load_policy
 from tests.rollout.toy_host import ToyHost
 
@@ -158,6 +160,23 @@ class Broken:
 def test_an_invalid_plan_stops_the_rollout_naming_the_policy():
     with pytest.raises(PlanError, match="policy 'broken'.*unknown chunk_id 9"):
         rollout(Broken(), max_frames=None, n_ctx=6)
+
+
+class Boom:
+    name = "boom"
+
+    def build_temporal_cache_plan(self, metas, rollout_state, budget_state):
+        if rollout_state.step == 2:
+            raise ValueError("no plan for you")
+        return TemporalCachePlan([ChunkDecision(m.chunk_id, "keep") for m in metas])
+
+
+def test_an_exception_in_a_policy_is_re_raised_naming_the_policy_its_class_and_the_step():
+    with pytest.raises(PolicyError) as info:
+        rollout(Boom(), max_frames=None)
+    assert re.fullmatch(r"policy 'boom' \((\S*/)?test_loop\.py:Boom\) raised ValueError at step 2: no plan for you",
+                        str(info.value))
+    assert isinstance(info.value.__cause__, ValueError)  # the policy's own error, traceback and all
 
 
 def test_bad_arguments_are_rejected():

@@ -1,0 +1,114 @@
+"""Benchmark clips: windows of held-out video with their ground truth, context and actions.
+
+Clips come from test-split videos only and are drawn deterministically from the global seed, so
+every policy, budget and mode is scored on the same clips. With ``benchmark.host: far`` and
+``benchmark.far.dmlab_npz`` set, the clips are FAR's DMLab episodes instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+
+from pipeline.data.pixels import to_pixels
+from pipeline.data.stores import (
+    StoreError,
+    list_videos,
+    open_store,
+    read_actions,
+    read_array,
+)
+from pipeline.paths import FRAMES, LATENTS
+
+
+class BenchmarkError(RuntimeError):
+    """The data or params cannot support the benchmark as configured (e.g. no test video long
+    enough); the message names the params key or the data at fault."""
+
+
+@dataclass
+class Clip:
+    video_id: str
+    start: int
+    pixels: torch.Tensor  # (context + predict, 3, H, W) float in [0, 1]: the ground truth
+    context_latents: torch.Tensor | None  # (context, C, h, w); None: the host encodes the pixels
+    actions: np.ndarray | None  # (context + predict,) int: the action that led to each frame, -1 none
+
+
+def eligible_videos(frames_path: str | Path, context: int, predict: int) -> list:
+    """The test-split videos long enough for a ``context -> predict`` workload; BenchmarkError
+    when there is none."""
+    length = context + predict
+    videos = list_videos(frames_path, split="test")
+    if not videos:
+        raise BenchmarkError(f"{frames_path}: no video in the test split (extract.splits.test)")
+    eligible = [v for v in videos if v.n_frames >= length]
+    if not eligible:
+        have = ", ".join(f"{v.id}: {v.n_frames}" for v in videos)
+        raise BenchmarkError(
+            f"{frames_path}: no test video has the {length} frames a {context} -> {predict} workload needs ({have})"
+        )
+    return eligible
+
+
+def select_clips(frames_path: str | Path, latents_path: str | Path | None, context: int, predict: int,
+                 n_clips: int, seed: int) -> list[Clip]:
+    """``n_clips`` windows of ``context + predict`` frames from test-split videos, deterministic.
+
+    Videos are visited in a seeded order, round robin, each window's start drawn from the same
+    seeded generator, so a clip set depends only on (seed, context, predict, n_clips, data).
+    """
+    length = context + predict
+    eligible = eligible_videos(frames_path, context, predict)
+    latents_root = open_store(latents_path) if latents_path is not None else None
+    rng = np.random.default_rng([seed, context, predict])
+    order = [eligible[i] for i in rng.permutation(len(eligible))]
+    clips = []
+    for i in range(n_clips):
+        video = order[i % len(order)]
+        start = int(rng.integers(0, video.n_frames - length + 1))
+        latents = None
+        if latents_root is not None:
+            if video.id not in latents_root:
+                raise StoreError(f"{latents_path}: no latents for test video {video.id!r} (rerun the tokenize stage)")
+            latents = torch.from_numpy(latents_root[video.id]["latents"][start : start + context]).float()
+        pixels = to_pixels(read_array(frames_path, video.id, "frames", start, start + length))
+        clips.append(Clip(video.id, start, pixels, latents, conditioning_actions(frames_path, video, start, length)))
+    return clips
+
+
+def conditioning_actions(frames_path, video, start: int, length: int) -> np.ndarray | None:
+    """The action that led to each clip frame (recorded at the frame before; -1 before the
+    video's first frame), the convention the dynamics model is trained with."""
+    if not video.has_actions:
+        return None
+    recorded = read_actions(frames_path, video.id, max(0, start - 1), start + length - 1)
+    return np.concatenate([[-1], recorded]) if start == 0 else recorded
+
+
+def workload_clips(params, workloads: Iterable[str] | None = None) -> dict[str, list[Clip]]:
+    """Clips of each workload: test-split videos of this pipeline's stores (context latents from
+    data/latents.zarr for the pipeline host; the FAR host encodes pixels itself), or FAR's DMLab
+    episodes when ``benchmark.far.dmlab_npz`` is set."""
+    bench = params.benchmark
+    names = list(workloads if workloads is not None else bench.workloads)
+    clips = {}
+    for name in names:
+        if name not in bench.workloads:
+            raise KeyError(f"benchmark.workloads: no workload {name!r} (have {', '.join(bench.workloads)})")
+        w = bench.workloads[name]
+        if bench.host == "far" and bench.far.dmlab_npz:
+            from pipeline.far.data import dmlab_clips
+
+            clips[name] = [
+                Clip(c.id, 0, c.frames, None, np.asarray(c.actions))  # episodes come cut to the clip length
+                for c in dmlab_clips(bench.far.dmlab_npz, bench.n_clips, w.context + w.predict)
+            ]
+        else:
+            latents = LATENTS if bench.host == "pipeline" else None
+            clips[name] = select_clips(FRAMES, latents, w.context, w.predict, bench.n_clips, params.seed)
+    return clips

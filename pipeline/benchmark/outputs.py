@@ -1,0 +1,125 @@
+"""What the benchmark writes and prints: metrics JSON, CSV tables, TEST_METRICS and ranking lines.
+
+- ``TEST_METRICS: key=value ...``: one line per cell and per reference, the metric line format of
+  ar-video-kv-temporal-policy;
+- ``metrics/benchmark.json``: nested workload/budget/policy/mode, keys stable for
+  ``dvc metrics diff``;
+- long-form CSV tables per horizon and per budget for ``dvc plots`` (built as pandas tables,
+  floats written as ``%.6g`` like the lines).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.atomic import atomic_file, write_json
+from pipeline.benchmark.run import METRIC_NAMES, BenchmarkRun
+from pipeline.benchmark.summary import (
+    GAP_KEY,
+    PAIRED_BASELINE,
+    summarize,
+    summarize_references,
+    summary_table,
+)
+
+EVAL_MODE = "real_rollout"
+LINE_KEYS = ("temporal_quality_main", "psnr", "ssim", "lpips", "peak_kv_memory_mb", "fps", "n_frames_kept")
+REFERENCE_KEYS = ("temporal_quality_main", "psnr", "ssim", "lpips")
+UNCERTAINTY_KEYS = ("psnr_sem", GAP_KEY, f"{GAP_KEY}_ci95")
+JSON_KEYS = ("temporal_quality_main", "psnr", *UNCERTAINTY_KEYS, "ssim", "lpips", "fps", "peak_kv_memory_mb",
+             "peak_retained_bytes", "n_frames_kept", "mean_frames_kept", "policy_time_share")
+HORIZON_COLUMNS = ("workload", "budget", "mode", "policy", "horizon", "psnr", "ssim", "lpips")
+BUDGET_COLUMNS = ("workload", "budget", "max_frames", "mode", "policy", "psnr", *UNCERTAINTY_KEYS, "ssim", "lpips",
+                  "temporal_quality_main", "peak_kv_memory_mb", "mean_frames_kept", "fps")
+FLOAT_FORMAT = "%.6g"
+
+
+def _fmt(v) -> str:
+    return FLOAT_FORMAT % v if isinstance(v, float) else str(v)
+
+
+def metrics_lines(summary: dict, references: dict) -> list[str]:
+    """``TEST_METRICS: key=value ...`` per cell and per reference."""
+    lines = []
+    for (workload, budget, policy, mode), e in summary.items():
+        vals = " ".join(f"{k}={_fmt(e[k])}" for k in LINE_KEYS)
+        lines.append(f"TEST_METRICS: workload={workload} budget={budget} policy={policy} mode={mode} {vals} eval_mode={EVAL_MODE}")
+    for workload, refs in references.items():
+        for name, e in refs.items():
+            vals = " ".join(f"{k}={_fmt(e[k])}" for k in REFERENCE_KEYS)
+            lines.append(f"TEST_METRICS: workload={workload} reference={name} {vals} eval_mode=reference")
+    return lines
+
+
+def ranking_lines(summary: dict) -> list[str]:
+    """Per workload, budget and mode: the policies by PSNR, each with its standard error and its
+    paired gap to PAIRED_BASELINE with a 95% interval -- what to read before calling a ranking."""
+    lines = []
+    for (workload, budget, mode), cells in summary_table(summary).groupby(["workload", "budget", "mode"], sort=False):
+        lines.append(f"{workload} / budget {budget} / {mode}: PSNR dB (± s.e.), paired gap to {PAIRED_BASELINE} (± 95% CI)")
+        for e in cells.sort_values("psnr", ascending=False, kind="stable").to_dict("records"):
+            sem = "" if pd.isna(e["psnr_sem"]) else f"± {e['psnr_sem']:.2f}"
+            gap = "" if pd.isna(e[GAP_KEY]) else f"{e[GAP_KEY]:+.2f}"
+            if gap and not pd.isna(e[f"{GAP_KEY}_ci95"]):
+                gap += f" ± {e[f'{GAP_KEY}_ci95']:.2f}"
+            lines.append(f"  {e['policy']:<20} {e['psnr']:6.2f} {sem:<7}  {gap}".rstrip())
+    return lines
+
+
+def metrics_json(summary: dict, references: dict, info: dict) -> dict:
+    """Nested so that dvc flattens keys to rollouts.<workload>.<budget>.<policy>.<mode>.<metric>."""
+    rollouts: dict = {}
+    for (workload, budget, policy, mode), e in summary.items():
+        rollouts.setdefault(workload, {}).setdefault(budget, {}).setdefault(policy, {})[mode] = {
+            k: e[k] for k in JSON_KEYS
+        }
+    refs = {w: {n: {k: e[k] for k in REFERENCE_KEYS} for n, e in r.items()} for w, r in references.items()}
+    return {"eval_mode": EVAL_MODE, **info, "references": refs, "rollouts": rollouts}
+
+
+def _curves(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per curve (a cell's or reference's ``<metric>_horizon`` lists) -> one row per
+    (curve, horizon), in the columns of the horizon table."""
+    curves = [f"{m}_horizon" for m in METRIC_NAMES]
+    long = table[["workload", "budget", "mode", "policy", *curves]].explode(curves)  # the index repeats per curve
+    long["horizon"] = long.groupby(level=0).cumcount().to_numpy() + 1
+    long = long.rename(columns=dict(zip(curves, METRIC_NAMES))).astype({m: float for m in METRIC_NAMES})
+    return long[list(HORIZON_COLUMNS)]
+
+
+def horizon_table(summary: dict, references: dict) -> pd.DataFrame:
+    """Long form, one row per (workload, budget, mode, policy, horizon); the references are
+    repeated in every (budget, mode) panel so each panel is complete on its own."""
+    cells = summary_table(summary)
+    refs = pd.DataFrame([dict(workload=w, policy=name, **e) for w, r in references.items() for name, e in r.items()])
+    panels = cells[["workload", "budget", "mode"]].drop_duplicates()  # in run order
+    rows = [_curves(cells)]
+    if len(refs):
+        rows.append(_curves(panels.merge(refs, on="workload")))  # panel by panel, references in order
+    return pd.concat(rows, ignore_index=True)
+
+
+def budget_table(summary: dict, budgets: dict[str, int | None]) -> pd.DataFrame:
+    """One row per cell with its budget's frame count ("full" when unlimited)."""
+    table = summary_table(summary)
+    table["max_frames"] = [("full" if budgets.get(b) is None else budgets[b]) for b in table["budget"]]
+    return table[list(BUDGET_COLUMNS)]
+
+
+def write_csv(path: str | Path, table: pd.DataFrame) -> None:
+    """Floats as ``%.6g``; a missing value (no baseline to pair with) as an empty field."""
+    with atomic_file(path) as tmp:
+        table.to_csv(tmp, index=False, float_format=FLOAT_FORMAT, lineterminator="\r\n")
+
+
+def write_outputs(run: BenchmarkRun, budgets: dict, info: dict, metrics_path: str | Path,
+                  horizon_csv: str | Path, budget_csv: str | Path) -> tuple[dict, dict, list[str]]:
+    """Write the JSON and both CSV tables; returns (summary, references, TEST_METRICS lines)."""
+    summary, references = summarize(run), summarize_references(run)
+    info = {**info, "seconds": round(run.seconds, 3)}
+    write_json(metrics_path, metrics_json(summary, references, info))
+    write_csv(horizon_csv, horizon_table(summary, references))
+    write_csv(budget_csv, budget_table(summary, budgets))
+    return summary, references, metrics_lines(summary, references)

@@ -1,0 +1,58 @@
+"""Checks of the benchmark params against the code and the data, before any model loads.
+
+The stage and try_policy call :func:`validate_benchmark` first: a policy spec that cannot be
+loaded or a workload that no held-out video can hold ends the run at once, with an error that
+names the params key (``benchmark.policies[2]``, ``benchmark.workloads.long``), before anything
+slow runs or any output is touched.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from pipeline.benchmark.clips import BenchmarkError, eligible_videos
+from pipeline.paths import FRAMES
+from pipeline.rollout.policies import PolicyLoadError, load_policy
+
+
+def load_policies(specs: Sequence[str], key: str = "benchmark.policies") -> list:
+    """A policy instance per spec; BenchmarkError naming ``key[i]`` for a spec that does not load,
+    or when two policies would report under one name."""
+    loaded = []
+    for i, spec in enumerate(specs):
+        try:
+            loaded.append(load_policy(spec))
+        except PolicyLoadError as exc:
+            raise BenchmarkError(f"{key}[{i}]: {exc}") from exc
+    names = [p.name for p in loaded]
+    if len(set(names)) != len(names):
+        raise BenchmarkError(f"{key}: two policies report under one name ({dict(zip(specs, names))})")
+    return loaded
+
+
+def check_workloads(params, names: Sequence[str], frames: str | Path = FRAMES) -> None:
+    """Each named workload exists and some clip source holds its context + predict frames."""
+    bench = params.benchmark
+    for name in names:
+        if name not in bench.workloads:
+            raise BenchmarkError(f"benchmark.workloads: no workload {name!r} (have {', '.join(bench.workloads)})")
+        w = bench.workloads[name]
+        try:
+            if bench.host == "far" and bench.far.dmlab_npz:
+                from pipeline.far.data import episode_paths
+
+                episode_paths(bench.far.dmlab_npz, 1, w.context + w.predict)
+            else:
+                eligible_videos(frames, w.context, w.predict)
+        except (BenchmarkError, FileNotFoundError, ValueError) as exc:
+            raise BenchmarkError(f"benchmark.workloads.{name}: {exc}") from exc
+
+
+def validate_benchmark(params, policies: Sequence[str] | None = None, workloads: Sequence[str] | None = None,
+                       policy_key: str = "benchmark.policies", frames: str | Path = FRAMES) -> None:
+    """Raise BenchmarkError, naming the params key, unless every policy loads and every workload
+    fits the held-out data (``frames``). Defaults: the params' policies and workloads."""
+    bench = params.benchmark
+    load_policies(list(policies if policies is not None else bench.policies), policy_key)
+    check_workloads(params, list(workloads if workloads is not None else bench.workloads), frames)

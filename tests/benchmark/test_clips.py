@@ -1,0 +1,39 @@
+"""Clips of the benchmark: held-out windows, deterministic in the seed, with aligned actions."""
+
+import numpy as np
+import pytest
+
+from pipeline.benchmark.clips import BenchmarkError, select_clips
+from tests.benchmark.toy import VIDEOS
+
+
+def test_clips_come_only_from_test_videos_long_enough(stores):
+    frames, latents = stores
+    clips = select_clips(frames, latents, 10, 6, 5, seed=0)
+    assert {c.video_id for c in clips} == {"b_test"}  # c_test has only 12 frames; train/val never
+    short = select_clips(frames, latents, 3, 4, 6, seed=0)
+    assert {c.video_id for c in short} == {"b_test", "c_test"}
+    for c in short:
+        assert c.pixels.shape == (7, 3, 64, 64) and c.context_latents.shape == (3, 3, 32, 32)
+        assert 0 <= c.start <= VIDEOS[c.video_id][1] - 7
+
+
+def test_clip_selection_is_deterministic_in_the_seed(stores):
+    frames, latents = stores
+    starts = lambda seed: [(c.video_id, c.start) for c in select_clips(frames, latents, 3, 4, 6, seed)]  # noqa: E731
+    assert starts(0) == starts(0)
+    assert starts(0) != starts(1)
+
+
+def test_clip_actions_are_the_actions_that_led_to_each_frame(stores):
+    frames, latents = stores
+    for c in select_clips(frames, latents, 3, 4, 4, seed=0):
+        recorded = np.arange(VIDEOS[c.video_id][1]) % 3
+        expected = [recorded[t - 1] if t > 0 else -1 for t in range(c.start, c.start + 7)]
+        assert c.actions.tolist() == expected
+
+
+def test_no_long_enough_test_video_is_a_clear_error(stores):
+    frames, latents = stores
+    with pytest.raises(BenchmarkError, match="no test video has the 100 frames a 50 -> 50 workload needs"):
+        select_clips(frames, latents, 50, 50, 1, seed=0)

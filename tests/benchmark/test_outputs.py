@@ -1,0 +1,44 @@
+"""What the benchmark writes: metrics JSON, CSV tables, TEST_METRICS lines."""
+
+import csv
+import json
+import re
+
+import pytest
+
+from pipeline.benchmark.outputs import JSON_KEYS, write_outputs
+from tests.benchmark.toy import run
+
+
+def test_benchmark_runs_every_cell_and_writes_stable_outputs(stores, scorer, tmp_path):
+    result = run(stores, scorer)
+    assert len(result.records) == 2 * 2 * 2 * 2 * 2  # workloads x clips x budgets x policies x modes
+    info = {"host": "toy", "sampling_steps": 4}
+    summary, refs, lines = write_outputs(result, {"full": None, "tight": 2}, info, tmp_path / "b.json",
+                                            tmp_path / "h.csv", tmp_path / "bud.csv")
+    data = json.loads((tmp_path / "b.json").read_text())
+    assert data["eval_mode"] == "real_rollout"
+    cell = data["rollouts"]["short"]["tight"]["recent_window"]["kv"]
+    assert set(cell) == set(JSON_KEYS)
+    assert cell["n_frames_kept"] == 2 and cell["peak_kv_memory_mb"] > 0
+    assert data["rollouts"]["long"]["full"]["full_history"]["recompute"]["n_frames_kept"] == 15  # 10 + 6 - 1
+    assert data["rollouts"]["long"]["tight"]["full_history"]["recompute"]["n_frames_kept"] == 2
+    assert cell["temporal_quality_main"] == pytest.approx(min(100, cell["psnr"] / 40 * 100))
+    assert set(data["references"]["short"]) == {"persistence", "tokenizer_ceiling"}
+    # the toy host's ceiling (pooling) is far better than its rollouts
+    assert data["references"]["short"]["tokenizer_ceiling"]["psnr"] > cell["psnr"]
+
+    assert len(lines) == 2 * 2 * 2 * 2 + 2 * 2
+    pattern = re.compile(r"^TEST_METRICS: workload=\w+ budget=\w+ policy=\w+ mode=\w+ temporal_quality_main=\S+ "
+                         r"psnr=\S+ ssim=\S+ lpips=\S+ peak_kv_memory_mb=\S+ fps=\S+ n_frames_kept=\d+ eval_mode=real_rollout$")
+    assert sum(bool(pattern.match(line)) for line in lines) == 16
+
+    rows = list(csv.DictReader(open(tmp_path / "h.csv")))
+    short_rw = [r for r in rows if r["workload"] == "short" and r["budget"] == "full" and r["mode"] == "kv"
+                and r["policy"] == "recent_window"]
+    assert [int(r["horizon"]) for r in short_rw] == [1, 2, 3, 4]
+    # references appear in every (budget, mode) panel
+    assert {(r["budget"], r["mode"]) for r in rows if r["policy"] == "persistence"} == {
+        (b, m) for b in ("full", "tight") for m in ("recompute", "kv")}
+    budget_rows = list(csv.DictReader(open(tmp_path / "bud.csv")))
+    assert len(budget_rows) == 16 and {r["max_frames"] for r in budget_rows} == {"full", "2"}
