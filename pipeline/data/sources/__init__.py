@@ -3,7 +3,8 @@
 A source is one of
 - a URL that yt-dlp supports: a video, playlist or channel page, a direct http(s) link, a file:// URL;
 - a YouTube channel handle `@name`, short for https://www.youtube.com/@name/videos;
-- `atari:<Game>`, the embedded recorder (ale-py ROMs, a seeded agent; offline, seconds).
+- an embedded recorder (offline, seeded; pipeline.data.sources.recording):
+  `atari:<Game>` (ale-py ROMs), `vizdoom:<scenario>` (ViZDoom's shipped scenarios), `crafter`.
 
 The manifest that comes out describes exactly what the current params select: one entry per
 video of each source (up to max_videos), "ok" with the file's hash and probed size, "failed"
@@ -22,7 +23,7 @@ from tqdm.auto import tqdm
 
 from pipeline.atomic import remove_stale_tmp
 from pipeline.config import SOURCE_HINT, DownloadParams
-from pipeline.data.sources import atari, ytdlp
+from pipeline.data.sources import atari, crafter, recording, vizdoom, ytdlp
 from pipeline.data.sources.manifest import (
     VideoEntry,
     entry_for_file,
@@ -36,6 +37,10 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Source", "parse_source", "download", "DownloadFailed", "SourceBlockedError"]
 
+# The embedded recorders by source prefix; each provides recording.Recorder's check() and episode().
+RECORDERS: dict[str, recording.Recorder] = {"atari": atari, "vizdoom": vizdoom, "crafter": crafter}
+EXAMPLES = {"atari": "atari:Boxing", "vizdoom": "vizdoom:my_way_home", "crafter": "crafter"}
+
 
 class DownloadFailed(RuntimeError):
     """No usable video was obtained, or a source failed with download.fail_fast set."""
@@ -44,17 +49,18 @@ class DownloadFailed(RuntimeError):
 @dataclass(frozen=True)
 class Source:
     spec: str  # as written in params.yaml; entries in the manifest name it
-    kind: Literal["url", "atari"]
-    target: str  # the URL for yt-dlp, or the game name
+    kind: Literal["url", "atari", "vizdoom", "crafter"]
+    target: str  # the URL for yt-dlp, the game or scenario of a recorder ("" for crafter)
 
 
 def parse_source(spec: str) -> Source:
+    """The kind and target of a download.sources entry; ValueError if it is malformed."""
     spec = spec.strip()
-    if spec.startswith("atari:"):
-        game = spec.removeprefix("atari:")
-        if not game:
-            raise ValueError(f"download.sources: {spec!r}: name a game, e.g. atari:Boxing")
-        return Source(spec, "atari", game)
+    kind, colon, target = spec.partition(":")
+    if kind in RECORDERS and (colon or kind == "crafter"):
+        if colon and not target:
+            raise ValueError(f"download.sources: {spec!r}: nothing follows the colon (e.g. {EXAMPLES[kind]})")
+        return Source(spec, kind, target)
     if spec.startswith("@"):
         if len(spec) < 2 or "/" in spec:
             raise ValueError(f"download.sources: {spec!r}: a channel handle looks like @domisumReplay-Garen")
@@ -64,9 +70,14 @@ def parse_source(spec: str) -> Source:
     raise ValueError(f"download.sources: {spec!r}: {SOURCE_HINT}")
 
 
+def is_recording(entry: VideoEntry) -> bool:
+    """Whether a manifest entry came from an embedded recorder (cheap to redo, unlike a download)."""
+    return entry.source.partition(":")[0] in RECORDERS
+
+
 def _fetch(src: Source, p: DownloadParams, seed: int, out_dir: Path, staging: Path) -> Iterator[VideoEntry]:
-    if src.kind == "atari":
-        return atari.record(src.target, src.spec, seed, p.recorder, p.max_videos, out_dir)
+    if src.kind in RECORDERS:
+        return recording.record(RECORDERS[src.kind], src.target, src.spec, seed, p.recorder, p.max_videos, out_dir)
     return ytdlp.fetch(src.target, src.spec, p, out_dir, staging)
 
 
@@ -139,10 +150,11 @@ def download(p: DownloadParams, seed: int, out_dir: str | Path) -> list[VideoEnt
 def _drop_stale_recordings(previous: dict[str, VideoEntry], entries: dict[str, VideoEntry], out_dir: Path) -> None:
     # Recordings are cheap to redo, so ones the params no longer select are removed (not so downloads).
     for old in previous.values():
-        if old.id not in entries and old.source.startswith("atari:"):
+        if old.id not in entries and is_recording(old):
             (out_dir / old.file_name).unlink(missing_ok=True)
-            if old.extra.get("actions_file"):
-                (out_dir / old.extra["actions_file"]).unlink(missing_ok=True)
+            for side_file in (old.extra.get("actions_file"), old.extra.get("pose_file")):
+                if side_file:
+                    (out_dir / side_file).unlink(missing_ok=True)
 
 
 def _remove_if_empty(staging: Path) -> None:

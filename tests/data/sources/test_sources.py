@@ -28,3 +28,16 @@ def test_atari_spec_names_the_game():
 def test_bad_sources_are_rejected_naming_the_key(spec):
     with pytest.raises(ValueError, match="download.sources"):
         parse_source(spec)
+
+
+@pytest.mark.parametrize("spec, kind, target", [
+    ("vizdoom:my_way_home", "vizdoom", "my_way_home"), ("crafter", "crafter", ""), ("atari:Pong", "atari", "Pong"),
+])  # fmt: skip
+def test_recorder_specs_name_their_recorder_and_target(spec, kind, target):
+    assert (parse_source(spec).kind, parse_source(spec).target) == (kind, target)
+
+
+@pytest.mark.parametrize("spec", ["vizdoom:", "crafter:", "crafters", "doom:my_way_home"])
+def test_malformed_recorder_specs_are_rejected_naming_the_key(spec):
+    with pytest.raises(ValueError, match=f"download.sources: '{spec}'"):
+        parse_source(spec)
