@@ -155,7 +155,7 @@ class SplitParams(Section):
 
 
 class ExtractParams(Section):
-    fps: float = Field(20.0, gt=0)
+    fps: float | None = Field(20.0, gt=0, description="output rate; null = each video's own rate (no resampling)")
     size: int = Field(64, ge=8, description="square output side in pixels")
     resize_mode: Literal["center_crop", "letterbox", "squash"] = "center_crop"
     hud_masks: list[tuple[float, float, float, float]] = Field(

@@ -131,3 +131,8 @@ def test_a_misspelt_key_of_a_recorder_subsection_is_named_with_a_suggestion():
     assert "download.recorder.vizdoom.framskip: unknown key (did you mean frame_skip?)" in error_of(
         with_change("download.recorder.vizdoom.framskip", 2)
     )
+
+
+def test_extract_fps_null_means_each_videos_own_rate():
+    assert load_params(ROOT / "params.yaml").extract.fps == 20
+    assert parse_params(with_change("extract.fps", None)).extract.fps is None

@@ -1,7 +1,10 @@
 """Frames and latents stores: zarr v3, one group per video, arrays chunked in time and sharded.
 
-``data/frames.zarr/<video_id>/frames``   uint8 (T, H, W, 3)   (+ ``actions`` int64 (T,))
+``data/frames.zarr/<video_id>/frames``   uint8 (T, H, W, 3)
 ``data/latents.zarr/<video_id>/latents`` float16 (T, C, h, w)
+
+beside each, when the video was recorded with them, the per-frame side arrays ``actions`` int64
+(T,) and ``poses`` float32 (T, 3) (x, y, heading in degrees; attrs ``pose_fields``).
 
 A shard holds many time chunks, so one video is a handful of files (DVC hashes every file).
 Writers stream: they fill one shard of frames while the previous one is compressed and written
@@ -29,6 +32,10 @@ from pipeline.data.splits import SPLITS
 
 class StoreError(RuntimeError):
     """A store or a video group is missing or inconsistent."""
+
+
+SIDE_ARRAYS = ("actions", "poses")  # per-frame arrays beside a video's frames or latents
+POSE_SHAPE = (3,)  # a pose row: x, y, heading_deg
 
 
 def compressor(dtype=None) -> BloscCodec:
@@ -135,6 +142,7 @@ class VideoEntry:
     fps: float
     has_actions: bool
     attrs: dict
+    has_poses: bool = False
 
 
 def store_identity(store: str | Path) -> str:
@@ -171,6 +179,7 @@ def list_videos(path: str | Path, split: str | None = None, array: str = "frames
             fps=float(attrs.get("fps", 0.0)),
             has_actions="actions" in g,
             attrs=attrs,
+            has_poses="poses" in g,
         )
         if split is None or entry.split == split:
             entries.append(entry)
@@ -185,8 +194,15 @@ def read_array(path: str | Path, video_id: str, array: str, start: int = 0, stop
 
 
 def read_actions(path: str | Path, video_id: str, start: int = 0, stop: int | None = None) -> np.ndarray | None:
+    """int64 (T,) actions of a video (actions[t]: chosen on seeing frame t), None if it has none."""
     g = open_store(path)[video_id]
     return g["actions"][start:stop] if "actions" in g else None
+
+
+def read_poses(path: str | Path, video_id: str, start: int = 0, stop: int | None = None) -> np.ndarray | None:
+    """float32 (T, 3) poses of a video (x, y, heading in degrees of frame t), None if it has none."""
+    g = open_store(path)[video_id]
+    return g["poses"][start:stop] if "poses" in g else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -213,7 +229,7 @@ def _shard_files(path: Path) -> int:
 
 
 def store_summary(path: str | Path) -> dict:
-    """Per-video rows (id, split, frames, fps, shape, actions, bytes, files) and per-split totals."""
+    """Per-video rows (id, split, frames, fps, shape, actions, poses, bytes, files) and per-split totals."""
     path = Path(path)
     root = open_store(path)
     rows = []
@@ -229,6 +245,7 @@ def store_summary(path: str | Path) -> dict:
             "fps": g.attrs.get("fps"),
             "shape": list(g[name].shape[1:]) if name else None,
             "actions": "actions" in g,
+            "poses": "poses" in g,
             "bytes": nbytes,
             "files": nfiles,
         })
@@ -247,44 +264,66 @@ def verify_store(path: str | Path, read: bool = True) -> list[str]:
     if not videos:
         problems.append(f"{path}: no video groups")
     for vid in videos:
-        g, where = root[vid], f"{path}/{vid}"
-        name = _data_array(g)
-        if name is None:
-            problems.append(f"{where}: no 'frames' or 'latents' array")
+        problems += _verify_video(path, vid, root[vid], read)
+    return problems
+
+
+def _verify_video(path: Path, vid: str, g: zarr.Group, read: bool) -> list[str]:
+    where, problems = f"{path}/{vid}", []
+    name = _data_array(g)
+    if name is None:
+        return [f"{where}: no 'frames' or 'latents' array"]
+    arr, attrs = g[name], dict(g.attrs)
+    missing = [k for k in REQUIRED_ATTRS[name] if k not in attrs]
+    if missing:
+        problems.append(f"{where}: missing attrs {', '.join(missing)}")
+    if attrs.get("split") not in SPLITS:
+        problems.append(f"{where}: split {attrs.get('split')!r} is not one of {', '.join(SPLITS)}")
+    if name == "frames" and (arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8):
+        problems.append(f"{where}/frames: expected uint8 (T, H, W, 3), got {arr.dtype} {arr.shape}")
+    if name == "latents" and (arr.ndim != 4 or arr.dtype != np.float16):
+        problems.append(f"{where}/latents: expected float16 (T, C, h, w), got {arr.dtype} {arr.shape}")
+    n = arr.shape[0]
+    if n == 0:
+        problems.append(f"{where}/{name}: no frames")
+    if "n_frames" in attrs and attrs["n_frames"] != n:
+        problems.append(f"{where}: attrs n_frames {attrs['n_frames']} != {name} length {n}")
+    problems += _verify_side_arrays(where, g, n, attrs)
+    for array_name in (name, *(a for a in SIDE_ARRAYS if a in g)):
+        problems += _verify_files(path, vid, array_name, g[array_name], read)
+    return problems
+
+
+def _verify_side_arrays(where: str, g: zarr.Group, n: int, attrs: dict) -> list[str]:
+    problems = []
+    expected = {"actions": (np.int64, (n,), "n_actions"), "poses": (np.float32, (n, *POSE_SHAPE), "pose_fields")}
+    for name, (dtype, shape, attr) in expected.items():
+        if name not in g:
             continue
-        arr, attrs = g[name], dict(g.attrs)
-        missing = [k for k in REQUIRED_ATTRS[name] if k not in attrs]
-        if missing:
-            problems.append(f"{where}: missing attrs {', '.join(missing)}")
-        if attrs.get("split") not in SPLITS:
-            problems.append(f"{where}: split {attrs.get('split')!r} is not one of {', '.join(SPLITS)}")
-        if name == "frames" and (arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8):
-            problems.append(f"{where}/frames: expected uint8 (T, H, W, 3), got {arr.dtype} {arr.shape}")
-        if name == "latents" and (arr.ndim != 4 or arr.dtype != np.float16):
-            problems.append(f"{where}/latents: expected float16 (T, C, h, w), got {arr.dtype} {arr.shape}")
-        n = arr.shape[0]
-        if n == 0:
-            problems.append(f"{where}/{name}: no frames")
-        if "n_frames" in attrs and attrs["n_frames"] != n:
-            problems.append(f"{where}: attrs n_frames {attrs['n_frames']} != {name} length {n}")
-        if "actions" in g:
-            act = g["actions"]
-            if act.shape != (n,) or act.dtype != np.int64:
-                problems.append(f"{where}/actions: expected int64 ({n},), got {act.dtype} {act.shape}")
-            if "n_actions" not in attrs:
-                problems.append(f"{where}: actions without attrs n_actions")
-        # zarr reads a missing chunk as fill_value without complaint: count the shard files.
-        step = (arr.shards or arr.chunks)[0]
-        expected = -(-n // step)
-        found = _shard_files(path / vid / name)
-        if found != expected:
-            problems.append(f"{where}/{name}: {found} shard files on disk, expected {expected} for {n} frames")
-        if read:
-            for start in range(0, n, step):
-                try:
-                    arr[start : start + step]
-                except Exception as exc:  # any codec or IO failure is a finding, not a crash
-                    problems.append(f"{where}/{name}[{start}:{start + step}]: unreadable ({type(exc).__name__}: {exc})")
+        arr = g[name]
+        if arr.shape != shape or arr.dtype != dtype:
+            problems.append(f"{where}/{name}: expected {np.dtype(dtype)} {shape}, got {arr.dtype} {arr.shape}")
+        if attr not in attrs:
+            problems.append(f"{where}: {name} without attrs {attr}")
+    return problems
+
+
+def _verify_files(path: Path, vid: str, name: str, arr: zarr.Array, read: bool) -> list[str]:
+    """Every shard file of an array on disk, and (read=True) decodable."""
+    where, problems = f"{path}/{vid}/{name}", []
+    n = arr.shape[0]
+    # zarr reads a missing chunk as fill_value without complaint: count the shard files.
+    step = (arr.shards or arr.chunks)[0]
+    expected = -(-n // step)
+    found = _shard_files(path / vid / name)
+    if found != expected:
+        problems.append(f"{where}: {found} shard files on disk, expected {expected} for {n} frames")
+    if read:
+        for start in range(0, n, step):
+            try:
+                arr[start : start + step]
+            except Exception as exc:  # any codec or IO failure is a finding, not a crash
+                problems.append(f"{where}[{start}:{start + step}]: unreadable ({type(exc).__name__}: {exc})")
     return problems
 
 
@@ -300,7 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import json
 
-    parser = argparse.ArgumentParser(prog="python -m pipeline.data.stores", description="Inspect or verify a frames/latents store.")
+    parser = argparse.ArgumentParser(prog="python -m pipeline.data.stores",
+                                     description="Inspect or verify a frames/latents store.")  # fmt: skip
     parser.add_argument("command", choices=["inspect", "verify"])
     parser.add_argument("path")
     parser.add_argument("--json", action="store_true", help="inspect: print JSON instead of a table")
@@ -312,11 +352,13 @@ def main(argv: list[str] | None = None) -> int:
             if args.json:
                 print(json.dumps(s, indent=2))
                 return 0
-            print(f"{'video':<28} {'split':<6} {'frames':>8} {'fps':>6} {'shape':<14} {'actions':<7} {'size':>10} {'files':>5}")
+            print(f"{'video':<28} {'split':<6} {'frames':>8} {'fps':>6} {'shape':<14} {'actions':<7} {'poses':<5} "
+                  f"{'size':>10} {'files':>5}")
             for r in s["videos"]:
                 shape = "x".join(map(str, r["shape"] or []))
                 print(f"{r['id']:<28} {str(r['split']):<6} {r['frames']:>8} {r['fps'] or 0:>6g} {shape:<14} "
-                      f"{'yes' if r['actions'] else 'no':<7} {_human(r['bytes']):>10} {r['files']:>5}")
+                      f"{'yes' if r['actions'] else 'no':<7} {'yes' if r['poses'] else 'no':<5} "
+                      f"{_human(r['bytes']):>10} {r['files']:>5}")
             for name, t in s["splits"].items():
                 print(f"{name}: {t['videos']} videos, {t['frames']} frames")
             print(f"total: {len(s['videos'])} videos, {_human(s['bytes'])} in {s['files']} files")

@@ -13,9 +13,11 @@ from pipeline.data.stores import (
     list_videos,
     main,
     read_array,
+    read_poses,
     store_summary,
     verify_store,
 )
+from tests.builders import write_frames_store
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -130,3 +132,19 @@ def test_inspect_json_is_machine_readable(tmp_path, capsys):
     main(["inspect", "--json", str(store)])
     data = json.loads(capsys.readouterr().out)
     assert [v["actions"] for v in data["videos"]] == [False, False, False]
+
+
+def test_poses_read_back_and_are_verified(tmp_path):
+    store = write_frames_store(tmp_path / "frames.zarr", poses_for=("v1",))
+    assert [v.has_poses for v in list_videos(store)] == [False, True, False, False]
+    poses = read_poses(store, "v1")
+    assert poses.dtype == np.float32 and poses.shape == (24, 3)
+    np.testing.assert_array_equal(read_poses(store, "v1", 4, 9), poses[4:9])
+    assert read_poses(store, "v0") is None
+    assert not [p for p in verify_store(store) if "/poses" in p or "pose_fields" in p]  # (it lacks extract's attrs)
+    root = zarr.open_group(str(store), mode="r+")
+    del root["v1"].attrs["pose_fields"]
+    root["v2"].create_array("poses", data=np.zeros((5, 3), dtype=np.float32), chunks=(5, 3))
+    problems = "\n".join(verify_store(store))
+    assert "v1: poses without attrs pose_fields" in problems
+    assert "v2/poses: expected float32 (24, 3), got float32 (5, 3)" in problems
