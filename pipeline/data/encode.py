@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from pipeline.atomic import atomic_dir, remove_stale_tmp
 from pipeline.data.pixels import to_pixels
-from pipeline.data.stores import SIDE_ARRAYS, ShardedArrayWriter, StoreError, list_videos, open_store
+from pipeline.data.stores import SIDE_ARRAYS, ShardedArrayWriter, StoreError, list_videos, open_store, read_array
 
 
 def _layout(array: zarr.Array) -> tuple[int, int]:
@@ -65,17 +65,16 @@ def encode_store(frames: str | Path, model, tokenizer_hash: str, out: str | Path
             source = src[v.id]
             group = root.create_group(v.id)
             group.attrs.update(v.attrs)
-            frames_arr = source["frames"]  # resolve once: every group lookup re-reads zarr.json
-            chunk, shard = _layout(frames_arr)
+            chunk, shard = _layout(source["frames"])
             # `with`: on a crash the write in flight finishes before atomic_dir removes the tmp store
             with ShardedArrayWriter(group, "latents", model.latent_shape, np.float16, chunk, shard) as writer:
                 for start in range(0, v.n_frames, batch_size):
-                    batch = frames_arr[start : start + batch_size]
+                    batch = read_array(frames, v.id, "frames", start, start + batch_size)
                     writer.append(encode_frames(model, batch, device))
                     bar.update(len(batch))
             for name in (a for a in SIDE_ARRAYS if a in source):  # actions, poses: copied as they are
                 side = source[name]
                 side_chunk, side_shard = _layout(side)
                 with ShardedArrayWriter(group, name, side.shape[1:], side.dtype, side_chunk, side_shard) as writer:
-                    writer.append(side[:])
+                    writer.append(read_array(frames, v.id, name))
     return {"videos": len(videos), "frames": total, "latent_shape": list(model.latent_shape)}

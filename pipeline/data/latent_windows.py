@@ -46,6 +46,7 @@ class LatentVideos:
 
     @classmethod
     def load(cls, path: str | Path, split: str) -> "LatentVideos":
+        """Every video of `split`; a damaged store raises stores.StoreError naming the file."""
         entries = list_videos(path, split, array="latents")
         latents = [read_array(path, e.id, "latents") for e in entries]
         actions = [read_actions(path, e.id) for e in entries]

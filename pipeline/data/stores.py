@@ -14,6 +14,10 @@ no shard is read back and rewritten.
 ``python -m pipeline.data.stores inspect|verify PATH`` lists a store (videos, splits, frames, fps,
 size on disk, file count) or checks it (every group complete, shapes and attrs consistent, every
 shard file present and decodable); verify exits 1 when it finds a problem.
+
+Reads through this module (read_array, read_actions, read_poses, list_videos) turn a damaged or
+missing file into a StoreError that names the store, the video, the array and the shard file,
+and says how to check and rebuild the store, instead of a codec's bare traceback.
 """
 
 from __future__ import annotations
@@ -31,11 +35,12 @@ from pipeline.data.splits import SPLITS
 
 
 class StoreError(RuntimeError):
-    """A store or a video group is missing or inconsistent."""
+    """A store or a video group is missing, inconsistent or damaged."""
 
 
 SIDE_ARRAYS = ("actions", "poses")  # per-frame arrays beside a video's frames or latents
 POSE_SHAPE = (3,)  # a pose row: x, y, heading_deg
+WRITTEN_BY = {"frames": "extract", "latents": "tokenize"}  # the stage that writes a store, by its data array
 
 
 def compressor(dtype=None) -> BloscCodec:
@@ -156,26 +161,45 @@ def store_identity(store: str | Path) -> str:
     return h.hexdigest()
 
 
+def _advice(path: Path, stage: str | None = None) -> str:
+    rebuild = f"rebuild it with `dvc repro -f {stage}`" if stage else "rerun the stage that writes it"
+    return f"check it with `python -m pipeline.data.stores verify {path}`, then {rebuild}"
+
+
 def open_store(path: str | Path) -> zarr.Group:
     path = Path(path)
     if not (path / "zarr.json").is_file():
         raise StoreError(f"{path}: not a zarr store (run the stage that writes it first)")
-    return zarr.open_group(str(path), mode="r")
+    try:
+        return zarr.open_group(str(path), mode="r")
+    except Exception as exc:  # a damaged zarr.json: any parse or codec error
+        raise StoreError(f"{path}: unreadable store metadata ({type(exc).__name__}: {exc}); {_advice(path)}") from exc
+
+
+def _video_group(path: Path, root: zarr.Group, video_id: str) -> zarr.Group:
+    if video_id not in root:
+        raise StoreError(f"{path}: no video {video_id!r}")
+    try:
+        return root[video_id]
+    except Exception as exc:
+        raise StoreError(f"{path}: video {video_id!r}: unreadable group metadata "
+                         f"{path / video_id / 'zarr.json'} ({type(exc).__name__}: {exc}); {_advice(path)}") from exc  # fmt: skip
 
 
 def list_videos(path: str | Path, split: str | None = None, array: str = "frames") -> list[VideoEntry]:
     """Videos of a store, sorted by id, optionally of one split only."""
+    path = Path(path)
     root = open_store(path)
     entries = []
     for vid in sorted(root.group_keys()):
-        g = root[vid]
+        g = _video_group(path, root, vid)
         attrs = dict(g.attrs)
         if array not in g:
             raise StoreError(f"{path}/{vid}: no {array!r} array")
         entry = VideoEntry(
             id=vid,
             split=attrs.get("split", "train"),
-            n_frames=int(g[array].shape[0]),
+            n_frames=int(_array(path, vid, g, array).shape[0]),
             fps=float(attrs.get("fps", 0.0)),
             has_actions="actions" in g,
             attrs=attrs,
@@ -186,23 +210,69 @@ def list_videos(path: str | Path, split: str | None = None, array: str = "frames
     return entries
 
 
+def _array(path: Path, video_id: str, group: zarr.Group, name: str) -> zarr.Array:
+    try:
+        return group[name]
+    except Exception as exc:
+        stage = WRITTEN_BY.get(_data_array(group))
+        raise StoreError(f"{path}: video {video_id!r}: unreadable array metadata {path / video_id / name / 'zarr.json'} "
+                         f"({type(exc).__name__}: {exc}); {_advice(path, stage)}") from exc  # fmt: skip
+
+
+def _shard_path(path: Path, video_id: str, name: str, array: zarr.Array, shard: int) -> Path:
+    """The file that holds shard `shard` (along time) of an array; time is its only split axis."""
+    key = array.metadata.chunk_key_encoding.encode_chunk_key((shard,) + (0,) * (array.ndim - 1))
+    return path / video_id / name / key
+
+
+def _read_slice(path: Path, video_id: str, group: zarr.Group, name: str, start: int, stop: int | None) -> np.ndarray:
+    """group[name][start:stop], or a StoreError naming the shard file that is missing or damaged."""
+    array = _array(path, video_id, group, name)
+    lo, hi, _ = slice(start, stop).indices(array.shape[0])
+    step = (array.shards or array.chunks)[0]
+    shards = range(lo // step, -(-hi // step)) if hi > lo else range(0)
+    where = f"{path}: video {video_id!r}, array {name!r}"
+    advice = _advice(path, WRITTEN_BY.get(_data_array(group)))
+    # zarr reads a missing shard as fill values without complaint: look for the files first.
+    for shard in shards:
+        file = _shard_path(path, video_id, name, array, shard)
+        if not file.is_file():
+            raise StoreError(f"{where}: shard file {file} (frames from {shard * step}) is missing; {advice}")
+    try:
+        return array[lo:hi]
+    except Exception as exc:  # a codec or IO failure: find the shard it comes from
+        for shard in shards:
+            try:
+                array[max(lo, shard * step) : min(hi, (shard + 1) * step)]
+            except Exception as shard_exc:
+                file = _shard_path(path, video_id, name, array, shard)
+                raise StoreError(f"{where}: shard file {file} (frames from {shard * step}) is damaged "
+                                 f"({type(shard_exc).__name__}: {shard_exc}); {advice}") from exc  # fmt: skip
+        raise StoreError(f"{where}: frames [{lo}:{hi}] unreadable ({type(exc).__name__}: {exc}); {advice}") from exc
+
+
 def read_array(path: str | Path, video_id: str, array: str, start: int = 0, stop: int | None = None) -> np.ndarray:
-    root = open_store(path)
-    if video_id not in root:
-        raise StoreError(f"{path}: no video {video_id!r}")
-    return root[video_id][array][start:stop]
+    path = Path(path)
+    group = _video_group(path, open_store(path), video_id)
+    if array not in group:
+        raise StoreError(f"{path}: video {video_id!r} has no {array!r} array")
+    return _read_slice(path, video_id, group, array, start, stop)
+
+
+def _read_side_array(path: str | Path, video_id: str, name: str, start: int, stop: int | None) -> np.ndarray | None:
+    path = Path(path)
+    group = _video_group(path, open_store(path), video_id)
+    return _read_slice(path, video_id, group, name, start, stop) if name in group else None
 
 
 def read_actions(path: str | Path, video_id: str, start: int = 0, stop: int | None = None) -> np.ndarray | None:
     """int64 (T,) actions of a video (actions[t]: chosen on seeing frame t), None if it has none."""
-    g = open_store(path)[video_id]
-    return g["actions"][start:stop] if "actions" in g else None
+    return _read_side_array(path, video_id, "actions", start, stop)
 
 
 def read_poses(path: str | Path, video_id: str, start: int = 0, stop: int | None = None) -> np.ndarray | None:
     """float32 (T, 3) poses of a video (x, y, heading in degrees of frame t), None if it has none."""
-    g = open_store(path)[video_id]
-    return g["poses"][start:stop] if "poses" in g else None
+    return _read_side_array(path, video_id, "poses", start, stop)
 
 
 # --------------------------------------------------------------------------------------------
@@ -264,7 +334,10 @@ def verify_store(path: str | Path, read: bool = True) -> list[str]:
     if not videos:
         problems.append(f"{path}: no video groups")
     for vid in videos:
-        problems += _verify_video(path, vid, root[vid], read)
+        try:
+            problems += _verify_video(path, vid, root[vid], read)
+        except Exception as exc:  # damaged metadata: a finding, not a crash
+            problems.append(f"{path}/{vid}: unreadable ({type(exc).__name__}: {exc})")
     return problems
 
 
@@ -323,7 +396,8 @@ def _verify_files(path: Path, vid: str, name: str, arr: zarr.Array, read: bool) 
             try:
                 arr[start : start + step]
             except Exception as exc:  # any codec or IO failure is a finding, not a crash
-                problems.append(f"{where}[{start}:{start + step}]: unreadable ({type(exc).__name__}: {exc})")
+                file = _shard_path(path, vid, name, arr, start // step)
+                problems.append(f"{where}[{start}:{start + step}]: unreadable, {file} ({type(exc).__name__}: {exc})")
     return problems
 
 
