@@ -42,14 +42,15 @@ def _power_of_two(n: int) -> bool:
 # --------------------------------------------------------------------------------------------
 # download
 # --------------------------------------------------------------------------------------------
-class RecorderParams(Section):
-    """The embedded Atari replay recorder (`atari:<Game>` sources)."""
+def _sticky_prob():
+    return Field(0.8, ge=0.0, lt=1.0, description="probability the random agent repeats its last action")
 
-    episodes: int = Field(6, ge=1, description="episodes recorded per atari source (one video each)")
+
+class AtariRecorderParams(Section):
+    """`atari:<Game>`: ale-py at its native 60 Hz, played by a seeded sticky-random agent."""
+
     fps: int = Field(20, ge=1, le=60, description="recording rate; ALE runs at 60 Hz, so frameskip = 60/fps")
-    max_frames: int = Field(400, ge=8, description="frames per episode at `fps` (episodes may end sooner)")
-    sticky_prob: float = Field(0.8, ge=0.0, lt=1.0, description="probability the agent repeats its last action")
-    crf: int = Field(18, ge=0, le=51, description="x264 quality of the recorded video")
+    sticky_prob: float = _sticky_prob()
 
     @field_validator("fps")
     @classmethod
@@ -59,9 +60,46 @@ class RecorderParams(Section):
         return v
 
 
+class VizdoomRecorderParams(Section):
+    """`vizdoom:<scenario>`: ViZDoom at its native 35 tics/s, 160x120, no HUD."""
+
+    frame_skip: int = Field(2, description="game tics per recorded frame: 35/frame_skip fps (2: 17.5 fps)")
+    agent: Literal["explorer", "random"] = Field("explorer", description="explorer: revisits on purpose; random: sticky")
+    sticky_prob: float = _sticky_prob()
+
+    @field_validator("frame_skip")
+    @classmethod
+    def _whole_angle_units(cls, v: int) -> int:
+        # A turn of 22.5 degrees a frame is 4096 of Doom's 2**16 angle units; split over the tics of a
+        # frame it stays a whole number of units per tic (so turns come back exactly) only for 1, 2, 4, 8.
+        if v not in (1, 2, 4, 8):
+            raise ValueError(f"must be 1, 2, 4 or 8 (a 22.5-degree turn a frame must split into exact per-tic turns), got {v}")
+        return v
+
+
+class CrafterRecorderParams(Section):
+    """`crafter`: the Crafter world, one step per frame, declared at 20 fps."""
+
+    agent: Literal["explorer", "random"] = Field("explorer", description="explorer: revisits on purpose; random: sticky")
+    sticky_prob: float = _sticky_prob()
+
+
+class RecorderParams(Section):
+    """The embedded recorders (`atari:<Game>`, `vizdoom:<scenario>`, `crafter` sources)."""
+
+    episodes: int = Field(6, ge=1, description="episodes recorded per recorder source (one video each)")
+    max_frames: int = Field(400, ge=8, description="recorded frames per episode (an episode may end sooner)")
+    crf: int = Field(18, ge=0, le=51, description="x264 quality of the recorded video")
+    atari: AtariRecorderParams = AtariRecorderParams()
+    vizdoom: VizdoomRecorderParams = VizdoomRecorderParams()
+    crafter: CrafterRecorderParams = CrafterRecorderParams()
+
+
 # What download.sources accepts (pipeline.data.sources.parse_source dispatches on the same prefixes).
-SOURCE_PREFIXES = ("http://", "https://", "file://", "atari:", "@")
-SOURCE_HINT = "expected an http(s):// or file:// URL, a YouTube @handle, or atari:<Game>"
+SOURCE_PREFIXES = ("http://", "https://", "file://", "@", "atari:", "vizdoom:", "crafter")
+SOURCE_HINT = (
+    "expected an http(s):// or file:// URL, a YouTube @handle, atari:<Game>, vizdoom:<scenario> or crafter"
+)
 
 
 class DownloadParams(Section):
@@ -117,7 +155,7 @@ class SplitParams(Section):
 
 
 class ExtractParams(Section):
-    fps: float = Field(20.0, gt=0)
+    fps: float | None = Field(20.0, gt=0, description="output rate; null = each video's own rate (no resampling)")
     size: int = Field(64, ge=8, description="square output side in pixels")
     resize_mode: Literal["center_crop", "letterbox", "squash"] = "center_crop"
     hud_masks: list[tuple[float, float, float, float]] = Field(

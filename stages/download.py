@@ -7,7 +7,7 @@ import sys
 
 from pipeline import paths
 from pipeline.config import load_params_or_exit
-from pipeline.data.sources import DownloadFailed, SourceBlockedError, download
+from pipeline.data.sources import DownloadFailed, SourceBlockedError, SourceError, download
 
 
 def main() -> None:
@@ -15,6 +15,8 @@ def main() -> None:
     params = load_params_or_exit()
     try:
         entries = download(params.download, seed=params.seed, out_dir=paths.RAW)
+    except SourceError as exc:  # found before any work: nothing was written
+        sys.exit(f"download: {exc}")
     except (DownloadFailed, SourceBlockedError) as exc:
         sys.exit(f"download failed: {exc}\n(see {paths.RAW}/manifest.json for every video's status)")
     ok = sum(e.status == "ok" for e in entries)

@@ -19,7 +19,10 @@ def main() -> int:
     for e in report["videos"]:
         if e["status"] != "ok":
             print(f"extract: skipped {e['id']}: {e['reason']}", file=sys.stderr)
-    print(f"extract: {report['n_ok']} videos, {report['n_frames']} frames at {report['fps']:g} fps "
+        elif e.get("warning"):
+            print(f"extract: warning: {e['id']}: {e['warning']}", file=sys.stderr)
+    rate = f"{report['fps']:g} fps" if report["fps"] else "each video's own rate"
+    print(f"extract: {report['n_ok']} videos, {report['n_frames']} frames at {rate} "
           f"in {report['seconds']:.1f} s ({report['n_skipped']} skipped) -> {paths.FRAMES}")
     return 0
 

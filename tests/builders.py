@@ -1,16 +1,30 @@
 """Small stores with known, learnable content, built with the project's own writer."""
 
+import zlib
+
 import numpy as np
 import zarr
 
 from pipeline.data.stores import ShardedArrayWriter
 
 
+def add_poses(group, n: int, seed: int) -> np.ndarray:
+    """A pose track (x, y, heading in degrees) of n frames stored as extract stores it; returns it."""
+    # Its own stream per video (the other content is unchanged): seeded with the video's name too.
+    rng = np.random.default_rng([seed, zlib.crc32(group.basename.encode())])
+    poses = np.cumsum(rng.normal(size=(n, 3)), axis=0).astype(np.float32)
+    poses[:, 2] %= 360
+    group.create_array("poses", data=poses, chunks=(n, 3), config={"write_empty_chunks": True})
+    group.attrs["pose_fields"] = ["x", "y", "heading_deg"]
+    return poses
+
+
 def write_latents_store(path, *, videos=(("v0", "train", 40), ("v1", "train", 40), ("v2", "train", 40),
                                          ("v3", "val", 40), ("v4", "test", 40)),
-                        shape=(4, 8, 8), n_actions=3, seed=0):
+                        shape=(4, 8, 8), n_actions=3, seed=0, poses_for=()):
     """A tiny data/latents.zarr whose content is learnable: a smooth bump that moves one
-    column left/still/right as the action recorded at the previous frame says."""
+    column left/still/right as the action recorded at the previous frame says. The videos named
+    in `poses_for` also get poses."""
     rng = np.random.default_rng(seed)
     c, h, w = shape
     root = zarr.open_group(str(path), mode="w")
@@ -37,14 +51,17 @@ def write_latents_store(path, *, videos=(("v0", "train", 40), ("v1", "train", 40
             aw = ShardedArrayWriter(g, "actions", (), np.int64, chunk_frames=8, shard_frames=32)
             aw.append(actions)
             aw.close()
+        if vid in poses_for:
+            add_poses(g, n, seed)
     return path
 
 
 
 def write_frames_store(path, *, videos=(("v0", "train", 24), ("v1", "train", 24), ("v2", "val", 24), ("v3", "test", 24)),
-                       size=32, n_actions=4, seed=0):
+                       size=32, n_actions=4, seed=0, poses_for=()):
     """Clips of two coloured squares bouncing over a static smooth background, like sprites
-    over a ring; actions are random (they do not drive the motion)."""
+    over a ring; actions are random (they do not drive the motion). The videos named in
+    `poses_for` also get poses."""
     rng = np.random.default_rng(seed)
     root = zarr.open_group(str(path), mode="w")
     yy, xx = np.mgrid[0:size, 0:size]
@@ -70,6 +87,8 @@ def write_frames_store(path, *, videos=(("v0", "train", 24), ("v1", "train", 24)
         aw = ShardedArrayWriter(g, "actions", (), np.int64, chunk_frames=8, shard_frames=16)
         aw.append(rng.integers(0, n_actions, n))
         aw.close()
+        if vid in poses_for:
+            add_poses(g, n, seed)
     return path
 
 

@@ -57,8 +57,10 @@ def test_unknown_nested_key_is_named_with_its_full_path():
         ("download.sources", [], "download.sources: "),
         ("download.sources", ["ftp://example.com/a.mp4"], "download.sources: [0] 'ftp://example.com/a.mp4'"),
         ("download.rate_limit", "fast", "download.rate_limit: expected bytes per second"),
-        ("download.recorder.fps", 7, "download.recorder.fps: must divide 60"),
-        ("download.recorder.sticky_prob", 1.0, "download.recorder.sticky_prob: "),
+        ("download.recorder.atari.fps", 7, "download.recorder.atari.fps: must divide 60"),
+        ("download.recorder.atari.sticky_prob", 1.0, "download.recorder.atari.sticky_prob: "),
+        ("download.recorder.vizdoom.frame_skip", 3, "download.recorder.vizdoom.frame_skip: must be 1, 2, 4 or 8"),
+        ("download.recorder.crafter.agent", "smart", "download.recorder.crafter.agent: "),
         ("extract.resize_mode", "stretch", "extract.resize_mode: "),
         ("tokenizer.downsample", 3, "tokenizer.downsample: must be a power of two"),
     ],
@@ -117,3 +119,20 @@ def test_a_stage_with_bad_params_exits_naming_the_key_without_a_traceback(tmp_pa
     assert "download.max_heigth: unknown key (did you mean max_height?)" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "data").exists()  # nothing was started
+
+
+def test_recorder_defaults_in_the_schema_are_those_of_params_yaml():
+    from pipeline.config import RecorderParams
+
+    assert RecorderParams().model_dump() == DEFAULT["download"]["recorder"]
+
+
+def test_a_misspelt_key_of_a_recorder_subsection_is_named_with_a_suggestion():
+    assert "download.recorder.vizdoom.framskip: unknown key (did you mean frame_skip?)" in error_of(
+        with_change("download.recorder.vizdoom.framskip", 2)
+    )
+
+
+def test_extract_fps_null_means_each_videos_own_rate():
+    assert load_params(ROOT / "params.yaml").extract.fps == 20
+    assert parse_params(with_change("extract.fps", None)).extract.fps is None

@@ -1,9 +1,10 @@
 """Encode every frame of a frames store with a trained tokenizer: data/latents.zarr.
 
 Same groups as the frames store, each with ``latents`` float16 (T, C, h, w), chunked and
-sharded like its ``frames``, the ``actions`` copied when present, and the group attributes
-copied (split, fps, n_actions, ...). Root attributes name the tokenizer: ``tokenizer_hash``
-(the checkpoint's hash, given by the caller) and ``latent_shape``. The tokenizer is any
+sharded like its ``frames``, the per-frame side arrays (``actions``, ``poses``) copied when
+present, and the group attributes copied (split, fps, n_actions, pose_fields, ...). Root
+attributes name the tokenizer: ``tokenizer_hash`` (the checkpoint's hash, given by the caller)
+and ``latent_shape``. The tokenizer is any
 object with ``encode``, ``image_size``, ``latent_shape`` and ``config`` (the trained network:
 this module reads frames and writes latents, it does not load models). The store is built under a
 temporary name and renamed into place, so a crash never leaves a partial store.
@@ -20,7 +21,7 @@ from tqdm import tqdm
 
 from pipeline.atomic import atomic_dir, remove_stale_tmp
 from pipeline.data.pixels import to_pixels
-from pipeline.data.stores import ShardedArrayWriter, StoreError, list_videos, open_store
+from pipeline.data.stores import SIDE_ARRAYS, ShardedArrayWriter, StoreError, list_videos, open_store, read_array
 
 
 def _layout(array: zarr.Array) -> tuple[int, int]:
@@ -48,7 +49,8 @@ def encode_store(frames: str | Path, model, tokenizer_hash: str, out: str | Path
     for v in videos:
         got = tuple(src[v.id]["frames"].shape[1:3])
         if got != size:
-            raise StoreError(f"{frames}/{v.id}: frames are {got[0]}x{got[1]}, the tokenizer was trained on {size[0]}x{size[1]} (retrain it on this store)")
+            raise StoreError(f"{frames}/{v.id}: frames are {got[0]}x{got[1]}, the tokenizer was trained on "
+                             f"{size[0]}x{size[1]} (retrain it on this store)")
 
     remove_stale_tmp(out.parent, out.name)  # left by a killed run
     total = sum(v.n_frames for v in videos)
@@ -63,17 +65,16 @@ def encode_store(frames: str | Path, model, tokenizer_hash: str, out: str | Path
             source = src[v.id]
             group = root.create_group(v.id)
             group.attrs.update(v.attrs)
-            frames_arr = source["frames"]  # resolve once: every group lookup re-reads zarr.json
-            chunk, shard = _layout(frames_arr)
+            chunk, shard = _layout(source["frames"])
             # `with`: on a crash the write in flight finishes before atomic_dir removes the tmp store
             with ShardedArrayWriter(group, "latents", model.latent_shape, np.float16, chunk, shard) as writer:
                 for start in range(0, v.n_frames, batch_size):
-                    batch = frames_arr[start : start + batch_size]
+                    batch = read_array(frames, v.id, "frames", start, start + batch_size)
                     writer.append(encode_frames(model, batch, device))
                     bar.update(len(batch))
-            if v.has_actions:
-                actions = source["actions"]
-                a_chunk, a_shard = _layout(actions)
-                with ShardedArrayWriter(group, "actions", actions.shape[1:], actions.dtype, a_chunk, a_shard) as aw:
-                    aw.append(actions[:])
+            for name in (a for a in SIDE_ARRAYS if a in source):  # actions, poses: copied as they are
+                side = source[name]
+                side_chunk, side_shard = _layout(side)
+                with ShardedArrayWriter(group, name, side.shape[1:], side.dtype, side_chunk, side_shard) as writer:
+                    writer.append(read_array(frames, v.id, name))
     return {"videos": len(videos), "frames": total, "latent_shape": list(model.latent_shape)}

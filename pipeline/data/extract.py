@@ -5,7 +5,15 @@
                                                  ->  data/frames_report.json (every video: ok or why skipped)
 
 A bad input (empty file, truncated video, not a video, shorter than the skip window, unusable
-actions) is reported by name with its reason and skipped; the run fails only if no video is usable.
+actions or poses) is reported by name with its reason and skipped; the run fails only if no video
+is usable.
+
+Per-frame side arrays recorded beside a video (`<id>.actions.npy`, `<id>.pose.npy`, named by the
+manifest's `actions_file` / `pose_file`) are resampled to the output frames by the rule the fps
+filter applies to the frames, and stored beside them: `actions` int64 (T,), `poses` float32 (T, 3).
+
+`extract.fps: null` keeps each video's own rate. A video recorded slower than `extract.fps` is
+extracted with repeated frames; its report entry carries a warning saying so.
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ import multiprocessing as mp
 import shutil
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -27,6 +35,8 @@ from pipeline.config import ExtractParams
 from pipeline.data.sources.manifest import (
     ACTIONS_SUFFIX,
     MANIFEST_NAME,
+    POSE_FIELDS,
+    POSE_SUFFIX,
     load_manifest,
     sha256_file,
 )
@@ -62,14 +72,32 @@ BAD_INPUT = (ProbeError, DecodeError, EmptyWindowError, BadVideoError)
 
 
 @dataclass(frozen=True)
+class FrameSeries:
+    """A kind of per-frame array recorded beside a video: one row per source frame."""
+
+    name: str                  # its array in the store group
+    manifest_key: str          # the manifest field that names its file
+    suffix: str                # its file beside <id>.mp4 when no manifest names one
+    dtype: type                # as stored
+    row_shape: tuple[int, ...]
+    expected: str              # what a valid file holds, for errors
+
+
+ACTIONS = FrameSeries("actions", "actions_file", ACTIONS_SUFFIX, np.int64, (), "1-D integer")
+POSES = FrameSeries("poses", "pose_file", POSE_SUFFIX, np.float32, (len(POSE_FIELDS),),
+                    f"(T, {len(POSE_FIELDS)}) finite float")  # fmt: skip
+SERIES = {s.name: s for s in (ACTIONS, POSES)}
+
+
+@dataclass(frozen=True)
 class Source:
     """One input video as the download stage left it."""
 
     id: str
     path: Path
     source: str                      # URL or recorder spec, else the file name
-    actions_path: Path | None = None
-    actions_fps: float | None = None  # rate the actions were recorded at (None: the video's own)
+    series_paths: dict[str, Path] = field(default_factory=dict)  # SERIES name -> its file, when recorded
+    series_fps: float | None = None  # rate the series were recorded at (None: the video's own)
     n_actions: int | None = None      # size of the action space, when the manifest says
     action_meanings: tuple[str, ...] | None = None
     manifest_sha256: str | None = None
@@ -97,8 +125,7 @@ def find_sources(raw_dir: str | Path) -> tuple[list[Source], list[dict]]:
     sources, skipped = [], []
     if not manifest.is_file():
         for path in sorted(p for p in raw.iterdir() if p.suffix.lower() in VIDEO_EXTS and TMP_MARK not in p.name):
-            actions = raw / f"{path.stem}{ACTIONS_SUFFIX}"
-            sources.append(Source(path.stem, path, path.name, actions if actions.is_file() else None))
+            sources.append(Source(path.stem, path, path.name, _series_paths(raw, path.stem, {})))
         return sources, skipped
 
     try:
@@ -111,54 +138,80 @@ def find_sources(raw_dir: str | Path) -> tuple[list[Source], list[dict]]:
             continue
         path = _video_file(raw, vid)
         if path is None:
-            skipped.append(_skip(vid, f"listed as ok in {MANIFEST_NAME} but no {raw / vid}.<{'|'.join(x[1:] for x in VIDEO_EXTS)}> exists", None))
+            exts = "|".join(x[1:] for x in VIDEO_EXTS)
+            skipped.append(_skip(vid, f"listed as ok in {MANIFEST_NAME} but no {raw / vid}.<{exts}> exists", None))
             continue
-        actions_file = e.extra.get("actions_file")
-        actions = raw / (actions_file or f"{vid}{ACTIONS_SUFFIX}")
-        has_actions = bool(actions_file) or actions.is_file()
+        series = _series_paths(raw, vid, e.extra)
         meanings = e.extra.get("action_meanings")
         sources.append(Source(
             id=vid, path=path, source=e.url or e.source or path.name,
-            actions_path=actions if has_actions else None,
-            actions_fps=float(e.fps) if has_actions and e.fps else None,
+            series_paths=series,
+            series_fps=float(e.fps) if series and e.fps else None,
             n_actions=e.extra.get("n_actions"),
-            action_meanings=tuple(meanings) if has_actions and meanings else None,
+            action_meanings=tuple(meanings) if "actions" in series and meanings else None,
             manifest_sha256=e.sha256,
         ))
     return sources, skipped
+
+
+def _series_paths(raw: Path, vid: str, extra: dict) -> dict[str, Path]:
+    """The per-frame files of a video: named in the manifest (then they must exist), else found by name."""
+    paths = {}
+    for series in SERIES.values():
+        named = extra.get(series.manifest_key)
+        path = raw / (named or f"{vid}{series.suffix}")
+        if named or path.is_file():
+            paths[series.name] = path
+    return paths
 
 
 def _skip(vid: str, reason: str, path: Path | None) -> dict:
     return {"id": vid, "status": "skipped", "file": str(path) if path else None, "reason": reason}
 
 
-def load_actions(path: Path) -> np.ndarray:
-    """The per-source-frame integer actions of a video; BadVideoError if the file is unusable."""
+def load_series(path: Path, series: FrameSeries) -> np.ndarray:
+    """The per-source-frame rows of one series of a video; BadVideoError if the file is unusable."""
     if not path.is_file():
-        raise BadVideoError(f"{path}: actions file missing")
+        raise BadVideoError(f"{path}: {series.name} file missing")
     try:
-        actions = np.load(path, allow_pickle=False)
+        values = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
         raise BadVideoError(f"{path}: not a readable .npy file ({exc})") from None
-    if actions.ndim != 1 or not np.issubdtype(actions.dtype, np.integer) or len(actions) == 0:
-        raise BadVideoError(f"{path}: expected a non-empty 1-D integer array, got {actions.dtype} {actions.shape}")
-    return actions.astype(np.int64)
+    integer = np.issubdtype(np.dtype(series.dtype), np.integer)
+    right_kind = np.issubdtype(values.dtype, np.integer if integer else np.number) and values.dtype.kind != "c"
+    if (values.ndim != 1 + len(series.row_shape) or values.shape[1:] != series.row_shape or not right_kind
+            or len(values) == 0 or not (integer or np.isfinite(values).all())):
+        raise BadVideoError(f"{path}: expected a non-empty {series.expected} array, got {values.dtype} {values.shape}")
+    return values.astype(series.dtype)
 
 
-def resample_actions(actions: np.ndarray, src_fps: float, out_fps: float, start: int, n: int, name: str = "") -> np.ndarray:
-    """The action of the source frame each output frame shows (sample and hold, as the fps filter).
+def resample_to_frames(values: np.ndarray, src_fps: float, out_fps: float, start: int, n: int, name: str = "") -> np.ndarray:
+    """The row (action, pose) of the source frame each output frame shows (sample and hold, as the fps filter).
 
     Output frame i of the stored video is frame start + i of the whole video at out_fps.
-    One missing action at the very end is tolerated (rate rounding); more is an error.
+    One missing row at the very end is tolerated (rate rounding); more is an error.
     """
     idx = source_frame_index(np.arange(start, start + n), src_fps, out_fps)
-    short = int(idx[-1]) - (len(actions) - 1) if n else 0
+    short = int(idx[-1]) - (len(values) - 1) if n else 0
     if short > 1:
         raise BadVideoError(
-            f"{name}: {len(actions)} actions at {src_fps:g} fps cover {len(actions) / src_fps:.2f} s, "
+            f"{name}: {len(values)} frames recorded at {src_fps:g} fps cover {len(values) / src_fps:.2f} s, "
             f"but the frames need source frame {int(idx[-1])}"
         )
-    return actions[np.minimum(idx, len(actions) - 1)]
+    return values[np.minimum(idx, len(values) - 1)]
+
+
+def output_fps(cfg: ExtractParams, info: VideoInfo) -> float:
+    """The rate a video is extracted at: extract.fps, or the video's own when it is null."""
+    return cfg.fps or info.fps
+
+
+def rate_warning(cfg: ExtractParams, info: VideoInfo) -> str | None:
+    """Why extracting this video at extract.fps repeats frames, if it does."""
+    if cfg.fps is None or info.fps >= cfg.fps * (1 - 1e-3):
+        return None
+    return (f"recorded at {info.fps:g} fps, below extract.fps {cfg.fps:g}: {1 - info.fps / cfg.fps:.0%} of its "
+            f"stored frames repeat the previous one (set extract.fps to {info.fps:g}, or null for each video's own rate)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -168,10 +221,11 @@ def extract_video(src: Source, info: VideoInfo, window: FrameWindow, cfg: Extrac
                   progress: Callable[[int], None] | None = None) -> dict:
     """Decode one video into group `store/<id>`; returns its attrs. On a bad input the group is removed."""
     group_dir = Path(store) / src.id
+    fps = output_fps(cfg, info)
     try:
-        actions = load_actions(src.actions_path) if src.actions_path else None
+        recorded = {name: load_series(path, SERIES[name]) for name, path in src.series_paths.items()}
         sha = sha256_file(src.path)
-        graph, geo = build_graph(info, cfg.size, cfg.resize_mode, cfg.fps, window, cfg.hud_masks)
+        graph, geo = build_graph(info, cfg.size, cfg.resize_mode, fps, window, cfg.hud_masks)
         group = zarr.open_group(str(store), mode="r+").create_group(src.id)
         stream = FrameStream(raw_args(graph), cfg.size, cfg.chunk_frames, name=str(src.path))
         with ShardedArrayWriter(group, "frames", (cfg.size, cfg.size, 3), np.uint8, cfg.chunk_frames, cfg.shard_frames) as writer:
@@ -194,7 +248,7 @@ def extract_video(src: Source, info: VideoInfo, window: FrameWindow, cfg: Extrac
             )
 
         attrs = {
-            "fps": cfg.fps,
+            "fps": fps,
             "source": src.source,
             "source_id": src.id,
             "split": None,  # set once every video is done (splits depend on which videos are usable)
@@ -207,21 +261,33 @@ def extract_video(src: Source, info: VideoInfo, window: FrameWindow, cfg: Extrac
             "source_duration": info.duration,
             "source_sha256": sha,
         }
-        if actions is not None:
-            action_fps = src.actions_fps or info.fps
-            stored = resample_actions(actions, action_fps, cfg.fps, window.start, n, str(src.actions_path))
-            group.create_array("actions", data=stored, chunks=(max(n, 1),), compressors=compressor(stored.dtype),
-                               config={"write_empty_chunks": True})
-            attrs["actions_fps"] = action_fps
-            # Size of the action space: the recorder's (manifest) else the largest action seen + 1.
-            attrs["n_actions"] = int(src.n_actions) if src.n_actions else int(actions.max()) + 1
-            if src.action_meanings:
-                attrs["action_meanings"] = list(src.action_meanings)
+        attrs.update(_store_series(group, src, recorded, fps, window.start, n, info))
         group.attrs.update(attrs)
         return attrs
     except BaseException:
         shutil.rmtree(group_dir, ignore_errors=True)
         raise
+
+
+def _store_series(group: zarr.Group, src: Source, recorded: dict[str, np.ndarray], fps: float, start: int, n: int,
+                  info: VideoInfo) -> dict:
+    """Resample each recorded series to the n output frames from `start`, store it; returns its attrs."""
+    recorded_fps = src.series_fps or info.fps
+    attrs = {}
+    for name, values in recorded.items():
+        stored = resample_to_frames(values, recorded_fps, fps, start, n, str(src.series_paths[name]))
+        # One chunk: a series is a few bytes a frame, so a shard layout would only add files.
+        group.create_array(name, data=stored, chunks=(max(n, 1), *stored.shape[1:]), compressors=compressor(stored.dtype),
+                           config={"write_empty_chunks": True})
+        attrs[f"{name}_fps"] = recorded_fps
+    if "actions" in recorded:
+        # Size of the action space: the recorder's (manifest) else the largest action seen + 1.
+        attrs["n_actions"] = int(src.n_actions) if src.n_actions else int(recorded["actions"].max()) + 1
+        if src.action_meanings:
+            attrs["action_meanings"] = list(src.action_meanings)
+    if "poses" in recorded:
+        attrs["pose_fields"] = list(POSE_FIELDS)
+    return attrs
 
 
 _PROGRESS = None  # a queue in pool workers: frames done, for the parent's progress bar
@@ -243,8 +309,11 @@ def _run_one(src: Source, info: VideoInfo, window: FrameWindow, cfg: ExtractPara
         return _skip(src.id, str(exc), src.path)
     entry = {"id": src.id, "status": "ok", "file": str(src.path), "n_frames": attrs["n_frames"],
              "seconds": round(time.perf_counter() - t0, 3), "attrs": attrs}
+    warnings = [rate_warning(cfg, info)]
     if src.manifest_sha256 and src.manifest_sha256 != attrs["source_sha256"]:
-        entry["warning"] = f"sha256 differs from {MANIFEST_NAME} (the file changed after download)"
+        warnings.append(f"sha256 differs from {MANIFEST_NAME} (the file changed after download)")
+    if any(warnings):
+        entry["warning"] = "; ".join(w for w in warnings if w)
     return entry
 
 
@@ -291,7 +360,7 @@ def extract_all(raw_dir: str | Path, out: str | Path, report_path: str | Path, c
     for src in sources:
         try:
             info = probe_video(src.path)
-            window = frame_window(info, cfg.fps, cfg.skip_start_s, cfg.skip_end_s, cfg.max_frames)
+            window = frame_window(info, output_fps(cfg, info), cfg.skip_start_s, cfg.skip_end_s, cfg.max_frames)
         except BAD_INPUT as exc:
             entries.append(_skip(src.id, str(exc), src.path))
             continue
@@ -332,7 +401,7 @@ def _report(entries: list[dict], cfg: ExtractParams, seconds: float) -> dict:
         "n_frames": frames,
         "seconds": round(seconds, 3),
         "frames_per_second": round(frames / seconds, 1) if seconds > 0 else None,
-        "fps": cfg.fps,
+        "fps": cfg.fps,  # None: each video's own (its attrs say)
         "size": cfg.size,
         "videos": videos,
     }

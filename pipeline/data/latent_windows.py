@@ -12,17 +12,22 @@ an uninterrupted one would, and the global batch is the same whatever the number
 Actions: ``actions[t]`` in the store is the action recorded at frame t; a window's conditioning
 action for frame t is the one recorded at frame t-1 (the action that led to it), -1 ("no
 action") before a video's first frame or for videos without actions.
+
+Poses: ``poses[t]`` is the agent's pose (x, y, heading in degrees) in frame t itself, so a
+window's poses are those of its own frames, unshifted; NaN rows for a video without poses.
+Batches carry them (``Batch.poses``) only when some video of the split has poses. Nothing
+consumes them yet.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pipeline.data.stores import list_videos, open_store, read_actions, read_array
+from pipeline.data.stores import POSE_SHAPE, list_videos, open_store, read_actions, read_array, read_poses
 
 
 class WindowError(ValueError):
@@ -37,17 +42,20 @@ class LatentVideos:
     latents: list[np.ndarray]  # (T, C, h, w) float16
     actions: list[np.ndarray | None]  # (T,) int64
     n_actions: int  # 0 when no video has actions
+    poses: list[np.ndarray | None] = field(default_factory=list)  # (T, 3) float32; [] = not loaded
 
     @classmethod
     def load(cls, path: str | Path, split: str) -> "LatentVideos":
+        """Every video of `split`; a damaged store raises stores.StoreError naming the file."""
         entries = list_videos(path, split, array="latents")
         latents = [read_array(path, e.id, "latents") for e in entries]
         actions = [read_actions(path, e.id) for e in entries]
+        poses = [read_poses(path, e.id) for e in entries]
         n_actions = 0
         for e, a in zip(entries, actions):
             if a is not None and len(a):
                 n_actions = max(n_actions, int(e.attrs.get("n_actions", 0)), int(a.max()) + 1)
-        return cls([e.id for e in entries], latents, actions, n_actions)
+        return cls([e.id for e in entries], latents, actions, n_actions, poses)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -55,6 +63,10 @@ class LatentVideos:
     @property
     def has_actions(self) -> bool:
         return self.n_actions > 0
+
+    @property
+    def has_poses(self) -> bool:
+        return any(p is not None for p in self.poses)
 
     def windows(self, length: int, stride: int, param: str = "train.seq_len") -> np.ndarray:
         """(video index, start) of every window; a clear error when no video is long enough."""
@@ -79,6 +91,13 @@ class LatentVideos:
             cond[ok] = recorded[prev[ok]]
         return frames, cond
 
+    def window_poses(self, video: int, start: int, length: int) -> np.ndarray:
+        """Poses (length, 3) float32 of one window's own frames; NaN for a video without poses."""
+        recorded = self.poses[video] if self.poses else None
+        if recorded is None:
+            return np.full((length, *POSE_SHAPE), np.nan, dtype=np.float32)
+        return recorded[start : start + length]
+
 
 def latent_shape(path: str | Path) -> tuple[int, int, int]:
     root = open_store(path)
@@ -96,9 +115,11 @@ class Batch:
     kind: str  # "S" or "L"
     latents: torch.Tensor  # (B, T, C, h, w) float32
     actions: torch.Tensor | None  # (B, T) int64, -1 = no action
+    poses: torch.Tensor | None = None  # (B, T, 3) float32 pose of each frame, NaN = unknown
 
     def rows(self, index: slice) -> "Batch":
-        return Batch(self.kind, self.latents[index], None if self.actions is None else self.actions[index])
+        return Batch(self.kind, self.latents[index], None if self.actions is None else self.actions[index],
+                     None if self.poses is None else self.poses[index])  # fmt: skip
 
 
 class AlternatingBatches:
@@ -126,4 +147,7 @@ class AlternatingBatches:
         frames, actions = zip(*(self.videos.window(int(v), int(s), length) for v, s in windows[picks]))
         latents = torch.from_numpy(np.stack(frames).astype(np.float32))
         acts = torch.from_numpy(np.stack(actions)) if self.videos.has_actions else None
-        return Batch(kind, latents, acts)
+        poses = None
+        if self.videos.has_poses:
+            poses = torch.from_numpy(np.stack([self.videos.window_poses(int(v), int(s), length) for v, s in windows[picks]]))
+        return Batch(kind, latents, acts, poses)

@@ -1,7 +1,10 @@
 """Frames and latents stores: zarr v3, one group per video, arrays chunked in time and sharded.
 
-``data/frames.zarr/<video_id>/frames``   uint8 (T, H, W, 3)   (+ ``actions`` int64 (T,))
+``data/frames.zarr/<video_id>/frames``   uint8 (T, H, W, 3)
 ``data/latents.zarr/<video_id>/latents`` float16 (T, C, h, w)
+
+beside each, when the video was recorded with them, the per-frame side arrays ``actions`` int64
+(T,) and ``poses`` float32 (T, 3) (x, y, heading in degrees; attrs ``pose_fields``).
 
 A shard holds many time chunks, so one video is a handful of files (DVC hashes every file).
 Writers stream: they fill one shard of frames while the previous one is compressed and written
@@ -11,6 +14,10 @@ no shard is read back and rewritten.
 ``python -m pipeline.data.stores inspect|verify PATH`` lists a store (videos, splits, frames, fps,
 size on disk, file count) or checks it (every group complete, shapes and attrs consistent, every
 shard file present and decodable); verify exits 1 when it finds a problem.
+
+Reads through this module (read_array, read_actions, read_poses, list_videos) turn a damaged or
+missing file into a StoreError that names the store, the video, the array and the shard file,
+and says how to check and rebuild the store, instead of a codec's bare traceback.
 """
 
 from __future__ import annotations
@@ -28,7 +35,12 @@ from pipeline.data.splits import SPLITS
 
 
 class StoreError(RuntimeError):
-    """A store or a video group is missing or inconsistent."""
+    """A store or a video group is missing, inconsistent or damaged."""
+
+
+SIDE_ARRAYS = ("actions", "poses")  # per-frame arrays beside a video's frames or latents
+POSE_SHAPE = (3,)  # a pose row: x, y, heading_deg
+WRITTEN_BY = {"frames": "extract", "latents": "tokenize"}  # the stage that writes a store, by its data array
 
 
 def compressor(dtype=None) -> BloscCodec:
@@ -135,6 +147,7 @@ class VideoEntry:
     fps: float
     has_actions: bool
     attrs: dict
+    has_poses: bool = False
 
 
 def store_identity(store: str | Path) -> str:
@@ -148,45 +161,118 @@ def store_identity(store: str | Path) -> str:
     return h.hexdigest()
 
 
+def _advice(path: Path, stage: str | None = None) -> str:
+    rebuild = f"rebuild it with `dvc repro -f {stage}`" if stage else "rerun the stage that writes it"
+    return f"check it with `python -m pipeline.data.stores verify {path}`, then {rebuild}"
+
+
 def open_store(path: str | Path) -> zarr.Group:
     path = Path(path)
     if not (path / "zarr.json").is_file():
         raise StoreError(f"{path}: not a zarr store (run the stage that writes it first)")
-    return zarr.open_group(str(path), mode="r")
+    try:
+        return zarr.open_group(str(path), mode="r")
+    except Exception as exc:  # a damaged zarr.json: any parse or codec error
+        raise StoreError(f"{path}: unreadable store metadata ({type(exc).__name__}: {exc}); {_advice(path)}") from exc
+
+
+def _video_group(path: Path, root: zarr.Group, video_id: str) -> zarr.Group:
+    if video_id not in root:
+        raise StoreError(f"{path}: no video {video_id!r}")
+    try:
+        return root[video_id]
+    except Exception as exc:
+        raise StoreError(f"{path}: video {video_id!r}: unreadable group metadata "
+                         f"{path / video_id / 'zarr.json'} ({type(exc).__name__}: {exc}); {_advice(path)}") from exc  # fmt: skip
 
 
 def list_videos(path: str | Path, split: str | None = None, array: str = "frames") -> list[VideoEntry]:
     """Videos of a store, sorted by id, optionally of one split only."""
+    path = Path(path)
     root = open_store(path)
     entries = []
     for vid in sorted(root.group_keys()):
-        g = root[vid]
+        g = _video_group(path, root, vid)
         attrs = dict(g.attrs)
         if array not in g:
             raise StoreError(f"{path}/{vid}: no {array!r} array")
         entry = VideoEntry(
             id=vid,
             split=attrs.get("split", "train"),
-            n_frames=int(g[array].shape[0]),
+            n_frames=int(_array(path, vid, g, array).shape[0]),
             fps=float(attrs.get("fps", 0.0)),
             has_actions="actions" in g,
             attrs=attrs,
+            has_poses="poses" in g,
         )
         if split is None or entry.split == split:
             entries.append(entry)
     return entries
 
 
+def _array(path: Path, video_id: str, group: zarr.Group, name: str) -> zarr.Array:
+    try:
+        return group[name]
+    except Exception as exc:
+        stage = WRITTEN_BY.get(_data_array(group))
+        raise StoreError(f"{path}: video {video_id!r}: unreadable array metadata {path / video_id / name / 'zarr.json'} "
+                         f"({type(exc).__name__}: {exc}); {_advice(path, stage)}") from exc  # fmt: skip
+
+
+def _shard_path(path: Path, video_id: str, name: str, array: zarr.Array, shard: int) -> Path:
+    """The file that holds shard `shard` (along time) of an array; time is its only split axis."""
+    key = array.metadata.chunk_key_encoding.encode_chunk_key((shard,) + (0,) * (array.ndim - 1))
+    return path / video_id / name / key
+
+
+def _read_slice(path: Path, video_id: str, group: zarr.Group, name: str, start: int, stop: int | None) -> np.ndarray:
+    """group[name][start:stop], or a StoreError naming the shard file that is missing or damaged."""
+    array = _array(path, video_id, group, name)
+    lo, hi, _ = slice(start, stop).indices(array.shape[0])
+    step = (array.shards or array.chunks)[0]
+    shards = range(lo // step, -(-hi // step)) if hi > lo else range(0)
+    where = f"{path}: video {video_id!r}, array {name!r}"
+    advice = _advice(path, WRITTEN_BY.get(_data_array(group)))
+    # zarr reads a missing shard as fill values without complaint: look for the files first.
+    for shard in shards:
+        file = _shard_path(path, video_id, name, array, shard)
+        if not file.is_file():
+            raise StoreError(f"{where}: shard file {file} (frames from {shard * step}) is missing; {advice}")
+    try:
+        return array[lo:hi]
+    except Exception as exc:  # a codec or IO failure: find the shard it comes from
+        for shard in shards:
+            try:
+                array[max(lo, shard * step) : min(hi, (shard + 1) * step)]
+            except Exception as shard_exc:
+                file = _shard_path(path, video_id, name, array, shard)
+                raise StoreError(f"{where}: shard file {file} (frames from {shard * step}) is damaged "
+                                 f"({type(shard_exc).__name__}: {shard_exc}); {advice}") from exc  # fmt: skip
+        raise StoreError(f"{where}: frames [{lo}:{hi}] unreadable ({type(exc).__name__}: {exc}); {advice}") from exc
+
+
 def read_array(path: str | Path, video_id: str, array: str, start: int = 0, stop: int | None = None) -> np.ndarray:
-    root = open_store(path)
-    if video_id not in root:
-        raise StoreError(f"{path}: no video {video_id!r}")
-    return root[video_id][array][start:stop]
+    path = Path(path)
+    group = _video_group(path, open_store(path), video_id)
+    if array not in group:
+        raise StoreError(f"{path}: video {video_id!r} has no {array!r} array")
+    return _read_slice(path, video_id, group, array, start, stop)
+
+
+def _read_side_array(path: str | Path, video_id: str, name: str, start: int, stop: int | None) -> np.ndarray | None:
+    path = Path(path)
+    group = _video_group(path, open_store(path), video_id)
+    return _read_slice(path, video_id, group, name, start, stop) if name in group else None
 
 
 def read_actions(path: str | Path, video_id: str, start: int = 0, stop: int | None = None) -> np.ndarray | None:
-    g = open_store(path)[video_id]
-    return g["actions"][start:stop] if "actions" in g else None
+    """int64 (T,) actions of a video (actions[t]: chosen on seeing frame t), None if it has none."""
+    return _read_side_array(path, video_id, "actions", start, stop)
+
+
+def read_poses(path: str | Path, video_id: str, start: int = 0, stop: int | None = None) -> np.ndarray | None:
+    """float32 (T, 3) poses of a video (x, y, heading in degrees of frame t), None if it has none."""
+    return _read_side_array(path, video_id, "poses", start, stop)
 
 
 # --------------------------------------------------------------------------------------------
@@ -213,7 +299,7 @@ def _shard_files(path: Path) -> int:
 
 
 def store_summary(path: str | Path) -> dict:
-    """Per-video rows (id, split, frames, fps, shape, actions, bytes, files) and per-split totals."""
+    """Per-video rows (id, split, frames, fps, shape, actions, poses, bytes, files) and per-split totals."""
     path = Path(path)
     root = open_store(path)
     rows = []
@@ -229,6 +315,7 @@ def store_summary(path: str | Path) -> dict:
             "fps": g.attrs.get("fps"),
             "shape": list(g[name].shape[1:]) if name else None,
             "actions": "actions" in g,
+            "poses": "poses" in g,
             "bytes": nbytes,
             "files": nfiles,
         })
@@ -247,44 +334,70 @@ def verify_store(path: str | Path, read: bool = True) -> list[str]:
     if not videos:
         problems.append(f"{path}: no video groups")
     for vid in videos:
-        g, where = root[vid], f"{path}/{vid}"
-        name = _data_array(g)
-        if name is None:
-            problems.append(f"{where}: no 'frames' or 'latents' array")
+        try:
+            problems += _verify_video(path, vid, root[vid], read)
+        except Exception as exc:  # damaged metadata: a finding, not a crash
+            problems.append(f"{path}/{vid}: unreadable ({type(exc).__name__}: {exc})")
+    return problems
+
+
+def _verify_video(path: Path, vid: str, g: zarr.Group, read: bool) -> list[str]:
+    where, problems = f"{path}/{vid}", []
+    name = _data_array(g)
+    if name is None:
+        return [f"{where}: no 'frames' or 'latents' array"]
+    arr, attrs = g[name], dict(g.attrs)
+    missing = [k for k in REQUIRED_ATTRS[name] if k not in attrs]
+    if missing:
+        problems.append(f"{where}: missing attrs {', '.join(missing)}")
+    if attrs.get("split") not in SPLITS:
+        problems.append(f"{where}: split {attrs.get('split')!r} is not one of {', '.join(SPLITS)}")
+    if name == "frames" and (arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8):
+        problems.append(f"{where}/frames: expected uint8 (T, H, W, 3), got {arr.dtype} {arr.shape}")
+    if name == "latents" and (arr.ndim != 4 or arr.dtype != np.float16):
+        problems.append(f"{where}/latents: expected float16 (T, C, h, w), got {arr.dtype} {arr.shape}")
+    n = arr.shape[0]
+    if n == 0:
+        problems.append(f"{where}/{name}: no frames")
+    if "n_frames" in attrs and attrs["n_frames"] != n:
+        problems.append(f"{where}: attrs n_frames {attrs['n_frames']} != {name} length {n}")
+    problems += _verify_side_arrays(where, g, n, attrs)
+    for array_name in (name, *(a for a in SIDE_ARRAYS if a in g)):
+        problems += _verify_files(path, vid, array_name, g[array_name], read)
+    return problems
+
+
+def _verify_side_arrays(where: str, g: zarr.Group, n: int, attrs: dict) -> list[str]:
+    problems = []
+    expected = {"actions": (np.int64, (n,), "n_actions"), "poses": (np.float32, (n, *POSE_SHAPE), "pose_fields")}
+    for name, (dtype, shape, attr) in expected.items():
+        if name not in g:
             continue
-        arr, attrs = g[name], dict(g.attrs)
-        missing = [k for k in REQUIRED_ATTRS[name] if k not in attrs]
-        if missing:
-            problems.append(f"{where}: missing attrs {', '.join(missing)}")
-        if attrs.get("split") not in SPLITS:
-            problems.append(f"{where}: split {attrs.get('split')!r} is not one of {', '.join(SPLITS)}")
-        if name == "frames" and (arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8):
-            problems.append(f"{where}/frames: expected uint8 (T, H, W, 3), got {arr.dtype} {arr.shape}")
-        if name == "latents" and (arr.ndim != 4 or arr.dtype != np.float16):
-            problems.append(f"{where}/latents: expected float16 (T, C, h, w), got {arr.dtype} {arr.shape}")
-        n = arr.shape[0]
-        if n == 0:
-            problems.append(f"{where}/{name}: no frames")
-        if "n_frames" in attrs and attrs["n_frames"] != n:
-            problems.append(f"{where}: attrs n_frames {attrs['n_frames']} != {name} length {n}")
-        if "actions" in g:
-            act = g["actions"]
-            if act.shape != (n,) or act.dtype != np.int64:
-                problems.append(f"{where}/actions: expected int64 ({n},), got {act.dtype} {act.shape}")
-            if "n_actions" not in attrs:
-                problems.append(f"{where}: actions without attrs n_actions")
-        # zarr reads a missing chunk as fill_value without complaint: count the shard files.
-        step = (arr.shards or arr.chunks)[0]
-        expected = -(-n // step)
-        found = _shard_files(path / vid / name)
-        if found != expected:
-            problems.append(f"{where}/{name}: {found} shard files on disk, expected {expected} for {n} frames")
-        if read:
-            for start in range(0, n, step):
-                try:
-                    arr[start : start + step]
-                except Exception as exc:  # any codec or IO failure is a finding, not a crash
-                    problems.append(f"{where}/{name}[{start}:{start + step}]: unreadable ({type(exc).__name__}: {exc})")
+        arr = g[name]
+        if arr.shape != shape or arr.dtype != dtype:
+            problems.append(f"{where}/{name}: expected {np.dtype(dtype)} {shape}, got {arr.dtype} {arr.shape}")
+        if attr not in attrs:
+            problems.append(f"{where}: {name} without attrs {attr}")
+    return problems
+
+
+def _verify_files(path: Path, vid: str, name: str, arr: zarr.Array, read: bool) -> list[str]:
+    """Every shard file of an array on disk, and (read=True) decodable."""
+    where, problems = f"{path}/{vid}/{name}", []
+    n = arr.shape[0]
+    # zarr reads a missing chunk as fill_value without complaint: count the shard files.
+    step = (arr.shards or arr.chunks)[0]
+    expected = -(-n // step)
+    found = _shard_files(path / vid / name)
+    if found != expected:
+        problems.append(f"{where}: {found} shard files on disk, expected {expected} for {n} frames")
+    if read:
+        for start in range(0, n, step):
+            try:
+                arr[start : start + step]
+            except Exception as exc:  # any codec or IO failure is a finding, not a crash
+                file = _shard_path(path, vid, name, arr, start // step)
+                problems.append(f"{where}[{start}:{start + step}]: unreadable, {file} ({type(exc).__name__}: {exc})")
     return problems
 
 
@@ -300,7 +413,8 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import json
 
-    parser = argparse.ArgumentParser(prog="python -m pipeline.data.stores", description="Inspect or verify a frames/latents store.")
+    parser = argparse.ArgumentParser(prog="python -m pipeline.data.stores",
+                                     description="Inspect or verify a frames/latents store.")  # fmt: skip
     parser.add_argument("command", choices=["inspect", "verify"])
     parser.add_argument("path")
     parser.add_argument("--json", action="store_true", help="inspect: print JSON instead of a table")
@@ -312,11 +426,13 @@ def main(argv: list[str] | None = None) -> int:
             if args.json:
                 print(json.dumps(s, indent=2))
                 return 0
-            print(f"{'video':<28} {'split':<6} {'frames':>8} {'fps':>6} {'shape':<14} {'actions':<7} {'size':>10} {'files':>5}")
+            print(f"{'video':<28} {'split':<6} {'frames':>8} {'fps':>6} {'shape':<14} {'actions':<7} {'poses':<5} "
+                  f"{'size':>10} {'files':>5}")
             for r in s["videos"]:
                 shape = "x".join(map(str, r["shape"] or []))
                 print(f"{r['id']:<28} {str(r['split']):<6} {r['frames']:>8} {r['fps'] or 0:>6g} {shape:<14} "
-                      f"{'yes' if r['actions'] else 'no':<7} {_human(r['bytes']):>10} {r['files']:>5}")
+                      f"{'yes' if r['actions'] else 'no':<7} {'yes' if r['poses'] else 'no':<5} "
+                      f"{_human(r['bytes']):>10} {r['files']:>5}")
             for name, t in s["splits"].items():
                 print(f"{name}: {t['videos']} videos, {t['frames']} frames")
             print(f"total: {len(s['videos'])} videos, {_human(s['bytes'])} in {s['files']} files")

@@ -5,7 +5,7 @@ import zarr
 
 from pipeline.config import TokenizerParams
 from pipeline.data.encode import encode_store
-from pipeline.data.stores import StoreError, list_videos
+from pipeline.data.stores import StoreError, list_videos, read_poses
 from pipeline.networks.tokenizer import build_tokenizer, tokenizer_config
 from pipeline.training.checkpoint import checkpoint_hash, load_trained, save_checkpoint
 from pipeline.training.common import EMA
@@ -21,9 +21,15 @@ def tokenizer_dir(tmp_path):
     return tmp_path / "tok"
 
 
+def encode(frames, tokenizer_dir, out, batch_size):
+    """encode_store with the trained tokenizer of tokenizer_dir."""
+    model = load_trained(tokenizer_dir, "tokenizer", build_tokenizer)
+    return encode_store(frames, model, checkpoint_hash(tokenizer_dir), out, batch_size=batch_size)
+
+
 def test_latents_store_follows_the_contract(frames_store, tokenizer_dir, tmp_path):
     out = tmp_path / "latents.zarr"
-    summary = encode_store(frames_store, load_trained(tokenizer_dir, "tokenizer", build_tokenizer), checkpoint_hash(tokenizer_dir), out, batch_size=5)
+    summary = encode(frames_store, tokenizer_dir, out, batch_size=5)
     assert summary == {"videos": 4, "frames": 96, "latent_shape": [4, 8, 8]}
     src, dst = zarr.open_group(str(frames_store)), zarr.open_group(str(out))
     assert dst.attrs["tokenizer_hash"] == checkpoint_hash(tokenizer_dir)
@@ -43,8 +49,8 @@ def test_latents_store_follows_the_contract(frames_store, tokenizer_dir, tmp_pat
 
 
 def test_tokenize_is_deterministic(frames_store, tokenizer_dir, tmp_path):
-    encode_store(frames_store, load_trained(tokenizer_dir, "tokenizer", build_tokenizer), checkpoint_hash(tokenizer_dir), tmp_path / "a.zarr", batch_size=16)
-    encode_store(frames_store, load_trained(tokenizer_dir, "tokenizer", build_tokenizer), checkpoint_hash(tokenizer_dir), tmp_path / "b.zarr", batch_size=16)
+    encode(frames_store, tokenizer_dir, tmp_path / "a.zarr", batch_size=16)
+    encode(frames_store, tokenizer_dir, tmp_path / "b.zarr", batch_size=16)
     a, b = zarr.open_group(str(tmp_path / "a.zarr")), zarr.open_group(str(tmp_path / "b.zarr"))
     for vid in a.group_keys():
         assert np.array_equal(a[vid]["latents"][:], b[vid]["latents"][:])
@@ -54,13 +60,13 @@ def test_size_mismatch_is_named_and_leaves_no_store(tokenizer_dir, tmp_path):
     store = write_frames_store(tmp_path / "big.zarr", size=48)
     out = tmp_path / "latents.zarr"
     with pytest.raises(StoreError, match=r"frames are 48x48, the tokenizer was trained on 32x32"):
-        encode_store(store, load_trained(tokenizer_dir, "tokenizer", build_tokenizer), checkpoint_hash(tokenizer_dir), out, batch_size=8)
+        encode(store, tokenizer_dir, out, batch_size=8)
     assert not out.exists()
 
 
 def test_crash_midway_keeps_the_previous_store_and_no_partial_one(frames_store, tokenizer_dir, tmp_path, monkeypatch):
     out = tmp_path / "latents.zarr"
-    encode_store(frames_store, load_trained(tokenizer_dir, "tokenizer", build_tokenizer), checkpoint_hash(tokenizer_dir), out, batch_size=8)
+    encode(frames_store, tokenizer_dir, out, batch_size=8)
     before = zarr.open_group(str(out))["v0"]["latents"][:]
     import pipeline.data.encode as tokenize_module
 
@@ -75,6 +81,18 @@ def test_crash_midway_keeps_the_previous_store_and_no_partial_one(frames_store, 
 
     monkeypatch.setattr(tokenize_module, "encode_frames", crash_on_third_batch)
     with pytest.raises(RuntimeError, match="killed"):
-        encode_store(frames_store, load_trained(tokenizer_dir, "tokenizer", build_tokenizer), checkpoint_hash(tokenizer_dir), out, batch_size=8)
+        encode(frames_store, tokenizer_dir, out, batch_size=8)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("latents.zarr")] == ["latents.zarr"]
     assert np.array_equal(zarr.open_group(str(out))["v0"]["latents"][:], before)
+
+
+def test_poses_are_copied_beside_the_latents_like_actions(tokenizer_dir, tmp_path):
+    frames = write_frames_store(tmp_path / "frames.zarr", poses_for=("v1", "v3"))
+    out = tmp_path / "latents.zarr"
+    encode(frames, tokenizer_dir, out, batch_size=8)
+    assert [(v.id, v.has_poses, v.has_actions) for v in list_videos(out, array="latents")] == [
+        ("v0", False, True), ("v1", True, True), ("v2", False, True), ("v3", True, True)]  # fmt: skip
+    for vid in ("v1", "v3"):
+        np.testing.assert_array_equal(read_poses(out, vid), read_poses(frames, vid))
+        assert zarr.open_group(str(out))[vid].attrs["pose_fields"] == ["x", "y", "heading_deg"]
+    assert read_poses(out, "v0") is None

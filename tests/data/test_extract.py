@@ -1,6 +1,7 @@
 import hashlib
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -16,7 +17,7 @@ import zarr
 import pipeline.data.extract as extract_mod
 from pipeline.config import ExtractParams
 from pipeline.data.extract import ExtractError, extract_all
-from pipeline.data.stores import list_videos, read_actions, read_array, verify_store
+from pipeline.data.stores import list_videos, read_actions, read_array, read_poses, verify_store
 from pipeline.data.video.ffmpeg import ffmpeg_exe
 from tests.data.video.synth import decode_native, make_index_video, make_video
 
@@ -98,10 +99,10 @@ def test_actions_are_resampled_to_the_output_rate_and_aligned_to_frames(tmp_path
 
 def test_actions_recorded_at_a_higher_rate_keep_every_third(tmp_path):
     acts = np.arange(90)
-    out = extract_mod.resample_actions(acts, 60, 20, start=2, n=5)
+    out = extract_mod.resample_to_frames(acts, 60, 20, start=2, n=5)
     assert list(out) == [6, 9, 12, 15, 18]
     with pytest.raises(extract_mod.BadVideoError, match="cover"):
-        extract_mod.resample_actions(acts[:10], 60, 20, start=0, n=10)
+        extract_mod.resample_to_frames(acts[:10], 60, 20, start=0, n=10)
 
 
 def test_each_bad_input_is_reported_by_name_with_its_reason_and_skipped(tmp_path, clip):
@@ -176,7 +177,8 @@ def test_same_params_give_identical_frames_serial_or_parallel(tmp_path, clip, po
     for vid in ("a", "b", "c"):
         np.testing.assert_array_equal(read_array(tmp_path / "one/frames.zarr", vid, "frames"),
                                       read_array(tmp_path / "two/frames.zarr", vid, "frames"))
-    assert [v.split for v in list_videos(tmp_path / "one/frames.zarr")] == [v.split for v in list_videos(tmp_path / "two/frames.zarr")]
+    splits = [[v.split for v in list_videos(tmp_path / f"{run_name}/frames.zarr")] for run_name in ("one", "two")]
+    assert splits[0] == splits[1]
 
 
 def test_an_interrupted_run_leaves_the_previous_store_and_no_temporary(tmp_path, clip, monkeypatch):
@@ -310,3 +312,61 @@ def test_a_manifest_that_is_not_one_is_named_and_nothing_is_written(tmp_path, te
     with pytest.raises(ExtractError, match=r"raw/manifest\.json: not a manifest"):
         run(raw, tmp_path)
     assert not (tmp_path / "frames.zarr").exists()
+
+
+def test_poses_are_resampled_like_actions_and_stored_beside_them(tmp_path):
+    raw = tmp_path / "raw"
+    make_index_video(raw / "idx.mp4", n_frames=30, fps=30)
+    shutil.copy(raw / "idx.mp4", raw / "plain.mp4")
+    actions = np.arange(30, dtype=np.int64) * 10 + 3
+    poses = np.stack([np.arange(30), -np.arange(30), 22.5 * np.arange(30)], axis=1).astype(np.float32)  # row j: frame j
+    np.save(raw / "idx.actions.npy", actions)
+    np.save(raw / "idx.pose.npy", poses)
+    write_manifest(raw, [ok_entry("idx", fps=30, actions_file="idx.actions.npy", pose_file="idx.pose.npy"), ok_entry("plain")])
+    run(raw, tmp_path, params(skip_start_s=0.25))
+
+    store = tmp_path / "frames.zarr"
+    frames, stored = read_array(store, "idx", "frames"), read_poses(store, "idx")
+    native = decode_native(raw / "idx.mp4").reshape(30, -1).mean(1)
+    shown = np.array([np.argmin(np.abs(native - f.mean())) for f in frames])  # which source frame is on screen
+    assert stored.dtype == np.float32 and stored.shape == (len(frames), 3) == (15, 3)
+    np.testing.assert_array_equal(stored, poses[shown])
+    np.testing.assert_array_equal(read_actions(store, "idx"), actions[shown])  # the same frames, by the same rule
+    videos = {v.id: v for v in list_videos(store)}
+    assert videos["idx"].has_poses and not videos["plain"].has_poses and read_poses(store, "plain") is None
+    assert videos["idx"].attrs["pose_fields"] == ["x", "y", "heading_deg"] and videos["idx"].attrs["poses_fps"] == 30
+    group = zarr.open_group(str(store), mode="r")["idx"]
+    assert group["poses"].chunks == (15, 3) and group["actions"].chunks == (15,)  # one chunk each, same rule
+    assert verify_store(store) == []
+
+
+def test_a_pose_file_that_is_not_one_is_reported_and_the_video_skipped(tmp_path, clip):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for vid in ("good", "badpose"):
+        (raw / f"{vid}.mp4").write_bytes(clip.read_bytes())
+    np.save(raw / "badpose.pose.npy", np.zeros((60, 2), dtype=np.float32))
+    write_manifest(raw, [ok_entry("good"), ok_entry("badpose", pose_file="badpose.pose.npy")])
+    report = run(raw, tmp_path)
+    reasons = {v["id"]: v.get("reason") for v in report["videos"]}
+    assert "badpose.pose.npy: expected a non-empty (T, 3) finite float array" in reasons["badpose"]
+
+
+def test_a_source_slower_than_extract_fps_warns_and_fps_null_keeps_its_own_rate(tmp_path):
+    raw = tmp_path / "raw"
+    make_index_video(raw / "slow.mp4", n_frames=14, fps=17.5)
+    np.save(raw / "slow.pose.npy", np.arange(42, dtype=np.float32).reshape(14, 3))
+    write_manifest(raw, [ok_entry("slow", fps=17.5, pose_file="slow.pose.npy")])
+
+    report = run(raw, tmp_path / "at20", params(fps=20))
+    (entry,) = report["videos"]
+    assert "recorded at 17.5 fps, below extract.fps 20: 12% of its stored frames repeat" in entry["warning"]
+    assert len(read_poses(tmp_path / "at20" / "frames.zarr", "slow")) == 16  # 14 frames, two of them twice
+
+    report = run(raw, tmp_path / "own", params(fps=None))
+    (entry,) = report["videos"]
+    store = tmp_path / "own" / "frames.zarr"
+    assert "warning" not in entry and report["fps"] is None and list_videos(store)[0].fps == 17.5
+    frames = read_array(store, "slow", "frames")
+    assert len(frames) == 14 and len(np.unique(frames.mean(axis=(1, 2, 3)).round())) == 14  # every frame once
+    np.testing.assert_array_equal(read_poses(store, "slow"), np.load(raw / "slow.pose.npy"))

@@ -8,7 +8,8 @@ from pipeline.data.latent_windows import (
     WindowError,
     latent_shape,
 )
-from pipeline.data.stores import read_actions, read_array
+from pipeline.data.stores import read_actions, read_array, read_poses
+from tests.builders import write_latents_store
 
 
 def make_batches(store, **overrides):
@@ -69,3 +70,17 @@ def test_window_holds_the_video_frames_and_the_action_that_led_to_each(latents_s
     np.testing.assert_array_equal(cond[1:], recorded[:7])
     _, cond = videos.window(1, 4, 8)
     np.testing.assert_array_equal(cond, recorded[3:11])
+
+
+def test_windows_and_batches_carry_the_poses_of_their_own_frames(tmp_path):
+    store = write_latents_store(tmp_path / "latents.zarr", poses_for=("v1",))
+    videos = LatentVideos.load(store, "train")
+    assert videos.has_poses
+    recorded = read_poses(store, "v1")
+    np.testing.assert_array_equal(videos.window_poses(1, 4, 8), recorded[4:12])  # unshifted, unlike actions
+    assert np.isnan(videos.window_poses(0, 4, 8)).all()  # a video without poses
+
+    batch = make_batches(store).batch(3)
+    assert batch.poses.dtype == torch.float32 and batch.poses.shape == (*batch.latents.shape[:2], 3)
+    assert batch.rows(slice(0, 2)).poses.shape[0] == 2
+    assert make_batches(write_latents_store(tmp_path / "none.zarr")).batch(3).poses is None

@@ -7,15 +7,19 @@ import numpy as np
 import pytest
 import zarr
 
+from pipeline.data.latent_windows import LatentVideos
 from pipeline.data.stores import (
     ShardedArrayWriter,
     StoreError,
     list_videos,
     main,
+    read_actions,
     read_array,
+    read_poses,
     store_summary,
     verify_store,
 )
+from tests.builders import write_frames_store
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -70,7 +74,10 @@ def test_a_sound_store_verifies_clean_and_lists_its_videos(tmp_path):
 def test_verify_finds_a_missing_shard_that_zarr_would_read_as_zeros(tmp_path):
     store = make_store(tmp_path / "f.zarr")
     (store / "a" / "frames" / "c" / "2" / "0" / "0" / "0").unlink()
-    assert read_array(store, "a", "frames")[32:48].max() == 0  # silently zeros
+    assert zarr.open_group(str(store), mode="r")["a"]["frames"][32:48].max() == 0  # zarr: silently zeros
+    with pytest.raises(StoreError, match=r"video 'a', array 'frames': shard file .*a/frames/c/2/0/0/0 .*is missing"):
+        read_array(store, "a", "frames")  # reads through stores are not fooled
+    assert read_array(store, "a", "frames", 0, 32).shape == (32, 8, 8, 3)  # the shards before it are fine
     problems = verify_store(store)
     assert len(problems) == 1 and "a/frames: 4 shard files on disk, expected 5" in problems[0]
 
@@ -130,3 +137,51 @@ def test_inspect_json_is_machine_readable(tmp_path, capsys):
     main(["inspect", "--json", str(store)])
     data = json.loads(capsys.readouterr().out)
     assert [v["actions"] for v in data["videos"]] == [False, False, False]
+
+
+def damage(shard: Path) -> None:
+    """Overwrite 16 bytes of a real shard file, as a bad disk or a torn copy would: here the header
+    of its first compressed chunk (damage inside the compressed data can go unnoticed by zstd)."""
+    data = bytearray(shard.read_bytes())
+    data[8:24] = b"\xff" * 16
+    shard.write_bytes(bytes(data))
+
+
+def test_a_damaged_latents_shard_is_named_with_what_to_do(latents_store):
+    shard = latents_store / "v1" / "latents" / "c" / "1" / "0" / "0" / "0"
+    damage(shard)
+    with pytest.raises(RuntimeError, match="blosc"):  # what zarr alone says: no store, no video, no file
+        zarr.open_group(str(latents_store), mode="r")["v1"]["latents"][:]
+
+    with pytest.raises(StoreError) as exc:
+        LatentVideos.load(latents_store, "train")
+    message = str(exc.value)
+    assert f"{latents_store}: video 'v1', array 'latents': shard file {shard} (frames from 32) is damaged" in message
+    assert f"python -m pipeline.data.stores verify {latents_store}" in message and "dvc repro -f tokenize" in message
+    assert read_array(latents_store, "v1", "latents", 0, 32).shape == (32, 4, 8, 8)  # the sound shard still reads
+    assert any(str(shard) in p for p in verify_store(latents_store))
+
+
+@pytest.mark.parametrize("name, reader", [("actions", read_actions), ("poses", read_poses)])
+def test_damaged_side_arrays_are_named_too(tmp_path, name, reader):
+    store = write_frames_store(tmp_path / "frames.zarr", poses_for=("v0",))
+    shard = next(p for p in (store / "v0" / name / "c").rglob("*") if p.is_file())
+    damage(shard)
+    with pytest.raises(StoreError, match=rf"video 'v0', array '{name}': shard file {shard} .*damaged.*dvc repro -f extract"):
+        reader(store, "v0")
+
+
+def test_poses_read_back_and_are_verified(tmp_path):
+    store = write_frames_store(tmp_path / "frames.zarr", poses_for=("v1",))
+    assert [v.has_poses for v in list_videos(store)] == [False, True, False, False]
+    poses = read_poses(store, "v1")
+    assert poses.dtype == np.float32 and poses.shape == (24, 3)
+    np.testing.assert_array_equal(read_poses(store, "v1", 4, 9), poses[4:9])
+    assert read_poses(store, "v0") is None
+    assert not [p for p in verify_store(store) if "/poses" in p or "pose_fields" in p]  # (it lacks extract's attrs)
+    root = zarr.open_group(str(store), mode="r+")
+    del root["v1"].attrs["pose_fields"]
+    root["v2"].create_array("poses", data=np.zeros((5, 3), dtype=np.float32), chunks=(5, 3))
+    problems = "\n".join(verify_store(store))
+    assert "v1: poses without attrs pose_fields" in problems
+    assert "v2/poses: expected float32 (24, 3), got float32 (5, 3)" in problems

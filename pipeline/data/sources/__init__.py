@@ -3,11 +3,15 @@
 A source is one of
 - a URL that yt-dlp supports: a video, playlist or channel page, a direct http(s) link, a file:// URL;
 - a YouTube channel handle `@name`, short for https://www.youtube.com/@name/videos;
-- `atari:<Game>`, the embedded recorder (ale-py ROMs, a seeded agent; offline, seconds).
+- an embedded recorder (offline, seeded; pipeline.data.sources.recording):
+  `atari:<Game>` (ale-py ROMs), `vizdoom:<scenario>` (ViZDoom's shipped scenarios), `crafter`.
 
-The manifest that comes out describes exactly what the current params select: one entry per
-video of each source (up to max_videos), "ok" with the file's hash and probed size, "failed"
-with the error, or "skipped". Videos already on disk (download archive) keep their entries.
+Every source is checked before any work (a malformed entry, an unknown game or scenario):
+SourceError names it. The manifest that comes out describes exactly what the current params
+select: one entry per video of each source (up to max_videos), "ok" with the file's hash and
+probed size, "failed" with the error, or "skipped". Videos already on disk (download archive) keep
+their entries. A run that obtains no usable video leaves a manifest that lists usable videos as it
+was (and their files on disk).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from tqdm.auto import tqdm
 
 from pipeline.atomic import remove_stale_tmp
 from pipeline.config import SOURCE_HINT, DownloadParams
-from pipeline.data.sources import atari, ytdlp
+from pipeline.data.sources import atari, crafter, recording, vizdoom, ytdlp
 from pipeline.data.sources.manifest import (
     VideoEntry,
     entry_for_file,
@@ -34,39 +38,76 @@ from pipeline.data.video.probe import ProbeError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Source", "parse_source", "download", "DownloadFailed", "SourceBlockedError"]
+__all__ = ["Source", "parse_source", "check_sources", "download", "DownloadFailed", "SourceError", "SourceBlockedError"]
+
+# The embedded recorders by source prefix; each provides recording.Recorder's check() and episode().
+RECORDERS: dict[str, recording.Recorder] = {"atari": atari, "vizdoom": vizdoom, "crafter": crafter}
+EXAMPLES = {"atari": "atari:Boxing", "vizdoom": "vizdoom:my_way_home", "crafter": "crafter"}
 
 
 class DownloadFailed(RuntimeError):
     """No usable video was obtained, or a source failed with download.fail_fast set."""
 
 
+class SourceError(ValueError):
+    """A download.sources entry is malformed, or names a game or scenario no recorder has."""
+
+
 @dataclass(frozen=True)
 class Source:
     spec: str  # as written in params.yaml; entries in the manifest name it
-    kind: Literal["url", "atari"]
-    target: str  # the URL for yt-dlp, or the game name
+    kind: Literal["url", "atari", "vizdoom", "crafter"]
+    target: str  # the URL for yt-dlp, the game or scenario of a recorder ("" for crafter)
 
 
 def parse_source(spec: str) -> Source:
+    """The kind and target of a download.sources entry; SourceError if it is malformed."""
     spec = spec.strip()
-    if spec.startswith("atari:"):
-        game = spec.removeprefix("atari:")
-        if not game:
-            raise ValueError(f"download.sources: {spec!r}: name a game, e.g. atari:Boxing")
-        return Source(spec, "atari", game)
+    kind, colon, target = spec.partition(":")
+    if kind in RECORDERS and (colon or kind == "crafter"):
+        if colon and not target:
+            raise SourceError(f"download.sources: {spec!r}: nothing follows the colon (e.g. {EXAMPLES[kind]})")
+        return Source(spec, kind, target)
     if spec.startswith("@"):
         if len(spec) < 2 or "/" in spec:
-            raise ValueError(f"download.sources: {spec!r}: a channel handle looks like @domisumReplay-Garen")
+            raise SourceError(f"download.sources: {spec!r}: a channel handle looks like @domisumReplay-Garen")
         return Source(spec, "url", f"https://www.youtube.com/{spec}/videos")
     if spec.startswith(("http://", "https://", "file://")):
         return Source(spec, "url", spec)
-    raise ValueError(f"download.sources: {spec!r}: {SOURCE_HINT}")
+    raise SourceError(f"download.sources: {spec!r}: {SOURCE_HINT}")
+
+
+def check_sources(specs: list[str]) -> list[Source]:
+    """Parse every entry and check that its recorder knows the game or scenario, before any work.
+
+    Raises one SourceError, on one line, naming every bad entry.
+    """
+    sources, errors = [], []
+    for spec in specs:
+        try:
+            src = parse_source(spec)
+        except SourceError as exc:
+            errors.append(str(exc))
+            continue
+        try:
+            if src.kind in RECORDERS:
+                RECORDERS[src.kind].check(src.target)  # its message names the source
+            sources.append(src)
+        except ValueError as exc:
+            errors.append(f"download.sources: {exc}")
+    if errors:
+        raise SourceError("; ".join(errors))
+    return sources
+
+
+def is_recording(entry: VideoEntry) -> bool:
+    """Whether a manifest entry came from an embedded recorder (cheap to redo, unlike a download)."""
+    return entry.source.partition(":")[0] in RECORDERS
 
 
 def _fetch(src: Source, p: DownloadParams, seed: int, out_dir: Path, staging: Path) -> Iterator[VideoEntry]:
-    if src.kind == "atari":
-        return atari.record(src.target, src.spec, seed, p.recorder, p.max_videos, out_dir)
+    if src.kind in RECORDERS:
+        return recording.record(RECORDERS[src.kind], src.target, src.spec, seed, p.recorder, p.max_videos, out_dir)
     return ytdlp.fetch(src.target, src.spec, p, out_dir, staging)
 
 
@@ -90,13 +131,15 @@ def _settle(new: VideoEntry, old: VideoEntry | None, out_dir: Path) -> VideoEntr
 def download(p: DownloadParams, seed: int, out_dir: str | Path) -> list[VideoEntry]:
     """Fetch every source of `p` into out_dir and write out_dir/manifest.json after each video.
 
-    A failing video is recorded and the others go on (unless p.fail_fast). Raises DownloadFailed
-    when nothing usable was obtained, SourceBlockedError when a site throttles us; the manifest is
-    written in every case.
+    Every source is checked first: SourceError before anything is written. A failing video is
+    recorded and the others go on (unless p.fail_fast). Raises DownloadFailed when nothing usable
+    was obtained, SourceBlockedError when a site throttles us. The manifest is written after every
+    video and at the end, except that a run with no usable video never replaces a manifest that
+    lists usable ones (nor removes their files).
     """
     out_dir = Path(out_dir)
     staging = out_dir.parent / f".{out_dir.name}-partial"  # yt-dlp's resumable .part files
-    sources = [parse_source(s) for s in p.sources]
+    sources = check_sources(p.sources)
     if p.cookies_file and not Path(p.cookies_file).is_file():
         raise FileNotFoundError(f"download.cookies_file: {p.cookies_file!r} does not exist")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -105,6 +148,10 @@ def download(p: DownloadParams, seed: int, out_dir: str | Path) -> list[VideoEnt
     specs = [s.spec for s in sources]
     entries: dict[str, VideoEntry] = {}
 
+    def save(entries: dict[str, VideoEntry]) -> None:
+        if _usable(entries) or not _usable(previous):  # never trade usable videos for none
+            write_manifest(out_dir, entries, specs)
+
     complete = False
     try:
         for src in tqdm(sources, desc="sources", unit="source"):
@@ -112,7 +159,7 @@ def download(p: DownloadParams, seed: int, out_dir: str | Path) -> list[VideoEnt
                 if new.id in entries and entries[new.id].status == "ok":
                     continue  # the same video through two sources (a playlist and its channel): once
                 entry = entries[new.id] = _settle(new, previous.get(new.id), out_dir)
-                write_manifest(out_dir, entries, specs)
+                save(entries)
                 if entry.status == "failed":
                     log.warning("%s: %s failed: %s", src.spec, entry.id, entry.error)
                     if p.fail_fast:
@@ -123,26 +170,31 @@ def download(p: DownloadParams, seed: int, out_dir: str | Path) -> list[VideoEnt
     finally:
         if not complete:  # keep what earlier runs obtained from the sources this run did not reach
             entries = {**{k: v for k, v in previous.items() if v.source in specs}, **entries}
-        write_manifest(out_dir, entries, specs)
+        save(entries)
         _remove_if_empty(staging)
-    _drop_stale_recordings(previous, entries, out_dir)
 
-    ok = [e for e in entries.values() if e.status == "ok"]
+    ok = _usable(entries)
     failed = [e for e in entries.values() if e.status == "failed"]
     log.info("download: %d ok, %d failed, %d skipped", len(ok), len(failed), len(entries) - len(ok) - len(failed))
     if not ok:
         summary = "\n  ".join(f"{e.source}: {e.id}: {e.status}: {e.error}" for e in entries.values()) or "(no videos)"
         raise DownloadFailed(f"no usable video was obtained from download.sources:\n  {summary}")
+    _drop_stale_recordings(previous, entries, out_dir)
     return list(entries.values())
+
+
+def _usable(entries: dict[str, VideoEntry]) -> list[VideoEntry]:
+    return [e for e in entries.values() if e.status == "ok"]
 
 
 def _drop_stale_recordings(previous: dict[str, VideoEntry], entries: dict[str, VideoEntry], out_dir: Path) -> None:
     # Recordings are cheap to redo, so ones the params no longer select are removed (not so downloads).
     for old in previous.values():
-        if old.id not in entries and old.source.startswith("atari:"):
+        if old.id not in entries and is_recording(old):
             (out_dir / old.file_name).unlink(missing_ok=True)
-            if old.extra.get("actions_file"):
-                (out_dir / old.extra["actions_file"]).unlink(missing_ok=True)
+            for side_file in (old.extra.get("actions_file"), old.extra.get("pose_file")):
+                if side_file:
+                    (out_dir / side_file).unlink(missing_ok=True)
 
 
 def _remove_if_empty(staging: Path) -> None:

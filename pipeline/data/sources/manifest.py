@@ -21,6 +21,8 @@ from pipeline.data.video.probe import VideoInfo, probe_video
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
 ACTIONS_SUFFIX = ".actions.npy"  # <id>.actions.npy beside <id>.mp4: the action of every frame
+POSE_SUFFIX = ".pose.npy"  # <id>.pose.npy beside <id>.mp4: the agent's pose in every frame
+POSE_FIELDS = ("x", "y", "heading_deg")  # the columns of a pose file
 
 Status = Literal["ok", "failed", "skipped"]
 
@@ -42,7 +44,7 @@ def safe_id(raw_id: str) -> str:
 @dataclass
 class VideoEntry:
     id: str
-    source: str  # the params entry it came from (URL, @handle or atari:<Game>)
+    source: str  # the params entry it came from (URL, @handle, or a recorder: atari:<Game>, ...)
     status: Status
     title: str | None = None
     url: str | None = None  # the video's own URL when the source is a playlist or channel
@@ -53,7 +55,7 @@ class VideoEntry:
     bytes: int | None = None
     sha256: str | None = None
     error: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)  # e.g. actions_file, n_actions
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. actions_file, pose_file, n_actions
 
     @property
     def file_name(self) -> str:

@@ -8,11 +8,15 @@ import imageio_ffmpeg
 import numpy as np
 import pytest
 
-from pipeline.config import DownloadParams, RecorderParams
-from pipeline.data.sources import download
-from pipeline.data.sources.atari import play_episode, record, rom_id
+from pipeline.config import AtariRecorderParams, DownloadParams, RecorderParams
+from pipeline.data.sources import atari, download, recording
+from pipeline.data.sources.atari import play_episode, rom_id
 
-TINY = RecorderParams(episodes=2, fps=20, max_frames=48, sticky_prob=0.8, crf=18)
+TINY = RecorderParams(episodes=2, max_frames=48, crf=18, atari=AtariRecorderParams(fps=20, sticky_prob=0.8))
+
+
+def record(game, source, seed, rec, max_videos, out_dir):
+    return recording.record(atari, game, source, seed, rec, max_videos, out_dir)
 
 
 def decode(path) -> np.ndarray:
@@ -46,7 +50,7 @@ def test_actions_line_up_one_to_one_with_the_video_frames(tmp_path):
     assert len(video) == len(actions)
     assert 0 <= actions.min() and actions.max() < entry.extra["n_actions"] == 18
     # Replaying the saved actions reproduces frame t at video frame t, not at t +- 1.
-    replay = np.stack([f for f, _ in play_episode("Boxing", 0, 0, TINY, actions=actions)])
+    replay = np.stack([step.frame for step in play_episode("Boxing", 0, 0, TINY, actions=actions)])
     video, replay = video.astype(float), replay.astype(float)
     err = np.abs(video - replay).mean(axis=(1, 2, 3))[1:-1]
     late = np.abs(video[1:] - replay[:-1]).mean(axis=(1, 2, 3))[:-1]  # video frame t vs replay t-1
@@ -56,19 +60,19 @@ def test_actions_line_up_one_to_one_with_the_video_frames(tmp_path):
 
 
 def test_action_t_acts_after_frame_t():
-    actions = np.array([f for _, f in play_episode("Boxing", 0, 0, TINY)])
+    actions = np.array([step.action for step in play_episode("Boxing", 0, 0, TINY)])
     k = 20
     changed = actions.copy()
     changed[k:] = np.where(actions[k:] == 3, 4, 3)  # RIGHT <-> anything else: LEFT / RIGHT from k on
-    base = np.stack([f for f, _ in play_episode("Boxing", 0, 0, TINY, actions=actions)])
-    alt = np.stack([f for f, _ in play_episode("Boxing", 0, 0, TINY, actions=changed)])
+    base = np.stack([step.frame for step in play_episode("Boxing", 0, 0, TINY, actions=actions)])
+    alt = np.stack([step.frame for step in play_episode("Boxing", 0, 0, TINY, actions=changed)])
     assert np.array_equal(base[: k + 1], alt[: k + 1])  # frame k was shown before action k
     assert not np.array_equal(base[k + 1 :], alt[k + 1 :])
 
 
 def test_video_has_the_recorder_rate_and_even_size(tmp_path):
     (entry,) = record("Boxing", "atari:Boxing", 0, TINY, 1, tmp_path)
-    assert entry.fps == TINY.fps and entry.duration == pytest.approx(TINY.max_frames / TINY.fps, abs=0.06)
+    assert entry.fps == TINY.atari.fps and entry.duration == pytest.approx(TINY.max_frames / TINY.atari.fps, abs=0.06)
     assert (entry.width, entry.height) == (160, 210)
 
 
