@@ -36,6 +36,7 @@ import math
 from dataclasses import asdict, dataclass
 
 import torch
+from einops import rearrange, repeat
 from torch import nn
 
 from pipeline.networks.layers import (
@@ -114,17 +115,21 @@ class Block(nn.Module):
     def forward(self, h, rope, mask=None, causal=False, past=None):
         """h (B, T, N, D). Temporal blocks may get `past` = cached (k, v) of earlier frames.
         Returns the new h and this call's (k, v), for a cache."""
-        b, t, n, dim = h.shape
-        # Spatial: a sequence per frame. Temporal: a sequence per token position.
-        x = h.transpose(1, 2).reshape(b * n, t, dim) if self.temporal else h.reshape(b * t, n, dim)
+        b = h.shape[0]
+        # Temporal: one sequence per token position, over frames. Spatial: one per frame, over tokens.
+        if self.temporal:
+            x = rearrange(h, "b t n d -> (b n) t d")
+        else:
+            x = rearrange(h, "b t n d -> (b t) n d")
         q, k, v = self.attn.project(self.attn_norm(x), rope)
         kv = (k, v)
-        if past is not None:
+        if past is not None:  # cached frames come first in time: (B*N, KVH, frames, hd)
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
         x = x + self.attn.attend(q, k, v, mask=mask, causal=causal)
         x = x + self.mlp(self.mlp_norm(x))
-        h = x.view(b, n, t, dim).transpose(1, 2) if self.temporal else x.view(b, t, n, dim)
-        return h, kv
+        if self.temporal:
+            return rearrange(x, "(b n) t d -> b t n d", b=b), kv
+        return rearrange(x, "(b t) n d -> b t n d", b=b), kv
 
 
 class KVCache:
@@ -241,15 +246,14 @@ class DynamicsTransformer(nn.Module):
                 f"latent frames of shape {(c, hh, ww)}, model built for "
                 f"{(cfg.latent_channels, cfg.latent_height, cfg.latent_width)}"
             )
-        p, (gh, gw) = cfg.patch_size, cfg.grid
-        patches = pack(x, p).view(b, t, gh * gw, c * p * p)
-        spatial = self.patch_in(patches.to(self.patch_in.weight.dtype))
-        registers = self.registers.expand(b, t, -1, -1)
+        patches = rearrange(pack(x, cfg.patch_size), "b (t s) e -> b t s e", t=t)  # (B, T, S, C*p*p)
+        spatial = self.patch_in(patches.to(self.patch_in.weight.dtype))  # (B, T, S, D)
+        registers = repeat(self.registers, "r d -> b t r d", b=b, t=t)  # (B, T, R, D)
         # log2(1/d) in [0, log2 k_max]: the shortcut level. Scales chosen so features vary.
         feats = torch.cat([_fourier(tau, 64, 1000.0), _fourier(torch.log2(1.0 / d), 64, 100.0)], dim=-1)
-        noise = self.noise_embed(feats.to(spatial.dtype))[:, :, None]
-        action = self.action_embed(self._action_index(actions, b, t, x.device))[:, :, None]
-        return torch.cat([spatial, registers, noise, action], dim=2)
+        noise = rearrange(self.noise_embed(feats.to(spatial.dtype)), "b t d -> b t 1 d")
+        action = rearrange(self.action_embed(self._action_index(actions, b, t, x.device)), "b t d -> b t 1 d")
+        return torch.cat([spatial, registers, noise, action], dim=2)  # (B, T, S + R + 2, D)
 
     def _action_index(self, actions, b, t, device):
         n = self.config.n_actions
@@ -263,10 +267,9 @@ class DynamicsTransformer(nn.Module):
     def _frames(self, h):
         """(B, T, N, D) -> x0 prediction (B, T, C, h, w) from the spatial tokens."""
         cfg = self.config
-        b, t = h.shape[:2]
-        p, (gh, gw) = cfg.patch_size, cfg.grid
-        out = self.patch_out(self.out_norm(h[:, :, : gh * gw]))
-        return unpack(out.reshape(b, t * gh * gw, -1), t, cfg.latent_height, cfg.latent_width, p)
+        t, (gh, gw) = h.shape[1], cfg.grid
+        out = self.patch_out(self.out_norm(h[:, :, : gh * gw]))  # (B, T, S, C*p*p)
+        return unpack(rearrange(out, "b t s e -> b (t s) e"), t, cfg.latent_height, cfg.latent_width, cfg.patch_size)
 
     # ------------------------------------------------------------------ whole sequences
     def forward(self, x, tau, d, actions=None, independent: torch.Tensor | None = None):
@@ -282,8 +285,8 @@ class DynamicsTransformer(nn.Module):
         if independent is not None and bool(independent.any()):
             eye = torch.eye(t, dtype=torch.bool, device=x.device)
             tril = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
-            mask = torch.where(independent.view(b, 1, 1, 1).to(x.device), eye, tril)
-            mask, causal = mask.repeat_interleave(n, dim=0), False
+            mask = torch.where(rearrange(independent, "b -> b 1 1 1").to(x.device), eye, tril)  # (B, 1, T, T)
+            mask, causal = repeat(mask, "b 1 i j -> (b n) 1 i j", n=n), False  # one per temporal sequence
         for block in self.blocks:
             if block.temporal:
                 h, _ = block(h, time_rope, mask=mask, causal=causal)

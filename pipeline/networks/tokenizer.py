@@ -23,6 +23,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange, repeat
 from torch import nn
 
 KIND = "tokenizer"
@@ -111,18 +112,18 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
 
     def forward(self, x):
-        b, n, d = x.shape
-        q, k, v = self.qkv(self.norm1(x)).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        x = x + self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, d))
+        # x (B, N, D) -> q, k, v (B, heads, N, D/heads)
+        q, k, v = rearrange(self.qkv(self.norm1(x)), "b n (three h hd) -> three b h n hd", three=3, h=self.heads)
+        out = F.scaled_dot_product_attention(q, k, v)
+        x = x + self.proj(rearrange(out, "b h n hd -> b n (h hd)"))
         return x + self.mlp(self.norm2(x))
 
 
 def regrid(tokens: torch.Tensor, src: tuple[int, int], dst: tuple[int, int]) -> torch.Tensor:
     """Tokens (B, src_h·src_w, D) laid out on a grid -> (B, dst_h·dst_w, D) on another grid over
     the same image: averaged when coarser, repeated when finer."""
-    b, _, d = tokens.shape
-    grid = tokens.transpose(1, 2).reshape(b, d, *src)
-    return F.interpolate(grid, size=dst, mode="area").flatten(2).transpose(1, 2)
+    grid = rearrange(tokens, "b (h w) d -> b d h w", h=src[0], w=src[1])
+    return rearrange(F.interpolate(grid, size=dst, mode="area"), "b d h w -> b (h w) d")
 
 
 class TransformerEncoder(nn.Module):
@@ -142,7 +143,7 @@ class TransformerEncoder(nn.Module):
         self.to_latent = nn.Linear(dim, latent_channels)
 
     def forward(self, x, mask=None):
-        patches = F.unfold(x, self.p, stride=self.p).transpose(1, 2)  # (B, N, 3·p·p)
+        patches = rearrange(x, "b c (gh p1) (gw p2) -> b (gh gw) (c p1 p2)", p1=self.p, p2=self.p)  # (B, N, 3·p·p)
         tokens = self.patch_in(patches)
         if mask is not None:  # masked autoencoding: hidden patches become a learned token
             tokens = torch.where(mask.flatten(1)[..., None], self.mask_token.to(tokens.dtype), tokens)
@@ -177,8 +178,9 @@ class TransformerDecoder(nn.Module):
         tokens = torch.cat([latents, queries], 1) + self.pos
         for blk in self.blocks:
             tokens = blk(tokens)
-        patches = self.patch_out(self.norm(tokens[:, self.n_latents :]))
-        return F.fold(patches.transpose(1, 2), self.image_size, self.p, stride=self.p)
+        patches = self.patch_out(self.norm(tokens[:, self.n_latents :]))  # (B, N, 3·p·p)
+        gh, gw = self.patch_grid
+        return rearrange(patches, "b (gh gw) (c p1 p2) -> b c (gh p1) (gw p2)", gh=gh, gw=gw, p1=self.p, p2=self.p)
 
 
 # --------------------------------------------------------------------------------------------
@@ -216,18 +218,18 @@ class Tokenizer(nn.Module):
         x = pixels * 2 - 1
         if self.arch == "conv":
             if mask is not None:  # hidden patches read as mid-grey (0 after centring)
-                keep = ~mask[:, None].repeat_interleave(self.patch_size, 2).repeat_interleave(self.patch_size, 3)
-                x = x * keep
+                p = self.patch_size  # mask (B, gh, gw) -> pixels kept (B, 1, H, W)
+                x = x * ~repeat(mask, "b gh gw -> b 1 (gh p1) (gw p2)", p1=p, p2=p)
             return torch.tanh(self.encoder(x))
-        z = torch.tanh(self.encoder(x, mask))  # (B, L, C)
-        c, h, w = self.latent_shape
-        return z.transpose(1, 2).reshape(-1, c, h, w)
+        z = torch.tanh(self.encoder(x, mask))  # (B, h·w, C)
+        _, h, w = self.latent_shape
+        return rearrange(z, "b (h w) c -> b c h w", h=h, w=w)
 
     def decode_raw(self, latents: torch.Tensor) -> torch.Tensor:
         """Unclamped reconstruction (what the training loss sees)."""
         if tuple(latents.shape[1:]) != self.latent_shape:
             raise ValueError(f"tokenizer expects latents (B, {', '.join(map(str, self.latent_shape))}), got {tuple(latents.shape)}")
-        z = latents if self.arch == "conv" else latents.flatten(2).transpose(1, 2)
+        z = latents if self.arch == "conv" else rearrange(latents, "b c h w -> b (h w) c")
         return self.decoder(z) * 0.5 + 0.5
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
