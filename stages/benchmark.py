@@ -10,7 +10,7 @@ from pipeline import paths
 from pipeline.atomic import atomic_dir
 from pipeline.benchmark import run as bm
 from pipeline.config import load_params_or_exit
-from pipeline.training.common import seed_everything
+from pipeline.training.seeding import seed_everything
 
 
 def main() -> None:

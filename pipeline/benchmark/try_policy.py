@@ -20,7 +20,7 @@ from pathlib import Path
 from pipeline import paths
 from pipeline.benchmark import run as bm
 from pipeline.config import load_params
-from pipeline.training.common import seed_everything
+from pipeline.training.seeding import seed_everything
 
 COLUMNS = {"temporal_quality_main": "tq_main", "psnr": "psnr", "ssim": "ssim", "lpips": "lpips", "fps": "fps",
            "peak_kv_memory_mb": "peak_MiB", "mean_frames_kept": "mean_kept"}

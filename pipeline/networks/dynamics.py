@@ -10,7 +10,7 @@ grid) and *causal temporal* attention (one token position across frames, 1D RoPE
 the latter every `temporal_every` blocks. Pre-RMSNorm, SwiGLU, QK-norm, optional GQA and
 logit soft-cap (pipeline.networks.layers). The model predicts the clean latent x0 (x-prediction).
 
-Conventions (DESIGN.md): tau = 0 clean, tau = 1 pure noise, z_tau = (1 - tau) x0 + tau eps;
+Conventions: tau = 0 clean, tau = 1 pure noise, z_tau = (1 - tau) x0 + tau eps;
 d is the shortcut step size in (0, 1]. ``actions[:, t]`` is the action *that led to frame t*
 (recorded at frame t-1); a negative value, or ``actions=None``, means "no action" and uses a
 learned embedding (also what models trained on action-free data always see).
@@ -33,7 +33,8 @@ evictions: a new frame always gets the position after the newest frame ever appe
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING
 
 import torch
 from einops import rearrange, repeat
@@ -49,38 +50,34 @@ from pipeline.networks.layers import (
     unpack,
 )
 
+if TYPE_CHECKING:
+    from pipeline.config import ModelParams
+
 KIND = "dynamics"
 
 
-@dataclass
+@dataclass(frozen=True)
 class DynamicsConfig:
+    """What a dynamics model is built from, and what its checkpoint stores (as a dict). Data only:
+    the values come from the `model` params section (validated there) and the latents, through
+    :func:`dynamics_config`; a checkpoint's dict must name every field (:func:`build_dynamics`)."""
+
     latent_channels: int
     latent_height: int
     latent_width: int
-    n_actions: int = 0  # 0 = the data has no actions
-    dim: int = 128
-    depth: int = 4
-    heads: int = 4
-    kv_heads: int = 4
-    patch_size: int = 2
-    num_registers: int = 2
-    temporal_every: int = 2
-    mlp_ratio: float = 4.0
-    logit_softcap: float = 50.0
-    k_max: int = 64
-    latent_mean: float = 0.0  # normalisation of the tokenizer latents (set from the train split)
-    latent_std: float = 1.0
-
-    def __post_init__(self):
-        p = self.patch_size
-        if self.latent_height % p or self.latent_width % p:
-            raise ValueError(
-                f"model.patch_size {p} does not divide the latent grid {self.latent_height}x{self.latent_width}"
-            )
-        if not self.latent_std > 0:
-            raise ValueError(f"latent_std must be > 0, got {self.latent_std}")
-        if self.dim % self.heads or self.heads % self.kv_heads:
-            raise ValueError(f"need dim % heads == 0 and heads % kv_heads == 0, got {self.dim}, {self.heads}, {self.kv_heads}")
+    n_actions: int  # 0 = the data has no actions
+    dim: int
+    depth: int
+    heads: int
+    kv_heads: int
+    patch_size: int
+    num_registers: int
+    temporal_every: int
+    mlp_ratio: float
+    logit_softcap: float
+    k_max: int
+    latent_mean: float  # normalisation of the tokenizer latents (from the train split)
+    latent_std: float
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -179,9 +176,28 @@ class KVCache:
         return sum(t.numel() * t.element_size() for t in self.keys + self.values if t is not None)
 
 
+def dynamics_config(model: ModelParams, latent_shape, *, n_actions: int, latent_mean: float = 0.0,
+                    latent_std: float = 1.0) -> DynamicsConfig:
+    """The config of a dynamics model: the `model` params section, the latent frame shape
+    (C, h, w) and the data's action count and latent statistics (mean 0, std 1: no normalisation)."""
+    c, h, w = latent_shape
+    return DynamicsConfig(latent_channels=c, latent_height=h, latent_width=w, n_actions=n_actions,
+                          latent_mean=latent_mean, latent_std=latent_std, **model.model_dump())
+
+
+def _check_shapes(cfg: DynamicsConfig) -> None:
+    """What the model cannot be built without: whole patches, a positive latent scale."""
+    p = cfg.patch_size
+    if cfg.latent_height % p or cfg.latent_width % p:
+        raise ValueError(f"model.patch_size {p} does not divide the latent grid {cfg.latent_height}x{cfg.latent_width}")
+    if not cfg.latent_std > 0:
+        raise ValueError(f"latent_std must be > 0, got {cfg.latent_std}")
+
+
 class DynamicsTransformer(nn.Module):
     def __init__(self, config: DynamicsConfig):
         super().__init__()
+        _check_shapes(config)
         self.config = cfg = config
         patch_dim = cfg.latent_channels * cfg.patch_size**2
         self.patch_in = nn.Linear(patch_dim, cfg.dim)
@@ -339,6 +355,11 @@ class DynamicsTransformer(nn.Module):
 
 
 def build_dynamics(config: dict) -> DynamicsTransformer:
+    """The model a checkpoint's config dict describes; every field named, no other key."""
+    names = {f.name for f in fields(DynamicsConfig)}
+    missing, unexpected = sorted(names - set(config)), sorted(set(config) - names)
+    if missing or unexpected:
+        raise ValueError(f"dynamics config: missing keys {missing}, unexpected keys {unexpected}")
     return DynamicsTransformer(DynamicsConfig(**config))
 
 

@@ -13,8 +13,9 @@ learns to represent a frame from part of it. Two architectures share the interfa
   are encoded independently, so DreamerV4's causal-in-time attention reduces to attention
   within the frame.
 
-``build_tokenizer(config)`` builds either from a JSON-able dict (what checkpoints store);
-``load_tokenizer(dir)`` loads a trained one (EMA weights, strict, eval mode).
+``tokenizer_config(params.tokenizer, image_size)`` is the JSON-able dict a checkpoint stores;
+``build_tokenizer(config)`` builds either architecture from it (``pipeline.training.checkpoint.
+load_trained`` loads a trained one).
 """
 
 from __future__ import annotations
@@ -27,14 +28,16 @@ from einops import rearrange, repeat
 from torch import nn
 
 KIND = "tokenizer"
-ARCH_KEYS = {
+ARCH_KEYS = {  # the params keys each architecture is built from
     "conv": ("latent_channels", "downsample", "base_channels", "patch_size"),
     "transformer": ("latent_channels", "downsample", "patch_size", "dim", "depth", "heads"),
 }
 
 
 def tokenizer_config(params, image_size: int | tuple[int, int]) -> dict:
-    """The checkpoint config of a tokenizer from ``params.tokenizer`` and the frame size."""
+    """The checkpoint config of a tokenizer: its architecture's keys of the `tokenizer` params
+    section (a TokenizerParams or a dict of the same keys), the frame size and the latent shape
+    that follows from them."""
     h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
     t = params if isinstance(params, dict) else params.model_dump()
     config = {"arch": t["arch"], "image_size": [h, w], **{k: t[k] for k in ARCH_KEYS[t["arch"]]}}
@@ -242,13 +245,17 @@ class Tokenizer(nn.Module):
 
 
 def build_tokenizer(config: dict) -> Tokenizer:
-    """A tokenizer from its config dict; a missing or inconsistent key is an error naming it."""
+    """The tokenizer a config dict (:func:`tokenizer_config`, what checkpoints store) describes.
+    Strict: exactly the keys of its architecture, and the shapes the model needs (whole patches,
+    the latent shape that the frame size and downsampling give); anything else is an error
+    naming it. The values themselves were validated as params when the config was made."""
     arch = config.get("arch")
     if arch not in ARCH_KEYS:
         raise ValueError(f"tokenizer config: arch must be one of {sorted(ARCH_KEYS)}, got {arch!r}")
-    missing = [k for k in ("image_size", "latent_shape", *ARCH_KEYS[arch]) if k not in config]
-    if missing:
-        raise ValueError(f"tokenizer config: missing keys {missing}")
+    keys = {"arch", "image_size", "latent_shape", *ARCH_KEYS[arch]}
+    missing, unexpected = sorted(keys - set(config)), sorted(set(config) - keys)
+    if missing or unexpected:
+        raise ValueError(f"tokenizer config: missing keys {missing}, unexpected keys {unexpected}")
     h, w = config["image_size"]
     d, p = config["downsample"], config["patch_size"]
     expected = [config["latent_channels"], h // d, w // d]
@@ -256,6 +263,4 @@ def build_tokenizer(config: dict) -> Tokenizer:
         raise ValueError(f"tokenizer config: latent_shape {config['latent_shape']} does not follow from image_size {[h, w]} / downsample {d} (expected {expected})")
     if h % p or w % p:
         raise ValueError(f"tokenizer config: patch_size {p} does not divide image_size {[h, w]}")
-    if arch == "transformer" and config["dim"] % config["heads"]:
-        raise ValueError(f"tokenizer config: dim {config['dim']} is not divisible by heads {config['heads']}")
     return Tokenizer(config)
