@@ -31,12 +31,12 @@ from pipeline.rollout.policies import BASELINES, load_policy
 
 
 def random_models(params, n_actions: int = 18):
-    from pipeline.networks.dynamics import DynamicsConfig, DynamicsTransformer
+    from pipeline.networks.dynamics import DynamicsTransformer, dynamics_config
     from pipeline.networks.tokenizer import build_tokenizer, tokenizer_config
 
     tok = build_tokenizer(tokenizer_config(params.tokenizer, params.extract.size))
     c, h, w = tok.latent_shape
-    dyn = DynamicsTransformer(DynamicsConfig(c, h, w, n_actions=n_actions, **params.model.model_dump()))
+    dyn = DynamicsTransformer(dynamics_config(params.model, (c, h, w), n_actions=n_actions))
     torch.nn.init.normal_(dyn.patch_out.weight, std=0.02)  # a zero head would make every sample 0
     return tok.eval(), dyn.eval()
 

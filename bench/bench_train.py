@@ -4,10 +4,11 @@
     python bench/bench_train.py --set model.dim=512 --set model.depth=12 --set train.seq_len_short=64
 
 Prints frames/s and batches/s of full training steps (shortcut-forcing loss incl. the bootstrap
-teacher passes, backward, clipped AdamW, EMA) for short and long batches, the FLOPs of one step
-as counted by torch.utils.flop_counter (matmuls and attention, forward + backward), and the
-achieved FLOP/s as a fraction of the FLOP/s of a large square matmul measured just before
-(model FLOPs utilisation against what this machine really delivers, not a datasheet figure).
+teacher passes, then the training loop's own optimisation step: backward, clipped AdamW, schedule,
+EMA) for short and long batches, the FLOPs of one step as counted by torch.utils.flop_counter
+(matmuls and attention, forward + backward), and the achieved FLOP/s as a fraction of the FLOP/s
+of a large square matmul measured just before (model FLOPs utilisation against what this machine
+really delivers, not a datasheet figure).
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.config import parse_params
 from pipeline.data.latent_windows import Batch
-from pipeline.networks.dynamics import DynamicsConfig, DynamicsTransformer
-from pipeline.training.common import EMA, autocast, build_optimizer, pick_device
+from pipeline.networks.dynamics import DynamicsTransformer, dynamics_config
+from pipeline.training.device import autocast, pick_device
 from pipeline.training.dynamics import global_plan, local_loss
+from pipeline.training.optim import Optimization
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,10 +71,10 @@ def main() -> None:
     tp, mp = params.train, params.model
     device = pick_device()
     side = params.extract.size // params.tokenizer.downsample
-    config = DynamicsConfig(params.tokenizer.latent_channels, side, side, n_actions=18, **mp.model_dump())
+    config = dynamics_config(mp, (params.tokenizer.latent_channels, side, side), n_actions=18)
     torch.manual_seed(params.seed)
     model = DynamicsTransformer(config).to(device)
-    ema, optimizer = EMA(model, tp.ema_decay), build_optimizer(model, tp.lr, tp.weight_decay)
+    opt = Optimization(model, tp)
     bf16 = device.type == "cuda" and tp.precision != "fp32" and torch.cuda.is_bf16_supported()
     peak = matmul_flops(device, torch.bfloat16 if bf16 else torch.float32, 8192 if device.type == "cuda" else 1024)
     n_params = sum(p.numel() for p in model.parameters())
@@ -84,11 +86,7 @@ def main() -> None:
         plan = global_plan(batch, params, step)
         with autocast(device, tp.precision):
             loss, _ = local_loss(model, batch, plan, tp.bootstrap_space, device)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), tp.grad_clip)
-        optimizer.step()
-        ema.update(model)
+        opt.step(loss, step)
 
     for kind, t, b in (("S", tp.seq_len_short, tp.batch_size_short), ("L", tp.seq_len_long, tp.batch_size_long)):
         gen = torch.Generator().manual_seed(0)

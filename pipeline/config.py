@@ -187,30 +187,42 @@ class ExtractParams(Section):
 
 
 # --------------------------------------------------------------------------------------------
-# tokenizer
+# the two training loops: tokenizer, and the dynamics model (model + train)
+#
+# The sections below have no defaults: params.yaml is the one place their values live (tests
+# build them from params.yaml too, see tests/builders.py).
 # --------------------------------------------------------------------------------------------
-class TokenizerParams(Section):
-    arch: Literal["conv", "transformer"] = "conv"
-    latent_channels: int = Field(8, ge=1)
-    downsample: int = Field(4, ge=1, description="spatial compression factor (power of two)")
-    base_channels: int = Field(32, ge=4, description="conv width (conv arch)")
-    patch_size: int = Field(8, ge=1, description="transformer arch")
-    dim: int = Field(256, ge=16, description="transformer arch")
-    depth: int = Field(4, ge=1, description="transformer arch")
-    heads: int = Field(4, ge=1, description="transformer arch")
-    mask_max: float = Field(0.0, ge=0.0, lt=1.0, description="masking probability ~ U(0, mask_max)")
-    lpips_weight: float = Field(0.2, ge=0.0)
-    steps: int = Field(1500, ge=1)
-    batch_size: int = Field(32, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    warmup_steps: int = Field(100, ge=0)
-    weight_decay: float = Field(0.01, ge=0)
-    grad_clip: float = Field(1.0, gt=0)
-    ema_decay: float = Field(0.999, ge=0, lt=1)
-    val_every: int = Field(250, ge=1)
-    checkpoint_every: int = Field(250, ge=1)
-    val_frames: int = Field(256, ge=1)
-    encode_batch_size: int = Field(256, ge=1, description="tokenize stage batch")
+class TrainingLoopParams(Section):
+    """What every training loop reads (pipeline.training): its length, AdamW with linear warm-up
+    and cosine decay, gradient clipping, the EMA of the weights, and how often it logs,
+    validates and checkpoints. The `tokenizer` and `train` sections both hold these keys."""
+
+    steps: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    warmup_steps: int = Field(ge=0)
+    weight_decay: float = Field(ge=0)
+    grad_clip: float = Field(gt=0)
+    ema_decay: float = Field(ge=0, lt=1, description="inference uses the EMA weights")
+    log_every: int = Field(ge=1, description="steps between logged training points")
+    val_every: int = Field(ge=1, description="steps between validations (and at the last step)")
+    checkpoint_every: int = Field(ge=1, description="steps between checkpoints a killed run resumes from")
+
+
+class TokenizerParams(TrainingLoopParams):
+    """The frame tokenizer: its architecture, loss and training loop (stage `train_tokenizer`)."""
+
+    arch: Literal["conv", "transformer"]
+    latent_channels: int = Field(ge=1)
+    downsample: int = Field(ge=1, description="spatial compression factor (power of two)")
+    base_channels: int = Field(ge=4, description="conv width (conv arch)")
+    patch_size: int = Field(ge=1, description="transformer arch; also the masking patch of both archs")
+    dim: int = Field(ge=16, description="transformer arch")
+    depth: int = Field(ge=1, description="transformer arch")
+    heads: int = Field(ge=1, description="transformer arch")
+    mask_max: float = Field(ge=0.0, lt=1.0, description="masking probability ~ U(0, mask_max)")
+    lpips_weight: float = Field(ge=0.0)
+    batch_size: int = Field(ge=1)
+    val_frames: int = Field(ge=1)
 
     @field_validator("downsample")
     @classmethod
@@ -219,21 +231,32 @@ class TokenizerParams(Section):
             raise ValueError(f"must be a power of two, got {v}")
         return v
 
+    @model_validator(mode="after")
+    def _heads_divide_dim(self) -> "TokenizerParams":
+        if self.arch == "transformer" and self.dim % self.heads:
+            raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
+        return self
 
-# --------------------------------------------------------------------------------------------
-# dynamics model and its training
-# --------------------------------------------------------------------------------------------
+
+class TokenizeParams(Section):
+    """The `tokenize` stage: encoding every frame with the trained tokenizer."""
+
+    batch_size: int = Field(ge=1, description="frames per encoder call (memory only)")
+
+
 class ModelParams(Section):
-    dim: int = Field(128, ge=8)
-    depth: int = Field(4, ge=1)
-    heads: int = Field(4, ge=1)
-    kv_heads: int = Field(2, ge=1, description="< heads for grouped-query attention")
-    patch_size: int = Field(4, ge=1, description="latent patch per spatial token")
-    num_registers: int = Field(2, ge=0)
-    temporal_every: int = Field(2, ge=1, description="causal temporal attention every N layers")
-    mlp_ratio: float = Field(4.0, gt=0)
-    logit_softcap: float = Field(50.0, ge=0, description="0 disables")
-    k_max: int = Field(16, ge=1, description="finest shortcut step is 1/k_max")
+    """The dynamics transformer (pipeline.networks.dynamics builds its config from these)."""
+
+    dim: int = Field(ge=8)
+    depth: int = Field(ge=1)
+    heads: int = Field(ge=1)
+    kv_heads: int = Field(ge=1, description="< heads for grouped-query attention")
+    patch_size: int = Field(ge=1, description="latent patch per spatial token")
+    num_registers: int = Field(ge=0)
+    temporal_every: int = Field(ge=1, description="causal temporal attention every N layers")
+    mlp_ratio: float = Field(gt=0)
+    logit_softcap: float = Field(ge=0, description="0 disables")
+    k_max: int = Field(ge=1, description="finest shortcut step is 1/k_max")
 
     @model_validator(mode="after")
     def _consistent(self) -> "ModelParams":
@@ -248,28 +271,21 @@ class ModelParams(Section):
         return self
 
 
-class TrainParams(Section):
-    steps: int = Field(600, ge=1)
-    seq_len_short: int = Field(16, ge=1)
-    seq_len_long: int = Field(32, ge=1)
-    batch_size_short: int = Field(8, ge=1)
-    batch_size_long: int = Field(4, ge=1)
-    long_ratio: float = Field(0.1, ge=0, le=1)
-    stride: int = Field(4, ge=1)
-    lr: float = Field(2e-3, gt=0)
-    warmup_steps: int = Field(50, ge=0)
-    weight_decay: float = Field(0.01, ge=0)
-    grad_clip: float = Field(1.0, gt=0)
-    ema_decay: float = Field(0.98, ge=0, lt=1)
-    bootstrap_fraction: float = Field(0.25, ge=0, le=1, description="share of each batch with shortcut targets")
-    bootstrap_space: Literal["velocity", "x"] = "velocity"
-    single_frame_fraction: float = Field(0.1, ge=0, le=1)
-    log_every: int = Field(25, ge=1)
-    val_every: int = Field(100, ge=1)
-    checkpoint_every: int = Field(100, ge=1)
-    val_taus: list[float] = Field(default_factory=lambda: [0.1, 0.5, 0.9])
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    nproc_per_node: int = Field(1, ge=1)
+class TrainParams(TrainingLoopParams):
+    """Training the dynamics model (stage `train`): batches, shortcut forcing and the loop."""
+
+    seq_len_short: int = Field(ge=1)
+    seq_len_long: int = Field(ge=1)
+    batch_size_short: int = Field(ge=1, description="global batch (split over DDP processes)")
+    batch_size_long: int = Field(ge=1)
+    long_ratio: float = Field(ge=0, le=1)
+    stride: int = Field(ge=1)
+    bootstrap_fraction: float = Field(ge=0, le=1, description="share of each batch with shortcut targets")
+    bootstrap_space: Literal["velocity", "x"]
+    single_frame_fraction: float = Field(ge=0, le=1)
+    val_taus: list[float]
+    precision: Literal["auto", "fp32", "bf16"]
+    nproc_per_node: int = Field(ge=1)
 
     @model_validator(mode="after")
     def _lengths(self) -> "TrainParams":
@@ -350,13 +366,18 @@ class BenchmarkParams(Section):
 # the whole file
 # --------------------------------------------------------------------------------------------
 class Params(Section):
-    seed: int = 0
+    """params.yaml. Every section is required; the download, extract and benchmark sections keep
+    defaults for the partial configs their tests build, equal to params.yaml's values (a test
+    checks every one), the training sections have none."""
+
+    seed: int
     download: DownloadParams
-    extract: ExtractParams = ExtractParams()
-    tokenizer: TokenizerParams = TokenizerParams()
-    model: ModelParams = ModelParams()
-    train: TrainParams = TrainParams()
-    benchmark: BenchmarkParams = BenchmarkParams()
+    extract: ExtractParams
+    tokenizer: TokenizerParams
+    tokenize: TokenizeParams
+    model: ModelParams
+    train: TrainParams
+    benchmark: BenchmarkParams
 
     @model_validator(mode="after")
     def _across_sections(self) -> "Params":
@@ -364,6 +385,10 @@ class Params(Section):
         if self.extract.size % self.tokenizer.downsample:
             errors.append(
                 f"tokenizer.downsample: {self.tokenizer.downsample} does not divide extract.size ({self.extract.size})"
+            )
+        if self.extract.size % self.tokenizer.patch_size:
+            errors.append(
+                f"tokenizer.patch_size: {self.tokenizer.patch_size} does not divide extract.size ({self.extract.size})"
             )
         latent_side = self.extract.size // self.tokenizer.downsample
         if latent_side % self.model.patch_size:

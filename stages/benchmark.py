@@ -22,7 +22,7 @@ from pipeline.benchmark.outputs import ranking_lines, write_outputs
 from pipeline.benchmark.run import Scorer, run_benchmark
 from pipeline.benchmark.validate import validate_benchmark
 from pipeline.config import load_params_or_exit
-from pipeline.training.common import seed_everything
+from pipeline.training.seeding import seed_everything
 
 OUTPUTS = (paths.BENCHMARK_METRICS, paths.BENCHMARK_HORIZON, paths.BENCHMARK_BUDGET, paths.BENCHMARK_REPORTS)
 

@@ -1,11 +1,44 @@
-"""Small stores with known, learnable content, built with the project's own writer."""
+"""Small stores with known, learnable content, built with the project's own writer; params
+sections and model configs taken from params.yaml with a test's changes."""
 
+import copy
 import zlib
+from functools import cache
+from pathlib import Path
 
 import numpy as np
+import yaml
 import zarr
 
+from pipeline.config import Params
 from pipeline.data.stores import ShardedArrayWriter
+from pipeline.networks import dynamics
+
+PARAMS_YAML = Path(__file__).resolve().parents[1] / "params.yaml"
+
+
+@cache
+def _default_raw() -> dict:
+    return yaml.safe_load(PARAMS_YAML.read_text())
+
+
+def default_raw_params() -> dict:
+    """params.yaml as plain data (a fresh copy to change)."""
+    return copy.deepcopy(_default_raw())
+
+
+def params_section(name: str, **changes):
+    """Section `name` of params.yaml with `changes`, validated: e.g. the tokenizer of a tiny run,
+    ``params_section("tokenizer", steps=30, base_channels=8)``. The training sections have no
+    schema defaults, so params.yaml is where every value a test does not set comes from."""
+    return Params.model_fields[name].annotation(**{**_default_raw()[name], **changes})
+
+
+def dynamics_config(latent_shape=(4, 8, 8), *, n_actions=3, latent_mean=0.0, latent_std=1.0, **model):
+    """A dynamics model config: params.yaml's `model` section with `model` changes, for latent
+    frames of `latent_shape` (no normalisation unless latent_mean/latent_std say otherwise)."""
+    return dynamics.dynamics_config(params_section("model", **model), latent_shape, n_actions=n_actions,
+                                    latent_mean=latent_mean, latent_std=latent_std)
 
 
 def add_poses(group, n: int, seed: int) -> np.ndarray:

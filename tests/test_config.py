@@ -136,3 +136,62 @@ def test_a_misspelt_key_of_a_recorder_subsection_is_named_with_a_suggestion():
 def test_extract_fps_null_means_each_videos_own_rate():
     assert load_params(ROOT / "params.yaml").extract.fps == 20
     assert parse_params(with_change("extract.fps", None)).extract.fps is None
+
+
+# ---------------------------------------------------------------------------------------------
+# One source of truth: params.yaml sets every key; a schema default, where one is kept, is the same
+# ---------------------------------------------------------------------------------------------
+def _schema_keys(model, raw: dict, validated, path: str = ""):
+    """(dotted key, schema field, params.yaml value validated) of every leaf key, nested."""
+    from pydantic import BaseModel
+
+    for name, field in model.model_fields.items():
+        key = f"{path}{name}"
+        assert name in raw, f"{key}: in the schema, not in params.yaml"
+        value = getattr(validated, name)
+        if isinstance(value, BaseModel) and field.annotation is type(value):
+            yield from _schema_keys(type(value), raw[name], value, key + ".")
+        else:
+            yield key, field, value
+
+
+def test_params_yaml_sets_every_key_and_every_schema_default_equals_it():
+    from pipeline.config import Params
+
+    keys = list(_schema_keys(Params, DEFAULT, load_params(ROOT / "params.yaml")))
+    defaults = {key: (field.get_default(call_default_factory=True), value)
+                for key, field, value in keys if not field.is_required()}  # fmt: skip
+    assert len(keys) > 90 and len(defaults) > 40
+    assert {key: pair for key, pair in defaults.items() if pair[0] != pair[1]} == {}
+
+
+@pytest.mark.parametrize("section", ["seed", "tokenizer", "tokenize", "model", "train"])
+def test_the_training_sections_have_no_schema_defaults(section):
+    from pipeline.config import Params
+
+    field = Params.model_fields[section]
+    assert field.is_required()
+    nested = getattr(field.annotation, "model_fields", {})
+    assert [k for k, f in nested.items() if not f.is_required()] == []
+
+
+@pytest.mark.parametrize(
+    "changes, expected",
+    [
+        ({"tokenizer.log_every": 0}, "tokenizer.log_every: "),
+        ({"tokenize.batch_size": 0}, "tokenize.batch_size: "),
+        ({"tokenizer.arch": "transformer", "tokenizer.heads": 3}, "dim (256) must be divisible by heads (3)"),
+        ({"tokenizer.patch_size": 5}, "tokenizer.patch_size: 5 does not divide extract.size (64)"),
+    ],
+)
+def test_the_training_and_tokenize_keys_are_validated_by_name(changes, expected):
+    raw = DEFAULT
+    for path, value in changes.items():
+        raw = with_change(path, value, raw)
+    assert expected in error_of(raw)
+
+
+def test_a_missing_training_key_is_named():
+    raw = copy.deepcopy(DEFAULT)
+    del raw["tokenizer"]["log_every"]
+    assert "tokenizer.log_every: required key is missing" in error_of(raw)

@@ -11,7 +11,7 @@ from pipeline.paths import DYNAMICS, TOKENIZER
 def benchmark_device(params) -> torch.device:
     """The device rollouts run on; on CPU capped at ``benchmark.cpu_threads`` threads (per-frame
     ops are small: more threads cost more than they give)."""
-    from pipeline.training.common import pick_device
+    from pipeline.training.device import pick_device
 
     device = pick_device()
     if device.type == "cpu" and params.benchmark.cpu_threads:

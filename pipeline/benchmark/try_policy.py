@@ -29,7 +29,7 @@ from pipeline.benchmark.run import Scorer, run_benchmark
 from pipeline.benchmark.summary import GAP_KEY, summarize, summarize_references
 from pipeline.benchmark.validate import validate_benchmark
 from pipeline.config import load_params
-from pipeline.training.common import seed_everything
+from pipeline.training.seeding import seed_everything
 
 COLUMNS = {"temporal_quality_main": "tq_main", "psnr": "psnr", "ssim": "ssim", "lpips": "lpips", "fps": "fps",
            "peak_kv_memory_mb": "peak_MiB", "mean_frames_kept": "mean_kept"}

@@ -5,7 +5,8 @@ image, a Tensor[N]. :func:`video_metrics` applies them to batches of videos (B, 
 gives per-frame values (B, T); averaging over B gives the per-horizon curve.
 
 - PSNR: 10·log10(1 / MSE) with data range 1, per frame (MSE floored at 1e-10, i.e. 100 dB, so
-  that identical frames keep means finite).
+  that identical frames keep means finite). :func:`pooled_psnr` is the PSNR of a whole batch of
+  any shape and data range (one MSE over every value), e.g. for latents.
 - SSIM: Wang et al. 2004: Gaussian window 11, σ = 1.5, K1 = 0.01, K2 = 0.03, data range 1,
   statistics over the valid region, averaged over pixels and channels (scikit-image's
   ``structural_similarity(..., gaussian_weights=True, use_sample_covariance=False)``).
@@ -15,6 +16,8 @@ gives per-frame values (B, T); averaging over B gives the per-horizon curve.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,7 +25,7 @@ from torchvision.models import alexnet
 
 from pipeline.metrics.lpips_weights import alexnet_features_state, linear_layers
 
-__all__ = ["psnr", "ssim", "LPIPS", "video_metrics", "METRICS"]
+__all__ = ["psnr", "pooled_psnr", "ssim", "LPIPS", "video_metrics", "METRICS"]
 
 METRICS = ("psnr", "ssim", "lpips")
 
@@ -39,6 +42,15 @@ def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     _check_pair(pred, target)
     mse = (pred.float() - target.float()).pow(2).flatten(1).mean(1)
     return 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
+
+
+def pooled_psnr(pred: torch.Tensor, target: torch.Tensor, data_range: float) -> float:
+    """PSNR of a whole batch of any shape, from one MSE over all its values, for data spanning
+    `data_range`: 10·log10(data_range² / MSE), MSE floored at 1e-12, one float (in float64)."""
+    if pred.shape != target.shape:
+        raise ValueError(f"pred and target differ in shape: {tuple(pred.shape)} vs {tuple(target.shape)}")
+    mse = (pred.float() - target.float()).pow(2).mean().item()
+    return 10 * math.log10(data_range**2 / max(mse, 1e-12))
 
 
 def _gaussian_window(size: int, sigma: float, device, dtype) -> torch.Tensor:

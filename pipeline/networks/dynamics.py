@@ -10,7 +10,7 @@ grid) and *causal temporal* attention (one token position across frames, 1D RoPE
 the latter every `temporal_every` blocks. Pre-RMSNorm, SwiGLU, QK-norm, optional GQA and
 logit soft-cap (pipeline.networks.layers). The model predicts the clean latent x0 (x-prediction).
 
-Conventions (DESIGN.md): tau = 0 clean, tau = 1 pure noise, z_tau = (1 - tau) x0 + tau eps;
+Conventions: tau = 0 clean, tau = 1 pure noise, z_tau = (1 - tau) x0 + tau eps;
 d is the shortcut step size in (0, 1]. ``actions[:, t]`` is the action *that led to frame t*
 (recorded at frame t-1); a negative value, or ``actions=None``, means "no action" and uses a
 learned embedding (also what models trained on action-free data always see).
@@ -33,9 +33,11 @@ evictions: a new frame always gets the position after the newest frame ever appe
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING
 
 import torch
+from einops import rearrange, repeat
 from torch import nn
 
 from pipeline.networks.layers import (
@@ -48,38 +50,34 @@ from pipeline.networks.layers import (
     unpack,
 )
 
+if TYPE_CHECKING:
+    from pipeline.config import ModelParams
+
 KIND = "dynamics"
 
 
-@dataclass
+@dataclass(frozen=True)
 class DynamicsConfig:
+    """What a dynamics model is built from, and what its checkpoint stores (as a dict). Data only:
+    the values come from the `model` params section (validated there) and the latents, through
+    :func:`dynamics_config`; a checkpoint's dict must name every field (:func:`build_dynamics`)."""
+
     latent_channels: int
     latent_height: int
     latent_width: int
-    n_actions: int = 0  # 0 = the data has no actions
-    dim: int = 128
-    depth: int = 4
-    heads: int = 4
-    kv_heads: int = 4
-    patch_size: int = 2
-    num_registers: int = 2
-    temporal_every: int = 2
-    mlp_ratio: float = 4.0
-    logit_softcap: float = 50.0
-    k_max: int = 64
-    latent_mean: float = 0.0  # normalisation of the tokenizer latents (set from the train split)
-    latent_std: float = 1.0
-
-    def __post_init__(self):
-        p = self.patch_size
-        if self.latent_height % p or self.latent_width % p:
-            raise ValueError(
-                f"model.patch_size {p} does not divide the latent grid {self.latent_height}x{self.latent_width}"
-            )
-        if not self.latent_std > 0:
-            raise ValueError(f"latent_std must be > 0, got {self.latent_std}")
-        if self.dim % self.heads or self.heads % self.kv_heads:
-            raise ValueError(f"need dim % heads == 0 and heads % kv_heads == 0, got {self.dim}, {self.heads}, {self.kv_heads}")
+    n_actions: int  # 0 = the data has no actions
+    dim: int
+    depth: int
+    heads: int
+    kv_heads: int
+    patch_size: int
+    num_registers: int
+    temporal_every: int
+    mlp_ratio: float
+    logit_softcap: float
+    k_max: int
+    latent_mean: float  # normalisation of the tokenizer latents (from the train split)
+    latent_std: float
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -114,17 +112,21 @@ class Block(nn.Module):
     def forward(self, h, rope, mask=None, causal=False, past=None):
         """h (B, T, N, D). Temporal blocks may get `past` = cached (k, v) of earlier frames.
         Returns the new h and this call's (k, v), for a cache."""
-        b, t, n, dim = h.shape
-        # Spatial: a sequence per frame. Temporal: a sequence per token position.
-        x = h.transpose(1, 2).reshape(b * n, t, dim) if self.temporal else h.reshape(b * t, n, dim)
+        b = h.shape[0]
+        # Temporal: one sequence per token position, over frames. Spatial: one per frame, over tokens.
+        if self.temporal:
+            x = rearrange(h, "b t n d -> (b n) t d")
+        else:
+            x = rearrange(h, "b t n d -> (b t) n d")
         q, k, v = self.attn.project(self.attn_norm(x), rope)
         kv = (k, v)
-        if past is not None:
+        if past is not None:  # cached frames come first in time: (B*N, KVH, frames, hd)
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
         x = x + self.attn.attend(q, k, v, mask=mask, causal=causal)
         x = x + self.mlp(self.mlp_norm(x))
-        h = x.view(b, n, t, dim).transpose(1, 2) if self.temporal else x.view(b, t, n, dim)
-        return h, kv
+        if self.temporal:
+            return rearrange(x, "(b n) t d -> b t n d", b=b), kv
+        return rearrange(x, "(b t) n d -> b t n d", b=b), kv
 
 
 class KVCache:
@@ -174,9 +176,28 @@ class KVCache:
         return sum(t.numel() * t.element_size() for t in self.keys + self.values if t is not None)
 
 
+def dynamics_config(model: ModelParams, latent_shape, *, n_actions: int, latent_mean: float = 0.0,
+                    latent_std: float = 1.0) -> DynamicsConfig:
+    """The config of a dynamics model: the `model` params section, the latent frame shape
+    (C, h, w) and the data's action count and latent statistics (mean 0, std 1: no normalisation)."""
+    c, h, w = latent_shape
+    return DynamicsConfig(latent_channels=c, latent_height=h, latent_width=w, n_actions=n_actions,
+                          latent_mean=latent_mean, latent_std=latent_std, **model.model_dump())
+
+
+def _check_shapes(cfg: DynamicsConfig) -> None:
+    """What the model cannot be built without: whole patches, a positive latent scale."""
+    p = cfg.patch_size
+    if cfg.latent_height % p or cfg.latent_width % p:
+        raise ValueError(f"model.patch_size {p} does not divide the latent grid {cfg.latent_height}x{cfg.latent_width}")
+    if not cfg.latent_std > 0:
+        raise ValueError(f"latent_std must be > 0, got {cfg.latent_std}")
+
+
 class DynamicsTransformer(nn.Module):
     def __init__(self, config: DynamicsConfig):
         super().__init__()
+        _check_shapes(config)
         self.config = cfg = config
         patch_dim = cfg.latent_channels * cfg.patch_size**2
         self.patch_in = nn.Linear(patch_dim, cfg.dim)
@@ -241,15 +262,14 @@ class DynamicsTransformer(nn.Module):
                 f"latent frames of shape {(c, hh, ww)}, model built for "
                 f"{(cfg.latent_channels, cfg.latent_height, cfg.latent_width)}"
             )
-        p, (gh, gw) = cfg.patch_size, cfg.grid
-        patches = pack(x, p).view(b, t, gh * gw, c * p * p)
-        spatial = self.patch_in(patches.to(self.patch_in.weight.dtype))
-        registers = self.registers.expand(b, t, -1, -1)
+        patches = rearrange(pack(x, cfg.patch_size), "b (t s) e -> b t s e", t=t)  # (B, T, S, C*p*p)
+        spatial = self.patch_in(patches.to(self.patch_in.weight.dtype))  # (B, T, S, D)
+        registers = repeat(self.registers, "r d -> b t r d", b=b, t=t)  # (B, T, R, D)
         # log2(1/d) in [0, log2 k_max]: the shortcut level. Scales chosen so features vary.
         feats = torch.cat([_fourier(tau, 64, 1000.0), _fourier(torch.log2(1.0 / d), 64, 100.0)], dim=-1)
-        noise = self.noise_embed(feats.to(spatial.dtype))[:, :, None]
-        action = self.action_embed(self._action_index(actions, b, t, x.device))[:, :, None]
-        return torch.cat([spatial, registers, noise, action], dim=2)
+        noise = rearrange(self.noise_embed(feats.to(spatial.dtype)), "b t d -> b t 1 d")
+        action = rearrange(self.action_embed(self._action_index(actions, b, t, x.device)), "b t d -> b t 1 d")
+        return torch.cat([spatial, registers, noise, action], dim=2)  # (B, T, S + R + 2, D)
 
     def _action_index(self, actions, b, t, device):
         n = self.config.n_actions
@@ -263,10 +283,9 @@ class DynamicsTransformer(nn.Module):
     def _frames(self, h):
         """(B, T, N, D) -> x0 prediction (B, T, C, h, w) from the spatial tokens."""
         cfg = self.config
-        b, t = h.shape[:2]
-        p, (gh, gw) = cfg.patch_size, cfg.grid
-        out = self.patch_out(self.out_norm(h[:, :, : gh * gw]))
-        return unpack(out.reshape(b, t * gh * gw, -1), t, cfg.latent_height, cfg.latent_width, p)
+        t, (gh, gw) = h.shape[1], cfg.grid
+        out = self.patch_out(self.out_norm(h[:, :, : gh * gw]))  # (B, T, S, C*p*p)
+        return unpack(rearrange(out, "b t s e -> b (t s) e"), t, cfg.latent_height, cfg.latent_width, cfg.patch_size)
 
     # ------------------------------------------------------------------ whole sequences
     def forward(self, x, tau, d, actions=None, independent: torch.Tensor | None = None):
@@ -282,8 +301,8 @@ class DynamicsTransformer(nn.Module):
         if independent is not None and bool(independent.any()):
             eye = torch.eye(t, dtype=torch.bool, device=x.device)
             tril = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
-            mask = torch.where(independent.view(b, 1, 1, 1).to(x.device), eye, tril)
-            mask, causal = mask.repeat_interleave(n, dim=0), False
+            mask = torch.where(rearrange(independent, "b -> b 1 1 1").to(x.device), eye, tril)  # (B, 1, T, T)
+            mask, causal = repeat(mask, "b 1 i j -> (b n) 1 i j", n=n), False  # one per temporal sequence
         for block in self.blocks:
             if block.temporal:
                 h, _ = block(h, time_rope, mask=mask, causal=causal)
@@ -336,6 +355,11 @@ class DynamicsTransformer(nn.Module):
 
 
 def build_dynamics(config: dict) -> DynamicsTransformer:
+    """The model a checkpoint's config dict describes; every field named, no other key."""
+    names = {f.name for f in fields(DynamicsConfig)}
+    missing, unexpected = sorted(names - set(config)), sorted(set(config) - names)
+    if missing or unexpected:
+        raise ValueError(f"dynamics config: missing keys {missing}, unexpected keys {unexpected}")
     return DynamicsTransformer(DynamicsConfig(**config))
 
 

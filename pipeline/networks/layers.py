@@ -7,6 +7,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 
@@ -39,16 +40,12 @@ class SwiGLU(nn.Module):
 # ---------------------------------------------------------------------------------------------
 def pack(x: torch.Tensor, p: int) -> torch.Tensor:
     """(B, T, C, H, W) -> (B, T*(H/p)*(W/p), C*p*p): frame-major, then row, then column."""
-    b, t, c, h, w = x.shape
-    x = x.reshape(b, t, c, h // p, p, w // p, p).permute(0, 1, 3, 5, 2, 4, 6)
-    return x.reshape(b, t * (h // p) * (w // p), c * p * p)
+    return rearrange(x, "b t c (gh p1) (gw p2) -> b (t gh gw) (c p1 p2)", p1=p, p2=p)
 
 
 def unpack(x: torch.Tensor, t: int, h: int, w: int, p: int) -> torch.Tensor:
-    b, _, d = x.shape
-    c = d // (p * p)
-    x = x.reshape(b, t, h // p, w // p, c, p, p).permute(0, 1, 4, 2, 5, 3, 6)
-    return x.reshape(b, t, c, h, w)
+    """The inverse of :func:`pack`: (B, T*(H/p)*(W/p), C*p*p) -> (B, T, C, H, W)."""
+    return rearrange(x, "b (t gh gw) (c p1 p2) -> b t c (gh p1) (gw p2)", t=t, gh=h // p, gw=w // p, p1=p, p2=p)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,9 +106,9 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(self.head_dim)
 
     def project(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]):
-        n, length, _ = x.shape
-        q = self.q(x).view(n, length, self.heads, self.head_dim).transpose(1, 2)
-        k, v = self.kv(x).view(n, length, 2, self.kv_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        # x (N, L, D) -> q (N, H, L, hd); k, v (N, KVH, L, hd)
+        q = rearrange(self.q(x), "n l (h hd) -> n h l hd", h=self.heads)
+        k, v = rearrange(self.kv(x), "n l (two h hd) -> two n h l hd", two=2, h=self.kv_heads)
         q = apply_rope(self.q_norm(q), rope)
         k = apply_rope(self.k_norm(k), rope)
         return q, k, v
@@ -131,5 +128,4 @@ class Attention(nn.Module):
             out = logits.softmax(dim=-1).type_as(v) @ v
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None)
-        n, _, length, _ = out.shape
-        return self.out(out.transpose(1, 2).reshape(n, length, self.heads * self.head_dim))
+        return self.out(rearrange(out, "n h l hd -> n l (h hd)"))  # (N, Lq, D)

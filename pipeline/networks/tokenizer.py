@@ -13,8 +13,9 @@ learns to represent a frame from part of it. Two architectures share the interfa
   are encoded independently, so DreamerV4's causal-in-time attention reduces to attention
   within the frame.
 
-``build_tokenizer(config)`` builds either from a JSON-able dict (what checkpoints store);
-``load_tokenizer(dir)`` loads a trained one (EMA weights, strict, eval mode).
+``tokenizer_config(params.tokenizer, image_size)`` is the JSON-able dict a checkpoint stores;
+``build_tokenizer(config)`` builds either architecture from it (``pipeline.training.checkpoint.
+load_trained`` loads a trained one).
 """
 
 from __future__ import annotations
@@ -23,17 +24,20 @@ import math
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange, repeat
 from torch import nn
 
 KIND = "tokenizer"
-ARCH_KEYS = {
+ARCH_KEYS = {  # the params keys each architecture is built from
     "conv": ("latent_channels", "downsample", "base_channels", "patch_size"),
     "transformer": ("latent_channels", "downsample", "patch_size", "dim", "depth", "heads"),
 }
 
 
 def tokenizer_config(params, image_size: int | tuple[int, int]) -> dict:
-    """The checkpoint config of a tokenizer from ``params.tokenizer`` and the frame size."""
+    """The checkpoint config of a tokenizer: its architecture's keys of the `tokenizer` params
+    section (a TokenizerParams or a dict of the same keys), the frame size and the latent shape
+    that follows from them."""
     h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
     t = params if isinstance(params, dict) else params.model_dump()
     config = {"arch": t["arch"], "image_size": [h, w], **{k: t[k] for k in ARCH_KEYS[t["arch"]]}}
@@ -111,18 +115,18 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
 
     def forward(self, x):
-        b, n, d = x.shape
-        q, k, v = self.qkv(self.norm1(x)).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        x = x + self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, d))
+        # x (B, N, D) -> q, k, v (B, heads, N, D/heads)
+        q, k, v = rearrange(self.qkv(self.norm1(x)), "b n (three h hd) -> three b h n hd", three=3, h=self.heads)
+        out = F.scaled_dot_product_attention(q, k, v)
+        x = x + self.proj(rearrange(out, "b h n hd -> b n (h hd)"))
         return x + self.mlp(self.norm2(x))
 
 
 def regrid(tokens: torch.Tensor, src: tuple[int, int], dst: tuple[int, int]) -> torch.Tensor:
     """Tokens (B, src_h·src_w, D) laid out on a grid -> (B, dst_h·dst_w, D) on another grid over
     the same image: averaged when coarser, repeated when finer."""
-    b, _, d = tokens.shape
-    grid = tokens.transpose(1, 2).reshape(b, d, *src)
-    return F.interpolate(grid, size=dst, mode="area").flatten(2).transpose(1, 2)
+    grid = rearrange(tokens, "b (h w) d -> b d h w", h=src[0], w=src[1])
+    return rearrange(F.interpolate(grid, size=dst, mode="area"), "b d h w -> b (h w) d")
 
 
 class TransformerEncoder(nn.Module):
@@ -142,7 +146,7 @@ class TransformerEncoder(nn.Module):
         self.to_latent = nn.Linear(dim, latent_channels)
 
     def forward(self, x, mask=None):
-        patches = F.unfold(x, self.p, stride=self.p).transpose(1, 2)  # (B, N, 3·p·p)
+        patches = rearrange(x, "b c (gh p1) (gw p2) -> b (gh gw) (c p1 p2)", p1=self.p, p2=self.p)  # (B, N, 3·p·p)
         tokens = self.patch_in(patches)
         if mask is not None:  # masked autoencoding: hidden patches become a learned token
             tokens = torch.where(mask.flatten(1)[..., None], self.mask_token.to(tokens.dtype), tokens)
@@ -177,8 +181,9 @@ class TransformerDecoder(nn.Module):
         tokens = torch.cat([latents, queries], 1) + self.pos
         for blk in self.blocks:
             tokens = blk(tokens)
-        patches = self.patch_out(self.norm(tokens[:, self.n_latents :]))
-        return F.fold(patches.transpose(1, 2), self.image_size, self.p, stride=self.p)
+        patches = self.patch_out(self.norm(tokens[:, self.n_latents :]))  # (B, N, 3·p·p)
+        gh, gw = self.patch_grid
+        return rearrange(patches, "b (gh gw) (c p1 p2) -> b c (gh p1) (gw p2)", gh=gh, gw=gw, p1=self.p, p2=self.p)
 
 
 # --------------------------------------------------------------------------------------------
@@ -216,18 +221,18 @@ class Tokenizer(nn.Module):
         x = pixels * 2 - 1
         if self.arch == "conv":
             if mask is not None:  # hidden patches read as mid-grey (0 after centring)
-                keep = ~mask[:, None].repeat_interleave(self.patch_size, 2).repeat_interleave(self.patch_size, 3)
-                x = x * keep
+                p = self.patch_size  # mask (B, gh, gw) -> pixels kept (B, 1, H, W)
+                x = x * ~repeat(mask, "b gh gw -> b 1 (gh p1) (gw p2)", p1=p, p2=p)
             return torch.tanh(self.encoder(x))
-        z = torch.tanh(self.encoder(x, mask))  # (B, L, C)
-        c, h, w = self.latent_shape
-        return z.transpose(1, 2).reshape(-1, c, h, w)
+        z = torch.tanh(self.encoder(x, mask))  # (B, h·w, C)
+        _, h, w = self.latent_shape
+        return rearrange(z, "b (h w) c -> b c h w", h=h, w=w)
 
     def decode_raw(self, latents: torch.Tensor) -> torch.Tensor:
         """Unclamped reconstruction (what the training loss sees)."""
         if tuple(latents.shape[1:]) != self.latent_shape:
             raise ValueError(f"tokenizer expects latents (B, {', '.join(map(str, self.latent_shape))}), got {tuple(latents.shape)}")
-        z = latents if self.arch == "conv" else latents.flatten(2).transpose(1, 2)
+        z = latents if self.arch == "conv" else rearrange(latents, "b c h w -> b (h w) c")
         return self.decoder(z) * 0.5 + 0.5
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -240,13 +245,17 @@ class Tokenizer(nn.Module):
 
 
 def build_tokenizer(config: dict) -> Tokenizer:
-    """A tokenizer from its config dict; a missing or inconsistent key is an error naming it."""
+    """The tokenizer a config dict (:func:`tokenizer_config`, what checkpoints store) describes.
+    Strict: exactly the keys of its architecture, and the shapes the model needs (whole patches,
+    the latent shape that the frame size and downsampling give); anything else is an error
+    naming it. The values themselves were validated as params when the config was made."""
     arch = config.get("arch")
     if arch not in ARCH_KEYS:
         raise ValueError(f"tokenizer config: arch must be one of {sorted(ARCH_KEYS)}, got {arch!r}")
-    missing = [k for k in ("image_size", "latent_shape", *ARCH_KEYS[arch]) if k not in config]
-    if missing:
-        raise ValueError(f"tokenizer config: missing keys {missing}")
+    keys = {"arch", "image_size", "latent_shape", *ARCH_KEYS[arch]}
+    missing, unexpected = sorted(keys - set(config)), sorted(set(config) - keys)
+    if missing or unexpected:
+        raise ValueError(f"tokenizer config: missing keys {missing}, unexpected keys {unexpected}")
     h, w = config["image_size"]
     d, p = config["downsample"], config["patch_size"]
     expected = [config["latent_channels"], h // d, w // d]
@@ -254,6 +263,4 @@ def build_tokenizer(config: dict) -> Tokenizer:
         raise ValueError(f"tokenizer config: latent_shape {config['latent_shape']} does not follow from image_size {[h, w]} / downsample {d} (expected {expected})")
     if h % p or w % p:
         raise ValueError(f"tokenizer config: patch_size {p} does not divide image_size {[h, w]}")
-    if arch == "transformer" and config["dim"] % config["heads"]:
-        raise ValueError(f"tokenizer config: dim {config['dim']} is not divisible by heads {config['heads']}")
     return Tokenizer(config)

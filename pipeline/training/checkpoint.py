@@ -6,7 +6,8 @@ Layout of a checkpoint directory (written atomically; never pickle)::
     model.safetensors       raw weights
     ema.safetensors         EMA weights (what inference uses), if training kept an EMA
     train_state.safetensors optimizer moments + RNG state, if saved for resume
-    train_state.json        optimizer param_groups and non-tensor state
+    train_state.json        optimizer param_groups and non-tensor state (+ "extra": what only
+                            resuming needs, if given)
 """
 
 from __future__ import annotations
@@ -68,8 +69,10 @@ def save_checkpoint(
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     step: int = 0,
     extra: dict | None = None,
+    train_extra: dict | None = None,
 ) -> None:
-    """Write a complete checkpoint to `directory`, replacing any previous one atomically."""
+    """Write a complete checkpoint to `directory`, replacing any previous one atomically.
+    `extra` goes to config.json; `train_extra` (with an optimizer) to train_state.json."""
     with atomic_dir(directory) as tmp:
         save_file(_cpu_state(model), tmp / "model.safetensors")
         if ema is not None:
@@ -79,6 +82,8 @@ def save_checkpoint(
             tensors["rng.torch"] = torch.get_rng_state()
             save_file(tensors, tmp / "train_state.safetensors")
             meta["scheduler"] = scheduler.state_dict() if scheduler is not None else None
+            if train_extra is not None:
+                meta["extra"] = train_extra
             (tmp / "train_state.json").write_text(json.dumps(meta))
         (tmp / CONFIG_FILE).write_text(
             json.dumps({"kind": kind, "config": config, "step": step, "extra": extra or {}}, indent=2)
@@ -148,7 +153,8 @@ def load_training_state(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> tuple[int, dict]:
-    """Restore everything needed to continue training; returns (step, extra)."""
+    """Restore everything needed to continue training; returns (step, extra): the config's
+    extra and the training state's (``train_extra`` of :func:`save_checkpoint`) together."""
     directory = Path(directory)
     header = read_config(directory, kind)
     load_weights(model, directory / "model.safetensors")
@@ -160,7 +166,7 @@ def load_training_state(
     if scheduler is not None and meta.get("scheduler") is not None:
         scheduler.load_state_dict(meta["scheduler"])
     torch.set_rng_state(tensors["rng.torch"])
-    return header["step"], header["extra"]
+    return header["step"], {**header["extra"], **meta.get("extra", {})}
 
 
 def checkpoint_hash(directory: str | Path) -> str:
@@ -173,7 +179,6 @@ def checkpoint_hash(directory: str | Path) -> str:
             h.update(name.encode())
             h.update(p.read_bytes())
     return h.hexdigest()
-
 
 
 def load_trained(directory: str | Path, kind: str, build: Callable[[dict], nn.Module],

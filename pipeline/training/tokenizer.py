@@ -3,18 +3,13 @@
 Loss: MSE + lpips_weight·LPIPS on reconstructions, each term divided by a running estimate of
 its RMS (DreamerV4), so that the weight means the same thing whatever the terms' scales.
 With ``mask_max > 0`` each sample hides a fraction p ~ U(0, mask_max) of its input patches.
-
-Resume: the output directory persists across runs (``persist: true`` in dvc.yaml). A run
-continues from its checkpoint only if the checkpoint was made with the same tokenizer params,
-seed and frames store (``params_hash``) and has not reached ``steps``; otherwise it starts
-fresh and clears the DVCLive directory. Checkpoints carry the optimizer, scheduler, EMA, RNG
-and running-RMS state, so a resumed run follows the same trajectory as an uninterrupted one.
+The EMA of the weights (what inference uses) is warmed up: it follows the model closely at
+first. Resume, checkpoints and logging: :mod:`pipeline.training.run`; the fingerprint a
+checkpoint must match covers the tokenizer section, the RNG seed and the frames store.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import time
 from pathlib import Path
@@ -25,7 +20,6 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from pipeline.atomic import remove_stale_tmp
 from pipeline.config import TokenizerParams
 from pipeline.data.pixels import to_pixels
 from pipeline.data.stores import StoreError, list_videos, open_store, store_identity
@@ -36,33 +30,17 @@ from pipeline.networks.tokenizer import (
     random_patch_mask,
     tokenizer_config,
 )
-from pipeline.training.checkpoint import (
-    CheckpointError,
-    load_training_state,
-    read_config,
-    save_checkpoint,
-)
-from pipeline.training.common import (
-    EMA,
-    build_optimizer,
-    check_finite,
-    open_live,
-    pick_device,
-    seed_everything,
-    warmup_cosine,
-)
-
-LOG_EVERY = 10  # steps between logged training points
+from pipeline.training.optim import Optimization, check_finite
+from pipeline.training.run import TrainingRun, run_fingerprint
+from pipeline.training.seeding import seed_everything
 
 
 # --------------------------------------------------------------------------------------------
 # data
 # --------------------------------------------------------------------------------------------
-def params_hash(tok: TokenizerParams, seed: int, frames_identity: str) -> str:
-    """What a checkpoint must match to be resumed. encode_batch_size only affects the tokenize stage."""
-    section = tok.model_dump(exclude={"encode_batch_size"})
-    blob = json.dumps({"tokenizer": section, "seed": seed, "frames": frames_identity}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()
+def tokenizer_fingerprint(tok: TokenizerParams, seed: int, frames_identity: str) -> str:
+    """What a checkpoint must match to be resumed: the tokenizer section, the RNG seed, the frames."""
+    return run_fingerprint({"tokenizer": tok.model_dump(), "seed": seed}, frames_identity)
 
 
 def load_split(store: str | Path, split: str) -> list[np.ndarray]:
@@ -123,119 +101,83 @@ def evaluate(model, lpips: LPIPS, prev: np.ndarray, cur: np.ndarray, batch: int 
     return {k: v / len(cur) for k, v in sums.items()}
 
 
+def final_metrics(quality: dict, config: dict, step: int, val_frames: int, n_params: int) -> dict:
+    """metrics/tokenizer.json from the last evaluation (no wall-clock figures: these also go
+    into the checkpoint, which must not change when nothing else does)."""
+    c, h, w = config["latent_shape"]
+    pixels = 3 * config["image_size"][0] * config["image_size"][1]
+    return {
+        "step": step,
+        "val": {k: quality[k] for k in ("psnr", "ssim", "lpips")},
+        "persistence": {k: quality[f"persistence_{k}"] for k in ("psnr", "ssim", "lpips")},
+        "psnr_gain_over_persistence": quality["psnr"] - quality["persistence_psnr"],
+        "val_frames": val_frames,
+        "latent_shape": [c, h, w],
+        "compression_ratio": pixels / (c * h * w),  # values per frame, pixels / latents
+        "compression_ratio_bytes": pixels / (2 * c * h * w),  # uint8 frames vs float16 latents
+        "n_params": n_params,
+    }
+
+
 # --------------------------------------------------------------------------------------------
 # the loop
 # --------------------------------------------------------------------------------------------
-def train_tokenizer(
-    tok: TokenizerParams,
-    seed: int,
-    frames: str | Path,
-    out_dir: str | Path,
-    live_dir: str | Path,
-    on_step: Callable[[int, dict], None] | None = None,
-) -> dict:
-    """Train (or continue training) the tokenizer; returns the final val metrics.
+def train_tokenizer(tok: TokenizerParams, seed: int, *, frames: str | Path, out_dir: str | Path,
+                    live_dir: str | Path, metrics_path: str | Path,
+                    on_step: Callable[[int, dict], None] | None = None) -> dict:  # fmt: skip
+    """Train (or continue training) the tokenizer; writes and returns the final val metrics.
 
     `on_step(step, logs)` runs after every optimisation step (progress hooks, tests).
     """
-    frames, out_dir, live_dir = Path(frames), Path(out_dir), Path(live_dir)
-    device = pick_device()
     t_start = time.perf_counter()
+    frames = Path(frames)
+    run = TrainingRun(KIND, loop=tok, fingerprint=tokenizer_fingerprint(tok, seed, store_identity(frames)),
+                      out_dir=out_dir, live_dir=live_dir, metrics_path=metrics_path)
 
     # Data: train frames in memory as uint8 (64 px Atari: ~12 KB a frame); val pairs fixed.
-    identity = store_identity(frames)
-    run_hash = params_hash(tok, seed, identity)
     train = torch.from_numpy(np.concatenate(load_split(frames, "train")))
     prev, cur = val_pairs(load_split(frames, "val"), tok.val_frames)
-    image_size = tuple(train.shape[1:3])
 
-    # Model, EMA, optimizer, schedule; all randomness from the seed.
+    # Model, optimisation (EMA warmed up), loss normalisation; all randomness from `seed`.
     seed_everything(seed)
-    config = tokenizer_config(tok, image_size)
-    model = build_tokenizer(config).to(device)
-    ema = EMA(model, tok.ema_decay)
-    optimizer = build_optimizer(model, tok.lr, tok.weight_decay)
-    scheduler = warmup_cosine(optimizer, tok.warmup_steps, tok.steps)
-    lpips = LPIPS().to(device)
-    rms = {"mse": RunningRMS(), "lpips": RunningRMS()}
-
-    remove_stale_tmp(out_dir.parent, out_dir.name)  # leftovers of a killed run
-    # Resume if the persisted checkpoint belongs to this very run and is unfinished.
-    step, resume = 0, False
-    try:
-        header = read_config(out_dir, KIND)
-        resume = header["extra"].get("params_hash") == run_hash and header["step"] < tok.steps
-    except CheckpointError:
-        pass
-    if resume:
-        step, extra = load_training_state(out_dir, kind=KIND, model=model, ema=ema, optimizer=optimizer, scheduler=scheduler)
-        rms = {k: RunningRMS(**v) for k, v in extra["rms"].items()}
-        print(f"train_tokenizer: resuming from step {step}/{tok.steps} ({out_dir})")
-    live = open_live(live_dir, step if resume else None)
-    live.log_params({"tokenizer": tok.model_dump(), "seed": seed, "latent_shape": config["latent_shape"]})
-
-    def checkpoint(at: int, extra: dict | None = None) -> None:
-        save_checkpoint(
-            out_dir, kind=KIND, config=config, model=model, ema=ema, optimizer=optimizer, scheduler=scheduler, step=at,
-            extra={"params_hash": run_hash, "frames_identity": identity, "rms": {k: r.state() for k, r in rms.items()}, **(extra or {})},
-        )
+    config = tokenizer_config(tok, tuple(train.shape[1:3]))
+    model = build_tokenizer(config).to(run.device)
+    opt = Optimization(model, tok, ema_warmup=True)
+    lpips = LPIPS().to(run.device)
+    step, extra = run.resume(model, opt)
+    rms = {k: RunningRMS(**extra.get("rms", {}).get(k, {})) for k in ("mse", "lpips")}
+    run.open_live({"tokenizer": tok.model_dump(), "seed": seed, "latent_shape": config["latent_shape"]})
 
     bar = tqdm(total=tok.steps, initial=step, desc="train_tokenizer", unit="step", dynamic_ncols=True)
     while step < tok.steps:
         model.train()
-        x = to_pixels(train[torch.randint(len(train), (tok.batch_size,))], device)
-        mask = random_patch_mask(len(x), model.mask_grid, tok.mask_max, device)
+        x = to_pixels(train[torch.randint(len(train), (tok.batch_size,))], run.device)
+        mask = random_patch_mask(len(x), model.mask_grid, tok.mask_max, run.device)
         recon, _ = model(x, mask)
         mse = F.mse_loss(recon, x)
         perceptual = lpips(recon, x).mean()
         loss = mse / rms["mse"].update(mse) + tok.lpips_weight * perceptual / rms["lpips"].update(perceptual)
         check_finite(loss, step)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tok.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        ema.decay = min(tok.ema_decay, (1 + step) / (10 + step))  # warm-up: early EMA follows the model
-        ema.update(model)
+        grad_norm = opt.step(loss, step)
         step += 1
 
         logs = {"loss": loss.item(), "mse": mse.item(), "lpips": perceptual.item(),
-                "psnr": -10 * math.log10(max(mse.item(), 1e-10)), "grad_norm": grad_norm.item(),
-                "lr": scheduler.get_last_lr()[0]}
+                "psnr": -10 * math.log10(max(mse.item(), 1e-10)), "grad_norm": grad_norm.item(), "lr": opt.lr}
         bar.update(1)
         bar.set_postfix(loss=f"{logs['loss']:.3f}", psnr=f"{logs['psnr']:.2f}")
-        log_train = step % LOG_EVERY == 0 or step == tok.steps
-        log_val = step % tok.val_every == 0 or step == tok.steps  # any val_every, not only multiples of LOG_EVERY
-        if log_train or log_val:
-            live.step = step
-            if log_train:
-                for k, v in logs.items():
-                    live.log_metric(f"train/{k}", v)
-            if log_val:
-                for k, v in evaluate(ema.module, lpips, prev, cur).items():
-                    live.log_metric(f"val/{k}", v)
-            live.next_step()
+        points = {f"train/{k}": v for k, v in logs.items()} if run.due(step, tok.log_every) else {}
+        if run.due(step, tok.val_every):  # any val_every, not only multiples of log_every
+            points |= {f"val/{k}": v for k, v in evaluate(opt.ema.module, lpips, prev, cur).items()}
+        run.log(step, points)
         if step % tok.checkpoint_every == 0 and step < tok.steps:
-            checkpoint(step)
+            run.save(step, config=config, model=model, opt=opt, extra={"rms": {k: r.state() for k, r in rms.items()}})
         if on_step is not None:
             on_step(step, logs)
     bar.close()
 
-    final = evaluate(ema.module, lpips, prev, cur)
-    c, h, w = config["latent_shape"]
-    pixels = 3 * image_size[0] * image_size[1]
-    metrics = {
-        "step": step,
-        "val": {k: final[k] for k in ("psnr", "ssim", "lpips")},
-        "persistence": {k: final[f"persistence_{k}"] for k in ("psnr", "ssim", "lpips")},
-        "psnr_gain_over_persistence": final["psnr"] - final["persistence_psnr"],
-        "val_frames": len(cur),
-        "latent_shape": [c, h, w],
-        "compression_ratio": pixels / (c * h * w),  # values per frame, pixels / latents
-        "compression_ratio_bytes": pixels / (2 * c * h * w),  # uint8 frames vs float16 latents
-        "n_params": sum(p.numel() for p in model.parameters()),
-    }
-    checkpoint(step, {"metrics": metrics})  # no wall-clock figures: same params, same bytes
-    metrics["train_seconds_this_run"] = round(time.perf_counter() - t_start, 1)
-    live.end()
-    return metrics
+    n_params = sum(p.numel() for p in model.parameters())
+    metrics = final_metrics(evaluate(opt.ema.module, lpips, prev, cur), config, step, len(cur), n_params)
+    run.save(step, config=config, model=model, opt=opt,
+             extra={"rms": {k: r.state() for k, r in rms.items()}, "metrics": metrics})
+    metrics |= {"resumed_from": run.resumed_from, "train_seconds_this_run": round(time.perf_counter() - t_start, 1)}
+    return run.finish(metrics)

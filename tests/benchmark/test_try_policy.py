@@ -37,7 +37,8 @@ def project(tmp_path_factory):
     tok = build_tokenizer(tokenizer_config(dict(arch="conv", latent_channels=4, downsample=4, base_channels=8,
                                                 patch_size=8), 64))
     dyn = build_dynamics(dict(latent_channels=4, latent_height=16, latent_width=16, n_actions=3, dim=32, depth=2,
-                              heads=2, kv_heads=2, patch_size=4, num_registers=1, temporal_every=2, k_max=4))
+                              heads=2, kv_heads=2, patch_size=4, num_registers=1, temporal_every=2, k_max=4,
+                              mlp_ratio=4.0, logit_softcap=50.0, latent_mean=0.0, latent_std=1.0))
     torch.nn.init.normal_(dyn.patch_out.weight, std=0.1)
     save_checkpoint(root / "models/tokenizer", kind="tokenizer", config=tok.config, model=tok, ema=tok)
     save_checkpoint(root / "models/dynamics", kind="dynamics", config=config_dict(dyn.config), model=dyn, ema=dyn)

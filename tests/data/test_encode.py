@@ -3,19 +3,18 @@ import pytest
 import torch
 import zarr
 
-from pipeline.config import TokenizerParams
 from pipeline.data.encode import encode_store
 from pipeline.data.stores import StoreError, list_videos, read_poses
 from pipeline.networks.tokenizer import build_tokenizer, tokenizer_config
 from pipeline.training.checkpoint import checkpoint_hash, load_trained, save_checkpoint
-from pipeline.training.common import EMA
-from tests.builders import write_frames_store
+from pipeline.training.optim import EMA
+from tests.builders import params_section, write_frames_store
 
 
 @pytest.fixture
 def tokenizer_dir(tmp_path):
     torch.manual_seed(0)
-    config = tokenizer_config(TokenizerParams(base_channels=8, latent_channels=4, downsample=4), 32)
+    config = tokenizer_config(params_section("tokenizer", base_channels=8, latent_channels=4, downsample=4), 32)
     model = build_tokenizer(config)
     save_checkpoint(tmp_path / "tok", kind="tokenizer", config=config, model=model, ema=EMA(model, 0.9), step=1)
     return tmp_path / "tok"

@@ -13,12 +13,15 @@ from pipeline.diffusion.objective import (
     shortcut_forcing_loss,
     shortcut_step,
 )
-from pipeline.networks.dynamics import DynamicsConfig, DynamicsTransformer
+from pipeline.networks.dynamics import DynamicsTransformer
+from tests.builders import dynamics_config
 
 
 def tiny_model() -> DynamicsTransformer:
     torch.manual_seed(0)
-    model = DynamicsTransformer(DynamicsConfig(4, 8, 8, n_actions=3, dim=32, depth=2, heads=2, kv_heads=1, k_max=8)).eval()
+    model = DynamicsTransformer(dynamics_config((4, 8, 8), n_actions=3, dim=32, depth=2, heads=2, kv_heads=1, k_max=8,
+                                                patch_size=2, num_registers=2, temporal_every=2, mlp_ratio=4.0,
+                                                logit_softcap=50.0)).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.1)

@@ -1,3 +1,4 @@
+import math
 import pickle
 import warnings
 
@@ -8,7 +9,7 @@ import torch.nn.functional as F
 from skimage import data as skdata
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from pipeline.metrics import LPIPS, psnr, ssim, video_metrics
+from pipeline.metrics import LPIPS, pooled_psnr, psnr, ssim, video_metrics
 from pipeline.metrics.lpips_weights import (
     CONV_INDICES,
     alexnet_features_state,
@@ -133,3 +134,13 @@ def test_metrics_name_the_shape_problem(lpips_metric, photo):
         ssim(photo[:, :1], photo[:, :1])
     with pytest.raises(ValueError, match="at least 11x11"):
         ssim(photo[..., :8, :8], photo[..., :8, :8])
+
+
+def test_pooled_psnr_is_one_value_over_the_whole_batch_for_any_data_range(photo):
+    pred, target = noisy(photo, 0.05), photo
+    assert pooled_psnr(pred, target, 1.0) == pytest.approx(psnr(pred, target).item(), abs=1e-4)  # one image
+    assert pooled_psnr(2 * pred - 1, 2 * target - 1, 2.0) == pytest.approx(pooled_psnr(pred, target, 1.0), abs=1e-4)
+    latents = torch.randn(3, 2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    mse = (latents[1:] - latents[:-1]).pow(2).mean().item()
+    assert pooled_psnr(latents[1:], latents[:-1], 4.0) == 10 * math.log10(16.0 / mse)
+    assert pooled_psnr(latents, latents, 1.0) == 120.0  # MSE floored at 1e-12

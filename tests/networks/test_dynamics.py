@@ -1,6 +1,9 @@
+from dataclasses import MISSING, fields
+
 import pytest
 import torch
 
+from pipeline.networks import dynamics
 from pipeline.networks.dynamics import (
     DynamicsConfig,
     DynamicsTransformer,
@@ -8,14 +11,16 @@ from pipeline.networks.dynamics import (
     config_dict,
 )
 from pipeline.training.checkpoint import CheckpointError, load_trained, save_checkpoint
+from tests.builders import dynamics_config, params_section
+
+TINY = dict(dim=32, depth=4, heads=4, kv_heads=2, patch_size=2, num_registers=2, temporal_every=2, k_max=8,
+            mlp_ratio=4.0, logit_softcap=50.0)
 
 
 def tiny(**overrides) -> DynamicsTransformer:
-    kw = dict(latent_channels=4, latent_height=8, latent_width=8, n_actions=3, dim=32, depth=4, heads=4,
-              kv_heads=2, patch_size=2, num_registers=2, temporal_every=2, k_max=8)
-    kw.update(overrides)
+    """A small model on latents (4, 8, 8) with 3 actions, weights perturbed from their init."""
     torch.manual_seed(0)
-    model = DynamicsTransformer(DynamicsConfig(**kw)).eval()
+    model = DynamicsTransformer(dynamics_config((4, 8, 8), n_actions=3, **(TINY | overrides))).eval()
     with torch.no_grad():  # the zero-initialised head would make every comparison trivial
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.1)
@@ -156,7 +161,7 @@ def test_load_dynamics_gives_the_ema_weights_in_eval_mode_and_rejects_a_mismatch
 
 def test_patch_size_must_divide_the_latent_grid():
     with pytest.raises(ValueError, match="patch_size 3"):
-        DynamicsConfig(latent_channels=4, latent_height=8, latent_width=8, patch_size=3)
+        DynamicsTransformer(dynamics_config((4, 8, 8), **(TINY | {"patch_size": 3})))
 
 
 def test_normalize_maps_latents_to_the_model_space_and_denormalize_inverts_it():
@@ -177,7 +182,23 @@ def test_the_normalisation_is_part_of_the_saved_config(tmp_path):
 
 def test_a_non_positive_latent_std_is_rejected():
     with pytest.raises(ValueError, match="latent_std"):
-        DynamicsConfig(latent_channels=4, latent_height=8, latent_width=8, latent_std=0.0)
+        DynamicsTransformer(dynamics_config((4, 8, 8), latent_std=0.0, **TINY))
+
+
+def test_a_checkpoint_config_must_name_every_field_and_nothing_else():
+    config = config_dict(tiny().config)
+    with pytest.raises(ValueError, match=r"missing keys \['k_max'\]"):
+        build_dynamics({k: v for k, v in config.items() if k != "k_max"})
+    with pytest.raises(ValueError, match=r"unexpected keys \['dropout'\]"):
+        build_dynamics(config | {"dropout": 0.1})
+
+
+def test_the_config_is_the_model_params_section_plus_the_data_it_was_trained_on():
+    model = params_section("model")
+    config = dynamics.dynamics_config(model, (8, 16, 16), n_actions=18, latent_mean=-0.1, latent_std=0.4)
+    assert config_dict(config) == {"latent_channels": 8, "latent_height": 16, "latent_width": 16, "n_actions": 18,
+                                   **model.model_dump(), "latent_mean": -0.1, "latent_std": 0.4}
+    assert all(f.default is MISSING and f.default_factory is MISSING for f in fields(DynamicsConfig))  # params only
 
 
 def test_a_model_first_run_in_inference_mode_still_trains():

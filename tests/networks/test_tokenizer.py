@@ -3,7 +3,6 @@ import json
 import pytest
 import torch
 
-from pipeline.config import TokenizerParams
 from pipeline.networks.tokenizer import (
     build_tokenizer,
     random_patch_mask,
@@ -11,10 +10,12 @@ from pipeline.networks.tokenizer import (
     tokenizer_config,
 )
 from pipeline.training.checkpoint import CheckpointError, load_trained, save_checkpoint
-from pipeline.training.common import EMA
+from pipeline.training.optim import EMA
+from tests.builders import params_section
 
-CONV = TokenizerParams(arch="conv", base_channels=8, latent_channels=4, downsample=4, patch_size=8)
-TRANSFORMER = TokenizerParams(arch="transformer", latent_channels=4, downsample=4, patch_size=8, dim=32, depth=1, heads=2)
+CONV = params_section("tokenizer", arch="conv", base_channels=8, latent_channels=4, downsample=4, patch_size=8)
+TRANSFORMER = params_section("tokenizer", arch="transformer", latent_channels=4, downsample=4, patch_size=8, dim=32,
+                             depth=1, heads=2)
 
 
 @pytest.mark.parametrize("params", [CONV, TRANSFORMER], ids=["conv", "transformer"])
@@ -58,6 +59,8 @@ def test_build_rejects_inconsistent_configs_by_name():
         build_tokenizer({k: v for k, v in config.items() if k != "base_channels"})
     with pytest.raises(ValueError, match="arch"):
         build_tokenizer({**config, "arch": "vqgan"})
+    with pytest.raises(ValueError, match=r"unexpected keys \['dim'\]"):
+        build_tokenizer({**config, "dim": 32})  # a conv tokenizer has no transformer width
     with pytest.raises(ValueError, match=r"expects pixels \(B, 3, 32, 32\)"):
         build_tokenizer(config).encode(torch.rand(1, 3, 64, 64))
 
@@ -104,8 +107,8 @@ def test_regrid_averages_onto_a_coarser_grid_and_repeats_onto_a_finer_one():
 def test_transformer_latents_have_a_local_path_to_the_patches_under_them(patch_size):
     # With every block's output zeroed (the residual stream only), what reaches a latent token
     # is its local path: changing the top-left patch must change only the latents it covers.
-    cfg = tokenizer_config(TokenizerParams(arch="transformer", dim=32, depth=1, heads=4, patch_size=patch_size,
-                                           latent_channels=4, downsample=4), 32)  # fmt: skip
+    cfg = tokenizer_config(params_section("tokenizer", arch="transformer", dim=32, depth=1, heads=4,
+                                          patch_size=patch_size, latent_channels=4, downsample=4), 32)  # fmt: skip
     torch.manual_seed(0)
     tok = build_tokenizer(cfg).eval()
     with torch.no_grad():

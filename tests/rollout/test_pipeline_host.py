@@ -11,7 +11,8 @@ from pipeline.rollout.pipeline_host import PipelineHost
 from pipeline.rollout.policies import load_policy
 
 DYN = dict(latent_channels=4, latent_height=8, latent_width=8, n_actions=3, dim=32, depth=4, heads=2, kv_heads=2,
-           patch_size=2, num_registers=1, temporal_every=2, k_max=16)
+           patch_size=2, num_registers=1, temporal_every=2, k_max=16, mlp_ratio=4.0, logit_softcap=50.0,
+           latent_mean=0.0, latent_std=1.0)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from pipeline.training.checkpoint import (
     read_config,
     save_checkpoint,
 )
-from pipeline.training.common import EMA, build_optimizer, warmup_cosine
+from pipeline.training.optim import EMA, build_optimizer, warmup_cosine
 
 
 def build(config: dict) -> nn.Module:

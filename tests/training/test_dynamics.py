@@ -13,11 +13,13 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 import pipeline.training.dynamics as dt
+import pipeline.training.run as training_run
 from pipeline.config import parse_params
 from pipeline.data.latent_windows import AlternatingBatches, LatentVideos, WindowError
-from pipeline.networks.dynamics import DynamicsConfig, DynamicsTransformer
+from pipeline.networks.dynamics import DynamicsTransformer, dynamics_config
 from pipeline.training.checkpoint import read_config
-from pipeline.training.common import NonFiniteLossError
+from pipeline.training.distributed import Dist, shard
+from pipeline.training.optim import NonFiniteLossError
 from tests.builders import write_latents_store
 
 REPO = Path(__file__).resolve().parents[2]
@@ -58,8 +60,8 @@ def test_a_tiny_model_learns_a_tiny_synthetic_sequence(tmp):
     assert val["psnr_tau_0.5"] > val["input_psnr_tau_0.5"] + 3  # denoises, not just copies its input
     assert json.loads((out / "train.json").read_text())["val"] == val
     assert metrics["tau_min"] == 0.125 and metrics["tau_max"] == 1.0
-    assert metrics["params"] == sum(p.numel() for p in DynamicsTransformer(DynamicsConfig(
-        4, 8, 8, n_actions=3, **tiny_params().model.model_dump())).parameters())
+    assert metrics["params"] == sum(p.numel() for p in DynamicsTransformer(dynamics_config(
+        tiny_params().model, (4, 8, 8), n_actions=3)).parameters())
     assert (out / "dvclive/plots/metrics/train/loss_d/1_8.tsv").is_file()  # per-d losses, d_min = 1/8
     assert (out / "dvclive/plots/metrics/train/batches_per_s.tsv").is_file()
 
@@ -81,15 +83,25 @@ def test_console_shows_step_kind_length_loss_tau_range_and_rate(tmp, capsys):
     assert __import__("re").fullmatch(r"step 5/5 [SL] T=(8|16) loss \d+\.\d{4} Tau: \[0\.\d\d-1\.00\] [\d.]+ batch/s", line)
 
 
-def killed_then_resumed(tmp, monkeypatch, params, name: str, dying):
-    """Run with ``dt.<name>`` replaced by ``dying(original)`` until it raises KeyboardInterrupt
+def killed_then_resumed(tmp, monkeypatch, params, module, name: str, dying):
+    """Run with ``module.<name>`` replaced by ``dying(original)`` until it raises KeyboardInterrupt
     (the kill), then run again with the original: (out dir, metrics) of the resumed run."""
-    real = getattr(dt, name)
-    monkeypatch.setattr(dt, name, dying(real))
+    real = getattr(module, name)
+    monkeypatch.setattr(module, name, dying(real))
     with pytest.raises(KeyboardInterrupt):
         run(tmp, params, "killed")
-    monkeypatch.setattr(dt, name, real)
+    monkeypatch.setattr(module, name, real)
     return run(tmp, params, "killed")
+
+
+def save_then_die_at(kill_step: int):
+    def dying(real_save):
+        def save(*args, step, **kwargs):
+            real_save(*args, step=step, **kwargs)
+            if step == kill_step:
+                raise KeyboardInterrupt  # killed right after this checkpoint
+        return save
+    return dying
 
 
 def logged_steps(out) -> list[int]:
@@ -99,15 +111,7 @@ def logged_steps(out) -> list[int]:
 def test_resume_after_a_kill_continues_exactly(tmp, monkeypatch):
     params = tiny_params()
     whole, expected = run(tmp, params, "whole")
-
-    def save_then_die(real_save):
-        def save(*args, step, **kwargs):
-            real_save(*args, step=step, **kwargs)
-            if step == 10:
-                raise KeyboardInterrupt  # killed right after the step-10 checkpoint
-        return save
-
-    killed, resumed = killed_then_resumed(tmp, monkeypatch, params, "save_checkpoint", save_then_die)
+    killed, resumed = killed_then_resumed(tmp, monkeypatch, params, training_run, "save_checkpoint", save_then_die_at(10))
     assert resumed["resumed_from"] == [10]
     for file in ("model.safetensors", "ema.safetensors"):
         a, b = load_file(whole / "models/dynamics" / file), load_file(killed / "models/dynamics" / file)
@@ -115,6 +119,30 @@ def test_resume_after_a_kill_continues_exactly(tmp, monkeypatch):
     for key in ("final_loss", "best_loss", "tau_min", "tau_max", "short_batches", "long_batches", "val"):
         assert resumed[key] == expected[key]
     assert logged_steps(killed) == [5, 10, 15, 20]
+
+
+def files(directory: Path) -> dict[str, bytes]:
+    return {p.relative_to(directory).as_posix(): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_a_run_killed_twice_ends_with_the_checkpoint_and_plots_of_an_uninterrupted_one(tmp, monkeypatch):
+    # DVC hashes every file of models/dynamics: any resume trace there would rerun the benchmark.
+    params = tiny_params(steps=30, val_every=10)
+    whole, expected = run(tmp, params, "whole")
+    for kill_step in (10, 20):
+        with monkeypatch.context() as m:
+            m.setattr(training_run, "save_checkpoint", save_then_die_at(kill_step)(training_run.save_checkpoint))
+            with pytest.raises(KeyboardInterrupt):
+                run(tmp, params, "killed")
+    killed, resumed = run(tmp, params, "killed")
+    assert resumed["resumed_from"] == [10, 20] and expected["resumed_from"] == []
+    assert json.loads((killed / "train.json").read_text())["resumed_from"] == [10, 20]
+    assert files(killed / "models/dynamics") == files(whole / "models/dynamics")
+    plots, whole_plots = files(killed / "dvclive/plots/metrics"), files(whole / "dvclive/plots/metrics")
+    assert plots.keys() == whole_plots.keys() and "val/psnr_tau_0.5.tsv" in plots
+    assert not any(b"\r" in content for content in plots.values())
+    timing = "train/batches_per_s.tsv"
+    assert {k: v for k, v in plots.items() if k != timing} == {k: v for k, v in whole_plots.items() if k != timing}
 
 
 def test_a_kill_between_checkpoints_leaves_no_duplicate_plot_rows(tmp, monkeypatch):
@@ -125,7 +153,7 @@ def test_a_kill_between_checkpoints_leaves_no_duplicate_plot_rows(tmp, monkeypat
                 raise KeyboardInterrupt
         return check
 
-    killed, resumed = killed_then_resumed(tmp, monkeypatch, tiny_params(), "check_finite", die_at_step_16)
+    killed, resumed = killed_then_resumed(tmp, monkeypatch, tiny_params(), dt, "check_finite", die_at_step_16)
     assert resumed["resumed_from"] == [10]
     assert logged_steps(killed) == [5, 10, 15, 20]
 
@@ -157,12 +185,12 @@ def test_windows_longer_than_every_video_name_train_seq_len_long(tmp):
 # ---------------------------------------------------------------------------------------------
 # DDP: two CPU processes (gloo) compute the first-step gradient of the same global batch
 # ---------------------------------------------------------------------------------------------
-def first_step_grads(model, params, d: dt.Dist) -> dict[str, torch.Tensor]:
+def first_step_grads(model, params, d: Dist) -> dict[str, torch.Tensor]:
     batches = AlternatingBatches(LatentVideos.load(params_store(), "train"), seq_len_short=8, seq_len_long=16,
                                  batch_size_short=4, batch_size_long=2, long_ratio=0.0, stride=2, seed=params.seed)
     batch = batches.batch(0)
     plan = dt.global_plan(batch, params, 0)
-    rows = dt.shard(batch.latents.shape[0], d, "train.batch_size_short")
+    rows = shard(batch.latents.shape[0], d, "train.batch_size_short")
     net = torch.nn.parallel.DistributedDataParallel(model) if d.world > 1 else model
     loss, _ = dt.local_loss(net, batch.rows(rows), plan.rows(rows), "velocity", torch.device("cpu"))
     loss.backward()
@@ -175,7 +203,7 @@ def params_store():
 
 def new_model(params):
     torch.manual_seed(params.seed)
-    model = DynamicsTransformer(DynamicsConfig(4, 8, 8, n_actions=3, **params.model.model_dump()))
+    model = DynamicsTransformer(dynamics_config(params.model, (4, 8, 8), n_actions=3))
     with torch.no_grad():  # non-zero head, so every parameter gets a gradient
         model.patch_out.weight.normal_(0, 0.02)
     return model
@@ -186,7 +214,7 @@ def ddp_worker(rank, directory):
     os.environ["H4_DDP_DIR"] = directory
     dist.init_process_group("gloo", init_method=f"file://{directory}/rendezvous", rank=rank, world_size=2)
     params = tiny_params(bootstrap_fraction=0.5, single_frame_fraction=0.5)
-    grads = first_step_grads(new_model(params), params, dt.Dist(rank, 2, 0))
+    grads = first_step_grads(new_model(params), params, Dist(rank, 2, 0))
     save_file({k: v.contiguous() for k, v in grads.items()}, f"{directory}/grads{rank}.safetensors")
     dist.destroy_process_group()
 
@@ -196,7 +224,7 @@ def test_ddp_with_two_cpu_processes_gives_the_first_step_gradient_of_one_process
     # fork: the workers inherit the imported modules instead of importing torch again
     mp.start_processes(ddp_worker, args=(str(tmp),), nprocs=2, join=True, start_method="fork")
     params = tiny_params(bootstrap_fraction=0.5, single_frame_fraction=0.5)
-    single = first_step_grads(new_model(params), params, dt.Dist())
+    single = first_step_grads(new_model(params), params, Dist())
     for rank in (0, 1):
         grads = load_file(tmp / f"grads{rank}.safetensors")
         assert grads.keys() == single.keys()

@@ -5,16 +5,23 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import TokenizerParams
+from pipeline.config import parse_params
 from pipeline.data.stores import StoreError, store_identity
 from pipeline.metrics import psnr
 from pipeline.networks.tokenizer import build_tokenizer
 from pipeline.training.checkpoint import load_trained
-from pipeline.training.tokenizer import RunningRMS, params_hash, train_tokenizer
-from tests.builders import write_frames_store
+from pipeline.training.tokenizer import RunningRMS, tokenizer_fingerprint
+from pipeline.training.tokenizer import train_tokenizer as train_tokenizer_into
+from tests.builders import default_raw_params, params_section, write_frames_store
 
-TINY = TokenizerParams(base_channels=8, latent_channels=4, downsample=2, steps=30, batch_size=8, lr=3e-3,
-                       warmup_steps=5, val_every=10, checkpoint_every=10, val_frames=8)
+TINY = params_section("tokenizer", base_channels=8, latent_channels=4, downsample=2, steps=30, batch_size=8, lr=3e-3,
+                      warmup_steps=5, val_every=10, checkpoint_every=10, val_frames=8)
+
+
+def train_tokenizer(tok, seed, frames, out_dir, live_dir, on_step=None):
+    """A run writing its metrics beside its checkpoint directory (<out_dir>.json)."""
+    return train_tokenizer_into(tok, seed, frames=frames, out_dir=out_dir, live_dir=live_dir,
+                                metrics_path=out_dir.with_suffix(".json"), on_step=on_step)
 
 
 class Kill(Exception):
@@ -61,6 +68,30 @@ def test_resume_after_a_kill_continues_the_step_count_and_the_loss_curve(frames_
     assert resumed["val"] == straight["val"]
 
 
+def test_a_resumed_run_writes_the_checkpoint_files_and_plots_of_an_uninterrupted_one(frames_store, tmp_path):
+    params = TINY.model_copy(update={"steps": 20})
+    straight = train_tokenizer(params, 0, frames_store, tmp_path / "a", tmp_path / "live_a")
+
+    def kill_at_15(step, logs):
+        if step == 15:
+            raise Kill
+
+    with pytest.raises(Kill):
+        train_tokenizer(params, 0, frames_store, tmp_path / "b", tmp_path / "live_b", on_step=kill_at_15)
+    resumed = train_tokenizer(params, 0, frames_store, tmp_path / "b", tmp_path / "live_b")
+    assert resumed["resumed_from"] == [10] and straight["resumed_from"] == []
+    for out in ("a", "b"):  # the stage's metrics file, written by the library
+        assert json.loads((tmp_path / f"{out}.json").read_text())["val"] == straight["val"]
+
+    def files(directory):
+        return {p.relative_to(directory).as_posix(): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+    assert files(tmp_path / "b") == files(tmp_path / "a")  # config.json, weights, train_state.*
+    plots = files(tmp_path / "live_b" / "plots")
+    assert plots == files(tmp_path / "live_a" / "plots") and "metrics/val/psnr.tsv" in plots
+    assert not any(b"\r" in content for content in plots.values())
+
+
 def test_changed_params_or_data_start_fresh(frames_store, tmp_path):
     short = TINY.model_copy(update={"steps": 10})
     train_tokenizer(short, 0, frames_store, tmp_path / "tok", tmp_path / "live")
@@ -71,8 +102,10 @@ def test_changed_params_or_data_start_fresh(frames_store, tmp_path):
     assert [s for s, _ in curve(tmp_path / "live")] == [10, 20]  # ... and the old curve is gone
     other = write_frames_store(tmp_path / "other.zarr", seed=1)
     assert store_identity(other) != store_identity(frames_store)
-    assert params_hash(short, 0, store_identity(other)) != params_hash(short, 0, store_identity(frames_store))
-    assert params_hash(short, 0, "x") == params_hash(short.model_copy(update={"encode_batch_size": 7}), 0, "x")
+    assert tokenizer_fingerprint(short, 0, store_identity(other)) != tokenizer_fingerprint(short, 0, store_identity(frames_store))
+    raw = default_raw_params()
+    a, b = parse_params(raw), parse_params({**raw, "tokenize": {"batch_size": 7}})
+    assert tokenizer_fingerprint(a.tokenizer, a.seed, "x") == tokenizer_fingerprint(b.tokenizer, b.seed, "x")
 
 
 def test_missing_val_split_is_named(tmp_path):

@@ -1,0 +1,170 @@
+"""A training run around its loop: what the tokenizer and the dynamics trainers share.
+
+A loop reads top to bottom with it::
+
+    run = TrainingRun(KIND, loop=params.train, fingerprint=..., out_dir=..., live_dir=..., metrics_path=...)
+    model = build(...).to(run.device)
+    opt = Optimization(model, params.train)
+    step, extra = run.resume(model, opt)      # (0, {}) unless out_dir holds this run, unfinished
+    run.open_live()
+    while step < steps:
+        ... loss ...; opt.step(loss, step); step += 1
+        if run.due(step, params.train.log_every):
+            run.log(step, {"train/loss": ...})
+        if step % params.train.checkpoint_every == 0 and step < steps:
+            run.save(step, config=..., model=model, opt=opt, extra=...)
+    run.save(steps, ...)
+    return run.finish(metrics)                # metrics JSON written, DVCLive closed
+
+Resume: the checkpoint directory persists across runs (``persist: true`` in dvc.yaml). A run
+continues from it only if its fingerprint (the params the run reads and the identity of its
+input store) equals the current one and it has not reached the last step; otherwise training
+starts fresh and the DVCLive directory is cleared. A checkpoint holds the optimizer, schedule,
+EMA and RNG state, so a resumed run follows the same trajectory as an uninterrupted one and
+ends with byte-identical checkpoint files: the steps a run resumed from go to the metrics
+(``resumed_from``) and to unfinished checkpoints' training state, never into the last one.
+
+With several processes (:mod:`pipeline.training.distributed`) rank 0 alone logs and writes.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from torch import nn
+
+from pipeline.atomic import remove_stale_tmp, write_json
+from pipeline.training.checkpoint import (
+    CheckpointError,
+    load_training_state,
+    read_config,
+    save_checkpoint,
+)
+from pipeline.training.distributed import Dist, barrier
+from pipeline.training.optim import Optimization
+
+if TYPE_CHECKING:
+    from pipeline.config import TrainingLoopParams
+
+
+def run_fingerprint(params: dict, data_identity: str) -> str:
+    """What a checkpoint must match to be resumed: the params a run reads (JSON-able) and the
+    identity of the data store it trains on."""
+    blob = json.dumps({"params": params, "data": data_identity}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class TrainingRun:
+    """Device, resume, checkpoints, DVCLive logging and the metrics file of one training run.
+
+    `kind` names the checkpoint (the network module's KIND); `loop` is the params section with
+    the training-loop keys (steps and cadences); `dist` the processes (one by default).
+    """
+
+    def __init__(self, kind: str, *, loop: TrainingLoopParams, fingerprint: str, out_dir: str | Path,
+                 live_dir: str | Path, metrics_path: str | Path, dist: Dist = Dist()):  # fmt: skip
+        self.kind, self.steps, self.fingerprint = kind, loop.steps, fingerprint
+        self.out_dir, self.live_dir, self.metrics_path = Path(out_dir), Path(live_dir), Path(metrics_path)
+        self.dist, self.device = dist, dist.device
+        self.resumed_from: list[int] = []  # checkpoint steps this run's result continued from
+        self.live = None
+        if dist.main:
+            remove_stale_tmp(self.out_dir.parent, self.out_dir.name)  # leftovers of a killed save
+
+    @property
+    def main(self) -> bool:
+        return self.dist.main
+
+    def resume(self, model: nn.Module, opt: Optimization) -> tuple[int, dict]:
+        """Load the checkpoint in out_dir into `model` and `opt` if it is this run's (same
+        fingerprint) and unfinished: (its step, its extra). Otherwise (0, {}): a fresh run."""
+        try:
+            header = read_config(self.out_dir, self.kind)
+        except CheckpointError:
+            return 0, {}
+        if header["extra"].get("fingerprint") != self.fingerprint or header["step"] >= self.steps:
+            return 0, {}
+        step, extra = load_training_state(self.out_dir, kind=self.kind, model=model, ema=opt.ema,
+                                          optimizer=opt.optimizer, scheduler=opt.scheduler)
+        self.resumed_from = [*extra.pop("resumed_from", []), step]
+        if self.main:
+            print(f"{self.kind}: resuming from step {step}/{self.steps} ({self.out_dir})")
+        return step, extra
+
+    def open_live(self, params: dict | None = None) -> None:
+        """Start DVCLive (rank 0): fresh plots for a fresh run, the plots up to the checkpoint
+        for a resumed one. `params` are recorded beside the plots."""
+        if self.main:
+            self.live = open_live(self.live_dir, self.resumed_from[-1] if self.resumed_from else None)
+            if params is not None:
+                self.live.log_params(params)
+
+    def due(self, step: int, every: int) -> bool:
+        """Whether `step` (steps done) is on the `every` grid, or the last step."""
+        return step % every == 0 or step == self.steps
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        """One DVCLive point per value, at `step` (rank 0; nothing if `values` is empty)."""
+        if not (self.main and values):
+            return
+        self.live.step = step
+        for name, value in values.items():
+            self.live.log_metric(name, value)
+        self.live.next_step()
+
+    def save(self, step: int, *, config: dict, model: nn.Module, opt: Optimization, extra: dict) -> None:
+        """Checkpoint after `step` steps (rank 0 writes, every rank waits for it). The last one
+        (step == steps) carries no resume log, so it is the same whether or not the run was
+        resumed."""
+        if self.main:
+            train_extra = {"resumed_from": self.resumed_from} if step < self.steps else None
+            save_checkpoint(self.out_dir, kind=self.kind, config=config, model=model, ema=opt.ema,
+                            optimizer=opt.optimizer, scheduler=opt.scheduler, step=step,
+                            extra={"fingerprint": self.fingerprint, **extra}, train_extra=train_extra)
+        barrier(self.dist)
+
+    def finish(self, metrics: dict) -> dict:
+        """Write the metrics file and close DVCLive (rank 0); the metrics, or {} on other ranks."""
+        if not self.main:
+            return {}
+        write_json(self.metrics_path, metrics)
+        self.live.end()
+        return metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# DVCLive plots across resumes
+# ---------------------------------------------------------------------------------------------
+def truncate_live(live_dir: Path, step: int) -> None:
+    """Drop logged rows after `step` (logged after the checkpoint a resume restarts from). Rows
+    are written back as DVCLive writes them (tab-separated, os.linesep line ends), so a resumed
+    run's files equal an uninterrupted run's."""
+    for tsv in (Path(live_dir) / "plots" / "metrics").rglob("*.tsv"):
+        with tsv.open(newline="") as f:
+            reader = csv.DictReader(f, delimiter="\t")
+            rows, fields = list(reader), reader.fieldnames
+        if not fields:
+            continue
+        with tsv.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields, delimiter="\t", lineterminator=os.linesep)
+            w.writeheader()
+            w.writerows(r for r in rows if int(r["step"]) <= step)
+
+
+def open_live(live_dir: str | Path, resume_step: int | None):
+    """A DVCLive logger for a training run: fresh plots for a new run (`resume_step` None), or
+    the plots up to the checkpoint a resumed run restarts from (later rows were logged by the
+    killed run and are logged again)."""
+    from dvclive import Live
+
+    if resume_step is None:
+        shutil.rmtree(live_dir, ignore_errors=True)
+    else:
+        truncate_live(Path(live_dir), resume_step)
+    return Live(str(live_dir), resume=resume_step is not None, save_dvc_exp=False, dvcyaml=None, report=None)
