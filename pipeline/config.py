@@ -87,8 +87,8 @@ class CrafterRecorderParams(Section):
 class RecorderParams(Section):
     """The embedded recorders (`atari:<Game>`, `vizdoom:<scenario>`, `crafter` sources)."""
 
-    episodes: int = Field(6, ge=1, description="episodes recorded per recorder source (one video each)")
-    max_frames: int = Field(400, ge=8, description="recorded frames per episode (an episode may end sooner)")
+    episodes: int = Field(20, ge=1, description="episodes recorded per recorder source (one video each)")
+    max_frames: int = Field(500, ge=8, description="recorded frames per episode (an episode may end sooner)")
     crf: int = Field(18, ge=0, le=51, description="x264 quality of the recorded video")
     atari: AtariRecorderParams = AtariRecorderParams()
     vizdoom: VizdoomRecorderParams = VizdoomRecorderParams()
@@ -104,7 +104,7 @@ SOURCE_HINT = (
 
 class DownloadParams(Section):
     sources: list[str] = Field(min_length=1)
-    max_videos: int = Field(6, ge=1, description="videos per source (playlist/channel entries, recorder episodes)")
+    max_videos: int = Field(20, ge=1, description="videos per source (playlist/channel entries, recorder episodes)")
     max_height: int = Field(360, ge=64, description="resolution cap handed to yt-dlp's format selector")
     archive: bool = True
     sleep_interval: float = Field(0.0, ge=0.0)
@@ -142,9 +142,9 @@ class DownloadParams(Section):
 # extract
 # --------------------------------------------------------------------------------------------
 class SplitParams(Section):
-    train: float = Field(0.7, ge=0.0, le=1.0)
+    train: float = Field(0.6, ge=0.0, le=1.0)
     val: float = Field(0.15, ge=0.0, le=1.0)
-    test: float = Field(0.15, ge=0.0, le=1.0)
+    test: float = Field(0.25, ge=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _sum_to_one(self) -> "SplitParams":
@@ -155,7 +155,7 @@ class SplitParams(Section):
 
 
 class ExtractParams(Section):
-    fps: float | None = Field(20.0, gt=0, description="output rate; null = each video's own rate (no resampling)")
+    fps: float | None = Field(None, gt=0, description="output rate; null = each video's own rate (no resampling)")
     size: int = Field(64, ge=8, description="square output side in pixels")
     resize_mode: Literal["center_crop", "letterbox", "squash"] = "center_crop"
     hud_masks: list[tuple[float, float, float, float]] = Field(
@@ -257,6 +257,10 @@ class ModelParams(Section):
     mlp_ratio: float = Field(gt=0)
     logit_softcap: float = Field(ge=0, description="0 disables")
     k_max: int = Field(ge=1, description="finest shortcut step is 1/k_max")
+    temporal_first: bool = Field(description="the first block attends across frames (else within a frame)")
+    pose_conditioning: bool = Field(description="condition frames on the recorded pose, where the data has one")
+    pose_bias: float = Field(ge=0, description="initial rate of the temporal heads' pose-distance bias; 0 = none")
+    clean_bias: float = Field(ge=0, description="initial rate of the temporal heads' clean-context bias; 0 = none")
 
     @model_validator(mode="after")
     def _consistent(self) -> "ModelParams":
@@ -283,6 +287,8 @@ class TrainParams(TrainingLoopParams):
     bootstrap_fraction: float = Field(ge=0, le=1, description="share of each batch with shortcut targets")
     bootstrap_space: Literal["velocity", "x"]
     single_frame_fraction: float = Field(ge=0, le=1)
+    context_fraction: float = Field(ge=0, le=1, description="share of frames trained as clean-ish context (tau <= 2/k_max)")
+    history_dropout: float = Field(ge=0, le=1, description="share of sequences trained with a gapped history")
     val_taus: list[float]
     precision: Literal["auto", "fp32", "bf16"]
     nproc_per_node: int = Field(ge=1)
@@ -338,7 +344,7 @@ class BenchmarkParams(Section):
         min_length=1,
         description="name -> max_frames (null = unlimited)",
     )
-    n_clips: int = Field(4, ge=1)
+    n_clips: int = Field(16, ge=1)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     sampling_steps: int = Field(4, ge=1)
     tau_ctx: float = Field(0.1, ge=0, lt=1)

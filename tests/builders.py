@@ -34,11 +34,12 @@ def params_section(name: str, **changes):
     return Params.model_fields[name].annotation(**{**_default_raw()[name], **changes})
 
 
-def dynamics_config(latent_shape=(4, 8, 8), *, n_actions=3, latent_mean=0.0, latent_std=1.0, **model):
+def dynamics_config(latent_shape=(4, 8, 8), *, n_actions=3, latent_mean=0.0, latent_std=1.0, poses=None, **model):
     """A dynamics model config: params.yaml's `model` section with `model` changes, for latent
-    frames of `latent_shape` (no normalisation unless latent_mean/latent_std say otherwise)."""
+    frames of `latent_shape` (no normalisation unless latent_mean/latent_std say otherwise; pose
+    conditioning only with `poses`, a PoseStats)."""
     return dynamics.dynamics_config(params_section("model", **model), latent_shape, n_actions=n_actions,
-                                    latent_mean=latent_mean, latent_std=latent_std)
+                                    latent_mean=latent_mean, latent_std=latent_std, poses=poses)
 
 
 def add_poses(group, n: int, seed: int) -> np.ndarray:

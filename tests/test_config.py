@@ -33,7 +33,7 @@ def error_of(raw) -> str:
 
 def test_the_default_params_file_is_valid_and_offline():
     p = load_params(ROOT / "params.yaml")
-    assert p.download.sources == ["atari:Boxing"]
+    assert p.download.sources == ["vizdoom:my_way_home"]
     assert p.download.recorder.episodes >= 3  # train/val/test all non-empty
 
 
@@ -134,8 +134,8 @@ def test_a_misspelt_key_of_a_recorder_subsection_is_named_with_a_suggestion():
 
 
 def test_extract_fps_null_means_each_videos_own_rate():
-    assert load_params(ROOT / "params.yaml").extract.fps == 20
-    assert parse_params(with_change("extract.fps", None)).extract.fps is None
+    assert load_params(ROOT / "params.yaml").extract.fps is None
+    assert parse_params(with_change("extract.fps", 20)).extract.fps == 20
 
 
 # ---------------------------------------------------------------------------------------------

@@ -37,10 +37,10 @@ def test_dvc_exp_run_with_a_params_override_reruns_download(project_clone):
 
     project_clone.run("dvc", "exp", "run", "download", "-S", "download.max_videos=1")
 
-    assert [v["id"] for v in manifest(project_clone)] == ["atari-boxing-s0-e000"]
+    assert [v["id"] for v in manifest(project_clone)] == ["vizdoom-my-way-home-s0-e000"]
     exps = json.loads(project_clone.run("dvc", "exp", "show", "--json").stdout)
     text = json.dumps(exps)
-    assert '"max_videos": 1' in text and '"max_videos": 6' in text  # the experiment beside the baseline
+    assert '"max_videos": 1' in text and '"max_videos": 20' in text  # the experiment beside the baseline
 
 
 def test_the_stage_rejects_a_misspelt_key_naming_it(project_clone):

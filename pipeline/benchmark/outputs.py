@@ -18,6 +18,7 @@ from pipeline.atomic import atomic_file, write_json
 from pipeline.benchmark.run import METRIC_NAMES, BenchmarkRun
 from pipeline.benchmark.summary import (
     GAP_KEY,
+    MEMORY_GAIN_KEY,
     PAIRED_BASELINE,
     summarize,
     summarize_references,
@@ -29,7 +30,8 @@ LINE_KEYS = ("temporal_quality_main", "psnr", "ssim", "lpips", "peak_kv_memory_m
 REFERENCE_KEYS = ("temporal_quality_main", "psnr", "ssim", "lpips")
 UNCERTAINTY_KEYS = ("psnr_sem", GAP_KEY, f"{GAP_KEY}_ci95")
 JSON_KEYS = ("temporal_quality_main", "psnr", *UNCERTAINTY_KEYS, "ssim", "lpips", "fps", "peak_kv_memory_mb",
-             "peak_retained_bytes", "n_frames_kept", "mean_frames_kept", "policy_time_share")
+             "peak_retained_bytes", "n_frames_kept", "mean_frames_kept", "policy_time_share", "memory_oracle_psnr",
+             MEMORY_GAIN_KEY, f"{MEMORY_GAIN_KEY}_ci95")  # the memory gain: full_history cells under a finite budget
 HORIZON_COLUMNS = ("workload", "budget", "mode", "policy", "horizon", "psnr", "ssim", "lpips")
 BUDGET_COLUMNS = ("workload", "budget", "max_frames", "mode", "policy", "psnr", *UNCERTAINTY_KEYS, "ssim", "lpips",
                   "temporal_quality_main", "peak_kv_memory_mb", "mean_frames_kept", "fps")
@@ -73,7 +75,7 @@ def metrics_json(summary: dict, references: dict, info: dict) -> dict:
     rollouts: dict = {}
     for (workload, budget, policy, mode), e in summary.items():
         rollouts.setdefault(workload, {}).setdefault(budget, {}).setdefault(policy, {})[mode] = {
-            k: e[k] for k in JSON_KEYS
+            k: e[k] for k in JSON_KEYS if k in e
         }
     refs = {w: {n: {k: e[k] for k in REFERENCE_KEYS} for n, e in r.items()} for w, r in references.items()}
     return {"eval_mode": EVAL_MODE, **info, "references": refs, "rollouts": rollouts}

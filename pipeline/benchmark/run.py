@@ -22,7 +22,14 @@ import torch
 from tqdm import tqdm
 
 from pipeline.benchmark.clips import Clip
-from pipeline.benchmark.references import REFERENCES, persistence, tokenizer_ceiling
+from pipeline.benchmark.references import (
+    REFERENCES,
+    copy_oracle,
+    memory_candidates,
+    memory_reference_names,
+    persistence,
+    tokenizer_ceiling,
+)
 from pipeline.benchmark.validate import load_policies
 from pipeline.rollout.loop import run_rollout
 
@@ -61,8 +68,12 @@ class BenchmarkRun:
     # workload -> reference -> metric -> per clip, per frame
     reference_pixels: dict[str, dict[str, list[torch.Tensor]]] = field(default_factory=dict)
     clips: dict[str, list[Clip]] = field(default_factory=dict)
-    budget_order: list[str] = field(default_factory=list)  # as in params (runs go largest first)
+    budgets: dict[str, int | None] = field(default_factory=dict)  # name -> max_frames, in the params' order
     seconds: float = 0.0
+
+    @property
+    def budget_order(self) -> list[str]:  # as in params (runs go largest first)
+        return list(self.budgets)
 
 
 class Scorer:
@@ -129,14 +140,15 @@ def run_benchmark(host, bench, clips: dict[str, list[Clip]], *, seed: int, polic
     budgets = dict(budgets if budgets is not None else bench.budgets)
     modes = list(modes if modes is not None else bench.modes)
     scorer = scorer or Scorer()
-    run = BenchmarkRun(clips=clips, budget_order=list(budgets))
+    run = BenchmarkRun(clips=clips, budgets=budgets)
     start = time.perf_counter()
     total = sum(len(c) for c in clips.values()) * len(bench.seeds) * len(budgets) * len(loaded) * len(modes)
     with tqdm(total=total, desc="benchmark rollouts", unit="rollout", disable=not progress) as bar:  # closed on errors too
         for workload, wclips in clips.items():
             n_ctx, n_pred = bench.workloads[workload].context, bench.workloads[workload].predict
             for ci, clip in enumerate(wclips):
-                _score_references(run, host, scorer, workload, clip, n_ctx, keep_pixels=ci < media_clips)
+                _score_references(run, host, scorer, workload, clip, n_ctx, keep_pixels=ci < media_clips,
+                                  memory=memory_reference_names(budgets))
                 context = clip.context_latents if clip.context_latents is not None else host.encode(clip.pixels[:n_ctx])
                 context = context.to(getattr(host, "device", "cpu"))
                 for sample_seed, policy, mode in itertools.product(bench.seeds, loaded, modes):
@@ -153,10 +165,13 @@ def _rollout(host, policy, scorer: Scorer, clip: Clip, ci: int, seed: int, sampl
              n_pred: int, cell: Cell, max_frames: int | None, keep_pixels: bool) -> RolloutRecord:
     """One rollout of ``policy`` on clip ``ci``, decoded and scored against the clip's ground truth."""
     result = run_rollout(host, policy, context, n_pred, max_frames=max_frames, mode=cell.mode,
-                         generator=sampling_generator(seed, sample_seed, ci), actions=clip.actions)
+                         generator=sampling_generator(seed, sample_seed, ci), actions=clip.actions,
+                         poses=clip.poses)
     pred = host.decode(result.generated).cpu()
+    per_frame = scorer(pred, clip.pixels[len(context):])
+    per_frame["memory_oracle_psnr"] = copy_oracle(clip.pixels, len(context), result.history_per_step)[1]
     return RolloutRecord(
-        cell=cell, clip=ci, seed=sample_seed, per_frame=scorer(pred, clip.pixels[len(context):]),
+        cell=cell, clip=ci, seed=sample_seed, per_frame=per_frame,
         n_predict=n_pred, seconds=result.seconds, policy_seconds=result.policy_seconds,
         peak_retained_bytes=result.peak_retained_bytes, kept_per_step=result.kept_per_step,
         pixels=pred if keep_pixels else None,
@@ -164,13 +179,19 @@ def _rollout(host, policy, scorer: Scorer, clip: Clip, ci: int, seed: int, sampl
 
 
 def _score_references(run: BenchmarkRun, host, scorer: Scorer, workload: str, clip: Clip, n_ctx: int,
-                      keep_pixels: bool) -> None:
+                      keep_pixels: bool, memory: list[str]) -> None:
+    """Persistence, the tokenizer ceiling and the copy oracles of one clip (their PSNR capped,
+    see pipeline.benchmark.references)."""
     target = clip.pixels[n_ctx:]
-    refs = run.references.setdefault(workload, {r: {m: [] for m in METRIC_NAMES} for r in REFERENCES})
-    pixels = run.reference_pixels.setdefault(workload, {r: [] for r in REFERENCES})
-    for name, pred in (("persistence", persistence(clip.pixels[:n_ctx], len(target))),
-                       ("tokenizer_ceiling", tokenizer_ceiling(host, target).cpu())):
+    names = [*REFERENCES, *memory]
+    refs = run.references.setdefault(workload, {r: {m: [] for m in METRIC_NAMES} for r in names})
+    pixels = run.reference_pixels.setdefault(workload, {r: [] for r in names})
+    predictions = {"persistence": (persistence(clip.pixels[:n_ctx], len(target)), None),
+                   "tokenizer_ceiling": (tokenizer_ceiling(host, target).cpu(), None)}
+    for name in memory:
+        predictions[name] = copy_oracle(clip.pixels, n_ctx, memory_candidates(name, n_ctx, len(target)))
+    for name, (pred, capped_psnr) in predictions.items():
         for metric, values in scorer(pred, target).items():
-            refs[name][metric].append(values)
+            refs[name][metric].append(capped_psnr if metric == "psnr" and capped_psnr is not None else values)
         if keep_pixels:
             pixels[name].append(pred)

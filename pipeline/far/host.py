@@ -36,7 +36,7 @@ from pipeline.far.weights import (
     load_dcae,
     load_transformer,
 )
-from pipeline.rollout.api import Mode
+from pipeline.rollout.api import FrameInfo, Mode
 
 
 class FarHost:
@@ -117,10 +117,10 @@ class FarSession:
             raise ValueError(f"action {action} outside 0..{null - 1} of {self.cfg.condition_cfg}")
         return int(action)
 
-    def append(self, latent: torch.Tensor, action: int | None) -> None:
+    def append(self, latent: torch.Tensor, info: FrameInfo) -> None:
         self.latents.append(latent.to(self.host.device, self.host.dtype))
         self.frame_shape = latent.shape
-        self.actions.append(self._action(action))
+        self.actions.append(self._action(info.action))
 
     def evict(self, keep: list[int]) -> None:
         n = len(self.latents)
@@ -178,8 +178,10 @@ class FarSession:
         return False
 
     @torch.no_grad()
-    def generate(self, action: int | None, noise: torch.Tensor | None = None) -> torch.Tensor:
-        """Sample the next latent (C, h, w) from the retained history; ``noise`` overrides the draw."""
+    def generate(self, info: FrameInfo, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Sample the next latent (C, h, w) from the retained history; ``noise`` overrides the draw.
+        FAR positions its kept frames by their order (as the reference does), not by their time."""
+        action = info.action
         if not self.latents:
             raise ValueError("generate: the history is empty (append at least one context frame)")
         host, dev = self.host, self.host.device

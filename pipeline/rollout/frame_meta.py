@@ -32,6 +32,7 @@ class FrameRecord:
     """The loop's bookkeeping for one retained frame (what FrameMeta reports besides features)."""
 
     time: int  # index in the clip: 0 = first context frame
+    pose: tuple[float, float, float] | None = None  # recorded pose, if the data has one
     long_term_resident: bool = False  # a plan demoted it to long-term memory once
     access_count: int = 0  # generation steps this frame was in the history for
     last_access_step: int = -1
@@ -92,6 +93,8 @@ def build_frame_meta(
                 access_count=rec.access_count,
                 recent_hit_count=sum(s > step - 1 - RECENT_STEPS for s in rec.recent_steps),
                 last_access_step=rec.last_access_step,
+                time=rec.time,
+                pose=rec.pose,
             )
         )
     return metas

@@ -26,7 +26,7 @@ from typing import Sequence
 
 import torch
 
-from pipeline.rollout.api import ACTIONS, Mode, RolloutHost, RolloutResult, RolloutState
+from pipeline.rollout.api import ACTIONS, FrameInfo, Mode, RolloutHost, RolloutResult, RolloutState
 from pipeline.rollout.frame_meta import FrameRecord, build_frame_meta
 from pipeline.rollout.policies import policy_origin
 
@@ -112,21 +112,25 @@ def run_rollout(
     mode: Mode,
     generator: torch.Generator,
     actions: Sequence[int] | None = None,
+    poses: Sequence[Sequence[float]] | None = None,
 ) -> RolloutResult:
     """Generate ``n_predict`` latents after ``context`` (T, C, h, w) under a frame budget.
 
-    ``actions[t]`` is the action recorded at clip frame t (context first), or None.
+    ``actions[t]`` is the action that led to clip frame t (context first), ``poses[t]`` the
+    pose recorded in it; either may be None (the data has none).
     """
     n_ctx = len(context)
     if n_ctx < 1 or n_predict < 1:
         raise ValueError(f"need at least one context and one predicted frame, got {n_ctx} and {n_predict}")
-    if actions is not None and len(actions) < n_ctx + n_predict:
-        raise ValueError(f"{len(actions)} actions for a clip of {n_ctx} + {n_predict} frames")
+    for name, values in (("actions", actions), ("poses", poses)):
+        if values is not None and len(values) < n_ctx + n_predict:
+            raise ValueError(f"{len(values)} {name} for a clip of {n_ctx} + {n_predict} frames")
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"max_frames must be >= 1 or None, got {max_frames}")
 
-    def action_at(t: int) -> int | None:
-        return None if actions is None else int(actions[t])
+    def info(t: int) -> FrameInfo:
+        return FrameInfo(time=t, action=None if actions is None else int(actions[t]),
+                         pose=None if poses is None else tuple(float(v) for v in poses[t]))
 
     context = context.float()
     ref = context[0]  # feature_drift reference: the clip's first context frame, even once evicted
@@ -140,7 +144,7 @@ def run_rollout(
     kept_lat: list[torch.Tensor] = []
     kept_rec: list[FrameRecord] = []
     new_lat = list(context)
-    new_rec = [FrameRecord(time=t) for t in range(n_ctx)]
+    new_rec = [FrameRecord(time=t, pose=info(t).pose) for t in range(n_ctx)]
     result = RolloutResult(generated=torch.empty(0))
     generated = []
     for step in range(n_predict):
@@ -148,7 +152,9 @@ def run_rollout(
         t0 = time.perf_counter()
         cand_lat, cand_rec = kept_lat + new_lat, kept_rec + new_rec
         metas = build_frame_meta(torch.stack(cand_lat), ref, cand_rec, step)
-        state = RolloutState(step=step, budget_capacity_mb=budget_state["capacity_mb"], total_steps=n_predict)
+        t_new = n_ctx + step
+        state = RolloutState(step=step, budget_capacity_mb=budget_state["capacity_mb"], total_steps=n_predict,
+                             target_pose=info(t_new).pose)
         plan = plan_step(policy, name, metas, state, dict(budget_state))
         keep, demoted = apply_plan(plan, len(cand_lat), max_frames, name)
         policy_seconds += time.perf_counter() - t0
@@ -159,7 +165,7 @@ def run_rollout(
             session.evict(old_keep)
         for i in keep:
             if i >= n_old:
-                session.append(cand_lat[i], action_at(cand_rec[i].time))
+                session.append(cand_lat[i], info(cand_rec[i].time))
         for i in demoted:
             cand_rec[i].long_term_resident = True
         kept_lat = [cand_lat[i] for i in keep]
@@ -170,10 +176,9 @@ def run_rollout(
         result.history_per_step.append([rec.time for rec in kept_rec])
         result.peak_retained_bytes = max(result.peak_retained_bytes, session.retained_bytes())
 
-        t_new = n_ctx + step
-        x = session.generate(action_at(t_new)).float()
+        x = session.generate(info(t_new)).float()
         generated.append(x)
-        new_lat, new_rec = [x], [FrameRecord(time=t_new)]
+        new_lat, new_rec = [x], [FrameRecord(time=t_new, pose=info(t_new).pose)]
     result.generated = torch.stack(generated)
     finish_queued_work(context.device)
     result.seconds = time.perf_counter() - start

@@ -1,11 +1,13 @@
 """The rollout host for this pipeline's own models: the tokenizer and the dynamics transformer.
 
 Generation of one frame is K shortcut Euler steps (``ShortcutEulerSampler``) of the new frame
-at the next time position, the retained history attending as context at noise level tau_ctx:
+at its time in the clip, with its action and pose, the retained history attending as context
+at noise level tau_ctx:
 
 - ``recompute``: for every generated frame the whole retained history is re-run through the
-  model from its latents, at time positions 0..n-1 (one batched pass that the K denoising calls
-  share), as the ar-video-kv-temporal-policy harness does;
+  model from its latents, each at its own time in the clip (one batched pass that the K
+  denoising calls share), as the ar-video-kv-temporal-policy harness re-runs its kept latents
+  (it re-indexes them 0..n-1; the model here was trained on gapped histories at their own times);
 - ``kv``: each history frame is run once when it enters (``step(..., append=True)`` stores its
   keys/values), denoising calls only run the new frame against the cache, and eviction removes
   keys/values (``KVCache.evict``): nothing is recomputed, and the survivors keep their absolute
@@ -27,7 +29,7 @@ from pipeline.networks.dynamics import KIND as DYNAMICS_KIND
 from pipeline.networks.dynamics import build_dynamics
 from pipeline.networks.tokenizer import KIND as TOKENIZER_KIND
 from pipeline.networks.tokenizer import build_tokenizer
-from pipeline.rollout.api import Mode
+from pipeline.rollout.api import FrameInfo, Mode
 from pipeline.training.checkpoint import load_trained
 
 
@@ -44,6 +46,7 @@ class PipelineHost:
             raise ValueError(f"{sampler.steps} sampling steps need shortcut steps below 1/k_max = 1/{k_max}")
         self.d_context = 1.0 / k_max  # context frames are (nearly) clean: the finest step size
         self.uses_actions = int(getattr(dynamics.config, "n_actions", 0) or 0) > 0
+        self.uses_poses = bool(getattr(dynamics.config, "pose_conditioning", False))
 
     @classmethod
     def load(cls, tokenizer_dir: str | Path, dynamics_dir: str | Path, sampling_steps: int, tau_ctx: float,
@@ -67,11 +70,18 @@ class PipelineHost:
             return KVSession(self, generator)
         raise ValueError(f"unknown rollout mode {mode!r} (expected recompute or kv)")
 
-    def action_tensor(self, actions: list[int | None]) -> torch.Tensor | None:
+    def action_tensor(self, infos: list[FrameInfo]) -> torch.Tensor | None:
         """(1, T) long for the model, -1 = no action; None when the model takes no actions."""
         if not self.uses_actions:
             return None
-        return torch.tensor([[-1 if a is None else a for a in actions]], device=self.device, dtype=torch.long)
+        return torch.tensor([[-1 if f.action is None else f.action for f in infos]], device=self.device, dtype=torch.long)
+
+    def pose_tensor(self, infos: list[FrameInfo]) -> torch.Tensor | None:
+        """(1, T, 3) for a pose-conditioned model (NaN rows: no pose); None otherwise."""
+        if not self.uses_poses:
+            return None
+        nan = (float("nan"),) * 3
+        return torch.tensor([[nan if f.pose is None else f.pose for f in infos]], device=self.device, dtype=torch.float32)
 
 
 class RecomputeSession:
@@ -86,21 +96,21 @@ class RecomputeSession:
     def __init__(self, host: PipelineHost, generator: torch.Generator):
         self.host, self.generator = host, generator
         self.latents: list[torch.Tensor] = []
-        self.actions: list[int | None] = []
+        self.infos: list[FrameInfo] = []
 
-    def append(self, latent: torch.Tensor, action: int | None) -> None:
+    def append(self, latent: torch.Tensor, info: FrameInfo) -> None:
         x = self.host.dynamics.normalize(latent.to(self.host.device, torch.float32))  # the model's latent space
         self.latents.append(self.host.sampler.corrupt(x, self.generator))
-        self.actions.append(action)
+        self.infos.append(info)
 
     def evict(self, keep: list[int]) -> None:
         self.latents = [self.latents[i] for i in keep]
-        self.actions = [self.actions[i] for i in keep]
+        self.infos = [self.infos[i] for i in keep]
 
     @torch.no_grad()
-    def generate(self, action: int | None) -> torch.Tensor:
-        # A fresh cache from the kept latents, at time positions 0..n-1: nothing survives from
-        # the previous frame, so evicted frames leave no trace in the survivors' keys/values.
+    def generate(self, info: FrameInfo) -> torch.Tensor:
+        # A fresh cache from the kept latents, at their own times: nothing survives from the
+        # previous frame, so evicted frames leave no trace in the survivors' keys/values.
         host = self.host
         context = KVSession(host, self.generator)
         n = len(self.latents)
@@ -108,10 +118,10 @@ class RecomputeSession:
             context.cache, torch.stack(self.latents)[None],
             torch.full((1, n), host.sampler.tau_ctx, device=host.device),
             torch.full((1, n), host.d_context, device=host.device),
-            host.action_tensor(self.actions),
+            host.action_tensor(self.infos), host.pose_tensor(self.infos), [f.time for f in self.infos],
         )
         context.shape = tuple(self.latents[0].shape)
-        return context.generate(action)
+        return context.generate(info)
 
     def retained_bytes(self) -> int:
         return sum(x.numel() * x.element_size() for x in self.latents)
@@ -128,34 +138,34 @@ class KVSession:
     def _vec(self, value: float) -> torch.Tensor:
         return torch.full((1,), value, device=self.host.device)
 
-    def _action(self, action: int | None) -> torch.Tensor | None:
-        acts = self.host.action_tensor([action])
-        return None if acts is None else acts[0]
+    def _conditioning(self, info: FrameInfo) -> dict:
+        """The model's per-frame inputs besides the latent: action, pose, time."""
+        acts, poses = self.host.action_tensor([info]), self.host.pose_tensor([info])
+        return {"action": None if acts is None else acts[0], "pose": None if poses is None else poses[0, 0],
+                "time": info.time}
 
-    def append(self, latent: torch.Tensor, action: int | None) -> None:
+    def append(self, latent: torch.Tensor, info: FrameInfo) -> None:
         x = self.host.dynamics.normalize(latent.to(self.host.device, torch.float32))  # the model's latent space
-        self.append_corrupted(self.host.sampler.corrupt(x, self.generator), action)
+        self.append_corrupted(self.host.sampler.corrupt(x, self.generator), info)
 
     @torch.no_grad()
-    def append_corrupted(self, x: torch.Tensor, action: int | None) -> None:
+    def append_corrupted(self, x: torch.Tensor, info: FrameInfo) -> None:
         """Run one context frame (already at tau_ctx) and keep its keys/values."""
         host = self.host
         self.shape = tuple(x.shape)
-        host.dynamics.step(
-            self.cache, x[None], self._vec(host.sampler.tau_ctx), self._vec(host.d_context),
-            self._action(action), append=True,
-        )
+        host.dynamics.step(self.cache, x[None], self._vec(host.sampler.tau_ctx), self._vec(host.d_context),
+                           append=True, **self._conditioning(info))
 
     def evict(self, keep: list[int]) -> None:
         self.cache.evict(keep)
 
     @torch.no_grad()
-    def generate(self, action: int | None) -> torch.Tensor:
+    def generate(self, info: FrameInfo) -> torch.Tensor:
         host = self.host
-        act = self._action(action)
+        conditioning = self._conditioning(info)
 
         def denoise(z: torch.Tensor, tau: float, d: float) -> torch.Tensor:
-            return host.dynamics.step(self.cache, z[None], self._vec(tau), self._vec(d), act, append=False)[0]
+            return host.dynamics.step(self.cache, z[None], self._vec(tau), self._vec(d), append=False, **conditioning)[0]
 
         return host.dynamics.denormalize(host.sampler.sample(denoise, self.shape, self.generator, host.device))
 
