@@ -1,22 +1,42 @@
-"""DVC stage `tokenize`: data/frames.zarr + models/tokenizer -> data/latents.zarr."""
+"""DVC stage `tokenize`: data/frames.zarr + models/tokenizer -> data/latents.zarr.
+
+A missing or damaged store or checkpoint ends the stage with a message naming the file and no
+traceback (`--debug` or PIPELINE_DEBUG=1 shows it)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
 
 from pipeline import paths
 from pipeline.config import load_params_or_exit
 from pipeline.data.encode import encode_store
+from pipeline.data.stores import StoreError
+from pipeline.errors import add_debug_flag, user_errors
 from pipeline.networks.tokenizer import KIND, build_tokenizer
-from pipeline.training.checkpoint import checkpoint_hash, load_trained
+from pipeline.training.checkpoint import CheckpointError, checkpoint_hash, load_trained
 from pipeline.training.device import pick_device
 
+ADVICE = {
+    StoreError: "",  # the message names the file and says what to do
+    CheckpointError: "",
+}
 
-def main() -> None:
+
+def main(argv: Sequence[str] = ()) -> int:
+    ap = argparse.ArgumentParser(prog="python -m stages.tokenize_frames", description=__doc__)
+    args = add_debug_flag(ap).parse_args(argv)
     params = load_params_or_exit()
-    device = pick_device()
-    tokenizer = load_trained(paths.TOKENIZER, KIND, build_tokenizer, device)
-    summary = encode_store(paths.FRAMES, tokenizer, checkpoint_hash(paths.TOKENIZER), paths.LATENTS,
-                           params.tokenize.batch_size, device)
+    with user_errors("tokenize", ADVICE, args.debug):
+        device = pick_device()
+        tokenizer = load_trained(paths.TOKENIZER, KIND, build_tokenizer, device)
+        summary = encode_store(paths.FRAMES, tokenizer, checkpoint_hash(paths.TOKENIZER), paths.LATENTS,
+                               params.tokenize.batch_size, device)
     print(f"tokenize: {summary['frames']} frames of {summary['videos']} videos -> {paths.LATENTS}, "
           f"latents {summary['latent_shape']}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main(sys.argv[1:]))

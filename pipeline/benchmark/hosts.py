@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from pipeline.paths import DYNAMICS, TOKENIZER
+from pipeline.training.checkpoint import NoCheckpointError
 
 
 def benchmark_device(params) -> torch.device:
@@ -31,7 +32,7 @@ def build_host(params, device: torch.device | str = "cpu"):
 
     for directory, stage in ((TOKENIZER, "train_tokenizer"), (DYNAMICS, "train")):
         if not (directory / "config.json").is_file():
-            raise FileNotFoundError(f"{directory}: no checkpoint (run `dvc repro {stage}` first)")
+            raise NoCheckpointError(f"{directory}: no checkpoint (run `dvc repro {stage}` first)")
     return PipelineHost.load(TOKENIZER, DYNAMICS, bench.sampling_steps, bench.tau_ctx, device)
 
 

@@ -41,6 +41,7 @@ class StoreError(RuntimeError):
 SIDE_ARRAYS = ("actions", "poses")  # per-frame arrays beside a video's frames or latents
 POSE_SHAPE = (3,)  # a pose row: x, y, heading_deg
 WRITTEN_BY = {"frames": "extract", "latents": "tokenize"}  # the stage that writes a store, by its data array
+WRITTEN_BY_NAME = {"frames.zarr": "extract", "latents.zarr": "tokenize"}  # ... by the store's file name
 
 
 def compressor(dtype=None) -> BloscCodec:
@@ -169,7 +170,9 @@ def _advice(path: Path, stage: str | None = None) -> str:
 def open_store(path: str | Path) -> zarr.Group:
     path = Path(path)
     if not (path / "zarr.json").is_file():
-        raise StoreError(f"{path}: not a zarr store (run the stage that writes it first)")
+        stage = WRITTEN_BY_NAME.get(path.name)
+        run = f"`dvc repro {stage}`" if stage else "the stage that writes it"
+        raise StoreError(f"{path}: not a zarr store (run {run} first; `dvc repro` runs the stages in order)")
     try:
         return zarr.open_group(str(path), mode="r")
     except Exception as exc:  # a damaged zarr.json: any parse or codec error
