@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Sequence
+
+if not __package__:  # run as a file (`python stages/extract.py`): import this checkout's pipeline, as `-m` does
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline import paths
 from pipeline.config import load_params_or_exit

@@ -74,3 +74,33 @@ def test_pipeline_debug_shows_the_traceback_of_a_stage_run_as_dvc_runs_it(projec
     debug = subprocess.run([sys.executable, "-m", "stages.extract"], cwd=project, env={**env, DEBUG_ENV: "1"},
                            capture_output=True, text=True)
     assert debug.returncode == 1 and "Traceback" in debug.stderr and "ExtractError: data/raw/manifest.json" in debug.stderr
+
+
+def test_a_stage_file_run_directly_imports_the_pipeline_beside_it(project):
+    """`python stages/<x>.py` (not `-m stages.<x>`) works like `-m`: with this checkout's pipeline, not
+    an installed one, here a copy whose stage paths all start with here/."""
+    ignore = shutil.ignore_patterns("__pycache__")
+    for d in ("pipeline", "stages"):
+        shutil.copytree(REPO / d, project / d, ignore=ignore)
+    paths = project / "pipeline/paths.py"
+    paths.write_text(paths.read_text().replace('Path("data/', 'Path("here/data/').replace('Path("models/', 'Path("here/models/'))
+    (project / "here").mkdir()
+    shutil.move(project / "data", project / "here/data")
+    shutil.copytree(project / "here/data", project / "with_raw")
+    shutil.rmtree(project / "here/data/raw")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", DEBUG_ENV)} | {"OMP_NUM_THREADS": "1"}
+    procs = {}
+    for module in CASES:
+        if module == "download":  # the damaged manifest is where the copy's paths look for it
+            shutil.copytree(project / "with_raw/raw", project / "here/data/raw")
+        procs[module] = subprocess.Popen([sys.executable, f"stages/{module}.py"], cwd=project, env=env,
+                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if module == "download":
+            procs[module].wait(timeout=120)  # before the other stages find its raw directory
+            shutil.rmtree(project / "here/data/raw")
+    for module, proc in procs.items():
+        _, err = proc.communicate(timeout=300)
+        prog, message = CASES[module][1].split(": ", 1)
+        lines = [line for line in err.splitlines() if not line.startswith(("INFO", "sources:"))]
+        assert proc.returncode == 1 and lines[0].startswith(f"{prog}: here/{message}"), (module, err)
+        assert "Traceback" not in err
