@@ -354,6 +354,7 @@ def extract_all(raw_dir: str | Path, out: str | Path, report_path: str | Path, c
     """Extract every usable video of `raw_dir` into the store `out`; writes the report; returns it."""
     out, t0 = Path(out), time.perf_counter()
     remove_stale_tmp(out.parent, out.name)  # leftovers of a killed run
+    remove_stale_tmp(Path(report_path).parent, Path(report_path).name)
 
     sources, entries = find_sources(raw_dir)
     jobs = []

@@ -77,8 +77,9 @@ class TrainingRun:
         self.dist, self.device = dist, dist.device
         self.resumed_from: list[int] = []  # checkpoint steps this run's result continued from
         self.live = None
-        if dist.main:
-            remove_stale_tmp(self.out_dir.parent, self.out_dir.name)  # leftovers of a killed save
+        if dist.main:  # leftovers of a run killed while saving a checkpoint or writing its metrics
+            remove_stale_tmp(self.out_dir.parent, self.out_dir.name)
+            remove_stale_tmp(self.metrics_path.parent, self.metrics_path.name)
 
     @property
     def main(self) -> bool:
