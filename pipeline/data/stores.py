@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, Crc32cCodec
 
 from pipeline.data.splits import SPLITS
 
@@ -54,6 +54,13 @@ def compressor(dtype=None) -> BloscCodec:
     return BloscCodec(cname="zstd", clevel=5, shuffle="shuffle")
 
 
+def compressors(dtype=None) -> tuple[BloscCodec, Crc32cCodec]:
+    """The compressor, then a CRC-32C of each compressed chunk: damage inside a shard file (a bad
+    block, a stray write), not only a truncation, fails the read, which then names the shard. zarr's
+    shard index has its own checksum; the chunks have none without this."""
+    return compressor(dtype), Crc32cCodec()
+
+
 class ShardedArrayWriter:
     """Append frames along time to a new array; writes whole shards as they fill.
 
@@ -71,7 +78,7 @@ class ShardedArrayWriter:
             dtype=dtype,
             chunks=(chunk_frames, *frame_shape),
             shards=(shard_frames, *frame_shape),
-            compressors=compressor(dtype),
+            compressors=compressors(dtype),
             fill_value=0,
             # Write all-zero chunks too (black frames, NOOP actions): a missing file then always means damage.
             config={"write_empty_chunks": True},
