@@ -10,6 +10,7 @@ RAW = Path("data/raw")  # downloaded or recorded videos + manifest.json
 FRAMES = Path("data/frames.zarr")
 FRAMES_REPORT = Path("data/frames_report.json")
 LATENTS = Path("data/latents.zarr")
+LATENTS_REPORT = Path("data/latents_report.json")
 
 TOKENIZER = Path("models/tokenizer")
 DYNAMICS = Path("models/dynamics")

@@ -1,4 +1,5 @@
-"""DVC stage `tokenize`: data/frames.zarr + models/tokenizer -> data/latents.zarr.
+"""DVC stage `tokenize`: data/frames.zarr + models/tokenizer -> data/latents.zarr +
+data/latents_report.json.
 
 A missing or damaged store or checkpoint ends the stage with a message naming the file and no
 traceback (`--debug` or PIPELINE_DEBUG=1 shows it)."""
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -14,6 +16,7 @@ if not __package__:  # run as a file (`python stages/tokenize_frames.py`): impor
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline import paths
+from pipeline.atomic import remove_stale_tmp, write_json
 from pipeline.config import load_params_or_exit
 from pipeline.data.encode import encode_store
 from pipeline.data.stores import StoreError
@@ -32,11 +35,17 @@ def main(argv: Sequence[str] = ()) -> int:
     ap = argparse.ArgumentParser(prog="python -m stages.tokenize_frames", description=__doc__)
     args = add_debug_flag(ap).parse_args(argv)
     params = load_params_or_exit()
+    start = time.perf_counter()
+    remove_stale_tmp(paths.LATENTS_REPORT.parent, paths.LATENTS_REPORT.name)  # what a killed run left
     with user_errors("tokenize", ADVICE, args.debug):
         device = pick_device()
         tokenizer = load_trained(paths.TOKENIZER, KIND, build_tokenizer, device)
-        summary = encode_store(paths.FRAMES, tokenizer, checkpoint_hash(paths.TOKENIZER), paths.LATENTS,
-                               params.tokenize.batch_size, device)
+        tokenizer_hash = checkpoint_hash(paths.TOKENIZER)
+        summary = encode_store(paths.FRAMES, tokenizer, tokenizer_hash, paths.LATENTS, params.tokenize.batch_size, device)
+    # An output DVC does not cache: after a kill DVC reruns the stage, which sweeps the temporary
+    # store the kill left, rather than checking data/latents.zarr out of its cache and leaving it.
+    write_json(paths.LATENTS_REPORT, {**summary, "tokenizer_hash": tokenizer_hash,
+                                      "seconds": round(time.perf_counter() - start, 3)})
     print(f"tokenize: {summary['frames']} frames of {summary['videos']} videos -> {paths.LATENTS}, "
           f"latents {summary['latent_shape']}")
     return 0
