@@ -327,6 +327,8 @@ class FarParams(Section):
 
 class BenchmarkParams(Section):
     host: Literal["pipeline", "far"] = "pipeline"
+    protocol: Literal["default", "harness"] = Field(
+        "default", description="default: plan before every frame | harness: the published task's loop")
     policies: list[str] = Field(
         default_factory=lambda: ["recent_window", "packcache", "causalcache_vdm", "flowcache", "full_history"],
         min_length=1,

@@ -39,7 +39,7 @@ def run_info(params, device) -> dict:
     """What a result depends on besides the policy: stored with the metrics so that try_policy
     can tell whether its numbers are paired with the stage's."""
     bench = params.benchmark
-    info = {"host": bench.host, "sampling_steps": bench.sampling_steps, "n_clips": bench.n_clips,
+    info = {"host": bench.host, "protocol": bench.protocol, "sampling_steps": bench.sampling_steps, "n_clips": bench.n_clips,
             "n_seeds": len(bench.seeds), "device": torch.device(device).type}
     if bench.host == "pipeline":
         from pipeline.training.checkpoint import checkpoint_hash

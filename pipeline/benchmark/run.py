@@ -153,7 +153,8 @@ def run_benchmark(host, bench, clips: dict[str, list[Clip]], *, seed: int, polic
                 context = context.to(getattr(host, "device", "cpu"))
                 for sample_seed, policy, mode in itertools.product(bench.seeds, loaded, modes):
                     rollout = partial(_rollout, host, policy, scorer, clip, ci, seed, sample_seed, context, n_pred,
-                                      keep_pixels=ci < media_clips and sample_seed == bench.seeds[0])
+                                      keep_pixels=ci < media_clips and sample_seed == bench.seeds[0],
+                                      protocol=bench.protocol)
                     for record in budget_rollouts(policy, Cell(workload, "", policy.name, mode), budgets, rollout):
                         run.records.append(record)
                         bar.update()
@@ -162,11 +163,11 @@ def run_benchmark(host, bench, clips: dict[str, list[Clip]], *, seed: int, polic
 
 
 def _rollout(host, policy, scorer: Scorer, clip: Clip, ci: int, seed: int, sample_seed: int, context: torch.Tensor,
-             n_pred: int, cell: Cell, max_frames: int | None, keep_pixels: bool) -> RolloutRecord:
+             n_pred: int, cell: Cell, max_frames: int | None, keep_pixels: bool, protocol: str) -> RolloutRecord:
     """One rollout of ``policy`` on clip ``ci``, decoded and scored against the clip's ground truth."""
     result = run_rollout(host, policy, context, n_pred, max_frames=max_frames, mode=cell.mode,
                          generator=sampling_generator(seed, sample_seed, ci), actions=clip.actions,
-                         poses=clip.poses)
+                         poses=clip.poses, protocol=protocol)
     pred = host.decode(result.generated).cpu()
     per_frame = scorer(pred, clip.pixels[len(context):])
     per_frame["memory_oracle_psnr"] = copy_oracle(clip.pixels, len(context), result.history_per_step)[1]

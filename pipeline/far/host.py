@@ -105,6 +105,7 @@ class FarSession:
         self.cache = host.model.new_cache() if mode == "kv" else None
         self.frame_shape: torch.Size | None = None
         self._warned = False
+        self.last_attention: list[float] | None = None  # see attention_mass
 
     # --- history ------------------------------------------------------------------------------
     def _action(self, action: int | None) -> int:
@@ -130,6 +131,12 @@ class FarSession:
             self.cache.evict([i for i in keep if i < self.cache.n_frames])
         self.latents = [self.latents[i] for i in keep]
         self.actions = [self.actions[i] for i in keep]
+
+    def attention_mass(self) -> list[float] | None:
+        """Per retained frame (oldest first): the share of the attention of the last generated
+        frame's final denoising call (its queries, mean over layers and heads) that landed on
+        the frame's tokens; None before a generation."""
+        return self.last_attention
 
     def retained_bytes(self) -> int:
         """Latents held plus KV bytes; frames waiting for the cache count at their KV size.
@@ -199,7 +206,9 @@ class FarSession:
         all_actions = torch.tensor([actions], device=dev) if host.uses_actions else None
         if cfg_batch and all_actions is not None:  # [null actions, actions], as the reference's CFG
             all_actions = torch.cat([torch.full_like(all_actions, self.cfg.null_action), all_actions])
+        final = len(scheduler.timesteps) - 1
         for i, t in enumerate(scheduler.timesteps):
+            layers = [] if i == final else None  # where the final call's queries looked
             if use_cache:  # the first call also caches the frames appended since the last one
                 frames = self.latents[n_cached:] if i == 0 else []
                 acts = slice(n_cached, None) if i == 0 else slice(-1, None)
@@ -215,7 +224,10 @@ class FarSession:
                 x, ts, actions=a,
                 cache=self.cache if use_cache else None,
                 cache_frames=len(frames) if use_cache else 0,
+                attention=layers,
             )[:, -1:].float()
+            if layers:
+                self.last_attention = layers[0][-1, :-1].tolist()  # the conditioned row; without the new frame
             if cfg_batch:
                 v_null, v_cond = v.chunk(2)
                 v = v_null + host.guidance_scale * (v_cond - v_null)

@@ -149,6 +149,7 @@ class FarAttnProcessor:
         n_long: int = 0,
         layer_cache: LayerKV | None = None,
         cache_tokens: int = 0,
+        attention: list | None = None,
     ) -> torch.Tensor:
         b = hidden_states.shape[0]
 
@@ -179,6 +180,12 @@ class FarAttnProcessor:
 
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask)
         out = out.transpose(1, 2).reshape(b, -1, attn.heads * out.shape[-1]).to(q.dtype)
+        if attention is not None:  # the probabilities themselves: (B, Lq, Lk), mean over heads
+            logits = (q.float() @ k.float().transpose(-2, -1)) / q.shape[-1] ** 0.5
+            if attention_mask is not None:
+                logits = logits.masked_fill(~attention_mask, float("-inf")) if attention_mask.dtype == torch.bool \
+                    else logits + attention_mask
+            attention.append(logits.softmax(dim=-1).mean(dim=1))
 
         long_o, short_o = out[:, :n_long], out[:, n_long:]
         short_o = attn.to_out[1](attn.to_out[0](short_o))
@@ -209,7 +216,7 @@ class FARBlock(nn.Module):
         self.norm2 = AdaLayerNormZeroSingle(dim)
         self.mlp = FeedForward(dim=dim, dim_out=dim, activation_fn="gelu-approximate")
 
-    def forward(self, x, temb, rotary_emb, mask, n_long=0, layer_cache=None, cache_tokens=0):
+    def forward(self, x, temb, rotary_emb, mask, n_long=0, layer_cache=None, cache_tokens=0, attention=None):
         h, gate = self.norm1(x, temb)
         # The processor directly: diffusers' Attention.forward inspects its signature on every call.
         x = x + gate * self.attn.processor(
@@ -220,6 +227,7 @@ class FARBlock(nn.Module):
             n_long=n_long,
             layer_cache=layer_cache,
             cache_tokens=cache_tokens,
+            attention=attention,
         )
         h, gate = self.norm2(x, temb)
         return x + gate * self.mlp(h)
@@ -320,6 +328,7 @@ class FAR(nn.Module):
         labels: torch.Tensor | None = None,
         cache: FarKVCache | None = None,
         cache_frames: int = 0,
+        attention: list | None = None,
     ) -> torch.Tensor:
         """Predict the flow-matching velocity of every frame of ``x``.
 
@@ -374,6 +383,7 @@ class FAR(nn.Module):
         rotary = self.pos_embed(ids.to(x.device))
         mask = self._mask(frame_idx.to(x.device), tokens.shape[1])
 
+        layers = [] if attention is not None else None
         for i, block in enumerate(self.transformer_blocks):
             tokens = block(
                 tokens,
@@ -383,7 +393,11 @@ class FAR(nn.Module):
                 n_long=n_long_tokens,
                 layer_cache=None if cache is None else cache.layers[i],
                 cache_tokens=cache_frames * tpf,
+                attention=layers,
             )
+        if layers is not None:  # the last frame's queries, per key frame: (B, frames), mean over layers
+            weights = torch.stack(layers).mean(dim=0)[:, -tpf:].mean(dim=1)  # (B, keys)
+            attention.append(torch.zeros(b, total, device=weights.device).index_add_(1, frame_idx.to(weights.device), weights))
         if cache is not None and cache_frames:
             cache.n_frames, cache.tokens_per_frame = n_past + cache_frames, tpf
 

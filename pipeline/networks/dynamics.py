@@ -191,10 +191,11 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(cfg.dim)
         self.mlp = SwiGLU(cfg.dim, hidden)
 
-    def forward(self, h, rope, mask=None, causal=False, past=None, frames=None):
+    def forward(self, h, rope, mask=None, causal=False, past=None, frames=None, attention: list | None = None):
         """h (B, T, N, D). Temporal blocks may get `past` = cached (k, v) of earlier frames and
-        `frames` = (pose_q, pose_k, tau_k) for the memory biases (keys: cached frames first).
-        Returns the new h and this call's (k, v), for a cache."""
+        `frames` = (pose_q, pose_k, tau_k) for the memory biases (keys: cached frames first);
+        with an `attention` list they append their probabilities, averaged over heads and token
+        positions, (B, Tq, Tk). Returns the new h and this call's (k, v), for a cache."""
         b, n = h.shape[0], h.shape[2]
         # Temporal: one sequence per token position, over frames. Spatial: one per frame, over tokens.
         if self.temporal:
@@ -208,7 +209,10 @@ class Block(nn.Module):
         bias = None if frames is None or self.bias is None else self.bias(*frames)  # (B, H, Tq, Tk)
         if bias is not None:
             bias = repeat(bias, "b h i j -> (b n) h i j", n=n)  # one per temporal sequence
-        x = x + self.attn.attend(q, k, v, mask=mask, causal=causal, bias=bias)
+        weights = [] if attention is not None else None
+        x = x + self.attn.attend(q, k, v, mask=mask, causal=causal, bias=bias, weights=weights)
+        if weights:
+            attention.append(rearrange(weights[0], "(b n) i j -> b n i j", b=b).mean(dim=1))
         x = x + self.mlp(self.mlp_norm(x))
         if self.temporal:
             return rearrange(x, "(b n) t d -> b t n d", b=b), kv
@@ -439,25 +443,31 @@ class DynamicsTransformer(nn.Module):
     def new_cache(self, batch_size: int) -> KVCache:
         return KVCache(batch_size, self.temporal_layers)
 
-    def step(self, cache: KVCache, x, tau, d, action=None, *, append: bool, pose=None, time: int | None = None):
+    def step(self, cache: KVCache, x, tau, d, action=None, *, append: bool, pose=None, time: int | None = None,
+             attention: list | None = None):
         """One frame x (B, C, h, w) at time `time` (default: after the newest cached frame),
         attending to the cached frames; `pose` (3,) or (B, 3). Returns its x0 prediction
         (B, C, h, w); with `append` its keys/values join the cache as a new frame (use
-        append=True for context frames)."""
+        append=True for context frames). With an `attention` list, each temporal layer appends
+        where the frame's queries looked: (B, cached frames + 1), the frame itself last."""
         b = x.shape[0]
         as_col = lambda v, dtype: torch.as_tensor(v, dtype=dtype, device=x.device).expand(b).reshape(b, 1)  # noqa: E731
         action = None if action is None else as_col(action, torch.long)
         tau, d = as_col(tau, torch.float32), as_col(d, torch.float32)
         poses = None if pose is None else torch.as_tensor(pose, dtype=torch.float32, device=x.device).expand(b, 3)[:, None]
         times = None if time is None else [int(time)]
-        return self._extend(cache, x[:, None], tau, d, action, poses, times, append=append)[:, 0]
+        layers = [] if attention is not None else None
+        out = self._extend(cache, x[:, None], tau, d, action, poses, times, append=append, attention=layers)[:, 0]
+        if layers is not None:
+            attention.extend(w[:, -1] for w in layers)
+        return out
 
     def prefill(self, cache: KVCache, x, tau, d, actions=None, poses=None, times: list[int] | None = None):
         """Append T frames x (B, T, C, h, w) in one batched pass: the same keys/values and
         predictions as T calls of ``step(..., append=True)`` (tested), for context frames."""
         return self._extend(cache, x, tau, d, actions, poses, times, append=True)
 
-    def _extend(self, cache: KVCache, x, tau, d, actions, poses, times, *, append: bool):
+    def _extend(self, cache: KVCache, x, tau, d, actions, poses, times, *, append: bool, attention: list | None = None):
         """T frames x (B, T, C, h, w) at `times` (default: after the newest cached frame): frame i
         sees every cached frame and the new frames up to itself. Returns the x0 predictions."""
         b, t = x.shape[:2]
@@ -474,7 +484,7 @@ class DynamicsTransformer(nn.Module):
         new_kv, layer = [], 0
         for block in self.blocks:
             if block.temporal:
-                h, kv = block(h, time_rope, mask=mask, past=cache.past(layer), frames=frames)
+                h, kv = block(h, time_rope, mask=mask, past=cache.past(layer), frames=frames, attention=attention)
                 new_kv.append(kv)
                 layer += 1
             else:

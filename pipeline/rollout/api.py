@@ -41,6 +41,7 @@ class FrameMeta:
     # Optional signals beyond the published task's (None where a host or data set has none):
     time: int | None = None  # the frame's index in its clip (0 = first context frame)
     pose: tuple[float, float, float] | None = None  # the recorded pose (x, y, heading in degrees)
+    attention_mass: float | None = None  # share of the host's temporal attention at the last generation
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,16 @@ Order of one step (``step`` = index of the frame about to be generated, 0 = the 
 5. the host generates the next frame from exactly that history.
 
 So the budget holds at every generation, the first included: with 36 context frames and a
-budget of 8 the policy chooses, before anything is generated, which 8 context frames stay (the
-ar-video-kv-temporal-policy harness generated its first frame from all 36). The session never
-holds more than ``max_frames`` frames, so peak retained memory is a property of the budget and
-policy.
+budget of 8 the policy chooses, before anything is generated, which 8 context frames stay. The
+session never holds more than ``max_frames`` frames, so peak retained memory is a property of
+the budget and policy. After each generation the host's ``attention_mass()`` (if it has one)
+goes onto the frames it attended to, for the next plan's FrameMeta.
+
+``protocol="harness"`` reproduces the loop of the ar-video-kv-temporal-policy harness instead:
+the first frame is generated from the whole context; afterwards the policy is consulted only
+when the history exceeds the budget (a history within budget keeps every frame); FrameMeta's
+``access_count`` and ``recent_hit_count`` are fixed at 1 and no frame becomes a long-term
+resident (demote_to_long_term counts as keep).
 """
 
 from __future__ import annotations
@@ -101,6 +107,10 @@ def finish_queued_work(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+Protocol = str  # "default" | "harness"
+PROTOCOLS = ("default", "harness")
+
+
 @torch.no_grad()
 def run_rollout(
     host: RolloutHost,
@@ -113,20 +123,18 @@ def run_rollout(
     generator: torch.Generator,
     actions: Sequence[int] | None = None,
     poses: Sequence[Sequence[float]] | None = None,
+    protocol: Protocol = "default",
 ) -> RolloutResult:
     """Generate ``n_predict`` latents after ``context`` (T, C, h, w) under a frame budget.
 
     ``actions[t]`` is the action that led to clip frame t (context first), ``poses[t]`` the
-    pose recorded in it; either may be None (the data has none).
+    pose recorded in it; either may be None (the data has none). ``protocol``: "default" (the
+    policy plans before every frame, the budget holds from the first) or "harness" (the
+    ar-video-kv-temporal-policy loop, see the module docstring).
     """
     n_ctx = len(context)
-    if n_ctx < 1 or n_predict < 1:
-        raise ValueError(f"need at least one context and one predicted frame, got {n_ctx} and {n_predict}")
-    for name, values in (("actions", actions), ("poses", poses)):
-        if values is not None and len(values) < n_ctx + n_predict:
-            raise ValueError(f"{len(values)} {name} for a clip of {n_ctx} + {n_predict} frames")
-    if max_frames is not None and max_frames < 1:
-        raise ValueError(f"max_frames must be >= 1 or None, got {max_frames}")
+    _check_rollout(n_ctx, n_predict, max_frames, actions, poses, protocol)
+    harness = protocol == "harness"
 
     def info(t: int) -> FrameInfo:
         return FrameInfo(time=t, action=None if actions is None else int(actions[t]),
@@ -150,13 +158,17 @@ def run_rollout(
     for step in range(n_predict):
         finish_queued_work(context.device)  # else the policy's timer absorbs the last generation
         t0 = time.perf_counter()
-        cand_lat, cand_rec = kept_lat + new_lat, kept_rec + new_rec
-        metas = build_frame_meta(torch.stack(cand_lat), ref, cand_rec, step)
         t_new = n_ctx + step
-        state = RolloutState(step=step, budget_capacity_mb=budget_state["capacity_mb"], total_steps=n_predict,
-                             target_pose=info(t_new).pose)
-        plan = plan_step(policy, name, metas, state, dict(budget_state))
-        keep, demoted = apply_plan(plan, len(cand_lat), max_frames, name)
+        cand_lat, cand_rec = kept_lat + new_lat, kept_rec + new_rec
+        over_budget = max_frames is not None and len(cand_lat) > max_frames
+        if harness and (step == 0 or not over_budget):  # the harness consults its policy only when over budget
+            keep, demoted = list(range(len(cand_lat))), set()
+        else:
+            metas = build_frame_meta(torch.stack(cand_lat), ref, cand_rec, step, fixed_access=harness)
+            state = RolloutState(step=step, budget_capacity_mb=budget_state["capacity_mb"], total_steps=n_predict,
+                                 target_pose=info(t_new).pose)
+            plan = plan_step(policy, name, metas, state, dict(budget_state))
+            keep, demoted = apply_plan(plan, len(cand_lat), max_frames, name)
         policy_seconds += time.perf_counter() - t0
 
         n_old = len(kept_lat)
@@ -166,8 +178,9 @@ def run_rollout(
         for i in keep:
             if i >= n_old:
                 session.append(cand_lat[i], info(cand_rec[i].time))
-        for i in demoted:
-            cand_rec[i].long_term_resident = True
+        if not harness:  # the harness never marks frames long-term resident
+            for i in demoted:
+                cand_rec[i].long_term_resident = True
         kept_lat = [cand_lat[i] for i in keep]
         kept_rec = [cand_rec[i] for i in keep]
         for rec in kept_rec:
@@ -177,6 +190,7 @@ def run_rollout(
         result.peak_retained_bytes = max(result.peak_retained_bytes, session.retained_bytes())
 
         x = session.generate(info(t_new)).float()
+        _record_attention(session, kept_rec)
         generated.append(x)
         new_lat, new_rec = [x], [FrameRecord(time=t_new, pose=info(t_new).pose)]
     result.generated = torch.stack(generated)
@@ -184,3 +198,24 @@ def run_rollout(
     result.seconds = time.perf_counter() - start
     result.policy_seconds = policy_seconds
     return result
+
+
+def _check_rollout(n_ctx: int, n_predict: int, max_frames: int | None, actions, poses, protocol: str) -> None:
+    if n_ctx < 1 or n_predict < 1:
+        raise ValueError(f"need at least one context and one predicted frame, got {n_ctx} and {n_predict}")
+    for name, values in (("actions", actions), ("poses", poses)):
+        if values is not None and len(values) < n_ctx + n_predict:
+            raise ValueError(f"{len(values)} {name} for a clip of {n_ctx} + {n_predict} frames")
+    if max_frames is not None and max_frames < 1:
+        raise ValueError(f"max_frames must be >= 1 or None, got {max_frames}")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+
+
+def _record_attention(session, kept: list[FrameRecord]) -> None:
+    """The host's attention_mass signal of the generation just done, onto the frames it
+    attended to (hosts without the signal leave it None)."""
+    shares = getattr(session, "attention_mass", lambda: None)()
+    if shares is not None:
+        for rec, share in zip(kept, shares):
+            rec.attention_mass = float(share)

@@ -97,6 +97,7 @@ class RecomputeSession:
         self.host, self.generator = host, generator
         self.latents: list[torch.Tensor] = []
         self.infos: list[FrameInfo] = []
+        self.last_attention: list[float] | None = None
 
     def append(self, latent: torch.Tensor, info: FrameInfo) -> None:
         x = self.host.dynamics.normalize(latent.to(self.host.device, torch.float32))  # the model's latent space
@@ -121,7 +122,13 @@ class RecomputeSession:
             host.action_tensor(self.infos), host.pose_tensor(self.infos), [f.time for f in self.infos],
         )
         context.shape = tuple(self.latents[0].shape)
-        return context.generate(info)
+        out = context.generate(info)
+        self.last_attention = context.last_attention
+        return out
+
+    def attention_mass(self) -> list[float] | None:
+        """As :meth:`KVSession.attention_mass`, for the history just re-run."""
+        return self.last_attention
 
     def retained_bytes(self) -> int:
         return sum(x.numel() * x.element_size() for x in self.latents)
@@ -134,6 +141,7 @@ class KVSession:
         self.host, self.generator = host, generator
         self.cache = host.dynamics.new_cache(1)
         self.shape: tuple[int, ...] = ()  # (C, h, w) of the frames, known once one is appended
+        self.last_attention: list[float] | None = None  # see attention_mass
 
     def _vec(self, value: float) -> torch.Tensor:
         return torch.full((1,), value, device=self.host.device)
@@ -163,11 +171,24 @@ class KVSession:
     def generate(self, info: FrameInfo) -> torch.Tensor:
         host = self.host
         conditioning = self._conditioning(info)
+        calls = iter(range(host.sampler.steps, 0, -1))
 
         def denoise(z: torch.Tensor, tau: float, d: float) -> torch.Tensor:
-            return host.dynamics.step(self.cache, z[None], self._vec(tau), self._vec(d), append=False, **conditioning)[0]
+            final = next(calls) == 1
+            layers = [] if final else None  # where the final call's queries looked, for attention_mass
+            x0 = host.dynamics.step(self.cache, z[None], self._vec(tau), self._vec(d), append=False,
+                                    attention=layers, **conditioning)[0]
+            if final:
+                self.last_attention = torch.stack(layers).mean(dim=0)[0, :-1].tolist()  # mean over layers, without itself
+            return x0
 
         return host.dynamics.denormalize(host.sampler.sample(denoise, self.shape, self.generator, host.device))
+
+    def attention_mass(self) -> list[float] | None:
+        """Per retained frame (oldest first): the share of the temporal attention of the last
+        generated frame's final denoising call that landed on it, mean over layers and heads
+        (and token positions); the rest went to the new frame itself. None before a generation."""
+        return self.last_attention
 
     def retained_bytes(self) -> int:
         return int(self.cache.nbytes())

@@ -56,3 +56,28 @@ def test_policies_that_may_read_the_budget_are_always_rerun(stores, scorer, tmp_
     )
     result = run(stores, scorer, bench_params(policies=[f"{path}:MyWindow"], modes=["kv"]))
     assert not any(r.reused for r in result.records)
+
+
+HARNESS_STYLE_POLICY = '''
+class VideoTemporalKVPolicy:
+    """recent_window's rule, written as for the published harness: its names are not imported."""
+
+    def build_temporal_cache_plan(self, chunk_meta_list: List[FrameMeta], rollout_state, budget_state) -> TemporalCachePlan:
+        decisions = [ChunkDecision(chunk_id=m.chunk_id, action="keep" if m.recentness >= 0.34 else "drop",
+                                   priority=m.recentness) for m in chunk_meta_list]
+        return TemporalCachePlan(chunk_decisions=decisions, retention_family="recency")
+'''
+
+
+def test_a_harness_style_policy_file_loads_unchanged_and_scores_what_the_same_builtin_rule_scores(stores, scorer, tmp_path):
+    path = tmp_path / "custom_policy.py"
+    path.write_text(HARNESS_STYLE_POLICY)
+    bench = bench_params(policies=["recent_window", f"{path}:VideoTemporalKVPolicy"], modes=["recompute", "kv"],
+                         protocol="harness")
+    records = run(stores, scorer, bench).records
+    by_policy = {}
+    for r in records:
+        by_policy.setdefault(r.cell.policy, []).append((r.cell.workload, r.cell.budget, r.cell.mode, r.clip,
+                                                         r.per_frame, r.kept_per_step))
+    assert by_policy["recent_window"] == by_policy["VideoTemporalKVPolicy"]
+    assert by_policy["recent_window"][0][-1][0] > 2  # the harness: the first frame from the whole context
