@@ -31,7 +31,8 @@ def pool_always(monkeypatch):
 
 
 def params(**kw) -> ExtractParams:
-    base = dict(size=32, chunk_frames=8, shard_frames=32, workers=1)
+    base = dict(size=32, chunk_frames=8, shard_frames=32, workers=1, fps=20.0,
+                splits={"train": 0.7, "val": 0.15, "test": 0.15})  # fixed here, whatever params.yaml says
     return ExtractParams(**(base | kw))
 
 
