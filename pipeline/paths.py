@@ -14,6 +14,8 @@ LATENTS = Path("data/latents.zarr")
 TOKENIZER = Path("models/tokenizer")
 DYNAMICS = Path("models/dynamics")
 
+FINGERPRINTS = Path("fingerprints")  # <stage>.txt: the code each stage runs and its settings, hashed
+
 TOKENIZER_METRICS = Path("metrics/tokenizer.json")
 TRAIN_METRICS = Path("metrics/train.json")
 BENCHMARK_METRICS = Path("metrics/benchmark.json")

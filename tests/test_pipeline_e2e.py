@@ -1,9 +1,14 @@
-"""All six stages through real DVC, on tiny params, in a throwaway clone: catches any break
-between stages (a contract one stage writes and the next one reads)."""
+"""All stages through real DVC, on tiny params, in a throwaway clone: catches any break between
+stages (a contract one stage writes and the next one reads), and which stages a change reruns.
+
+One `dvc repro` (a module fixture) serves every test here; the test that changes the clone runs
+last."""
 
 import json
 
 import pytest
+
+from tests.project_clone import make_project_clone
 
 TINY = {
     "download": {"recorder": {"episodes": 3, "max_frames": 60}},
@@ -15,20 +20,27 @@ TINY = {
     "train": {"steps": 8, "seq_len_short": 4, "seq_len_long": 8, "batch_size_short": 2,
               "batch_size_long": 1, "warmup_steps": 2, "log_every": 4, "val_every": 4, "checkpoint_every": 4},
     "benchmark": {"workloads": {"short": {"context": 3, "predict": 3}, "long": {"context": 10, "predict": 4}},
-                  "budgets": {"full": None, "tight": 2}, "n_clips": 1, "sampling_steps": 2, "media_clips": 1},
+                  "budgets": {"full": None, "tight": 2}, "n_clips": 2, "sampling_steps": 2, "media_clips": 1},
 }
 
-STAGES = ("download", "extract", "train_tokenizer", "tokenize", "train", "benchmark")
+STAGES = ("fingerprint", "download", "extract", "train_tokenizer", "tokenize", "train", "benchmark")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    clone = make_project_clone(tmp_path_factory.mktemp("e2e") / "project")
+    clone.set_params(TINY)
+    out = clone.run("dvc", "repro", timeout=900).stdout
+    return clone, out
 
 
 @pytest.mark.slow
-def test_dvc_repro_runs_all_stages_deterministically_and_exp_run_reruns_only_downstream(project_clone):
-    project_clone.set_params(TINY)
-    out = project_clone.run("dvc", "repro", timeout=900).stdout
+def test_dvc_repro_runs_all_stages(tiny_run):
+    clone, out = tiny_run
     for stage in STAGES:
         assert f"Running stage '{stage}'" in out
 
-    root = project_clone.root
+    root = clone.root
     bench = json.loads((root / "metrics/benchmark.json").read_text())
     flat = json.dumps(bench)
     for policy in ("recent_window", "packcache", "causalcache_vdm", "flowcache", "full_history"):
@@ -39,20 +51,31 @@ def test_dvc_repro_runs_all_stages_deterministically_and_exp_run_reruns_only_dow
     assert any((root / "reports/benchmark").iterdir())
 
     # nothing left to do: the lock file matches what is on disk
-    assert "up to date" in project_clone.run("dvc", "status").stdout.lower()
+    assert "up to date" in clone.run("dvc", "status").stdout.lower()
+
+
+@pytest.mark.slow
+def test_reruns_are_exactly_the_stages_that_depend_on_a_change(tiny_run):
+    clone, _ = tiny_run
+    root = clone.root
 
     # retraining with the same params writes byte-identical checkpoints: nothing downstream is stale
-    project_clone.run("dvc", "repro", "--force", "--single-item", "train", timeout=600)
-    assert "up to date" in project_clone.run("dvc", "status").stdout.lower()
+    clone.run("dvc", "repro", "--force", "--single-item", "train", timeout=600)
+    assert "up to date" in clone.run("dvc", "status").stdout.lower()
 
-    # changing a train key reruns train and benchmark only
-    out = project_clone.run("dvc", "exp", "run", "-S", "train.seq_len_long=12", timeout=900).stdout
-    for stage in ("download", "extract", "train_tokenizer", "tokenize"):
-        assert f"Running stage '{stage}'" not in out
-    for stage in ("train", "benchmark"):
-        assert f"Running stage '{stage}'" in out
+    # changing a train key (params.yaml) reruns train and benchmark only
+    out = clone.run("dvc", "exp", "run", "-S", "train.seq_len_long=12", timeout=900).stdout
+    ran = {s for s in STAGES if f"Running stage '{s}'" in out}
+    assert ran == {"train", "benchmark"}, out
 
-    # editing the dynamics model's code makes exactly the stages that run it stale
+    # a setting (settings.yaml) reruns its stages through their fingerprints
+    out = clone.run("dvc", "exp", "run", "-S", "settings.yaml:benchmark.tau_ctx=0.2", timeout=900).stdout
+    ran = {s for s in STAGES if f"Running stage '{s}'" in out}
+    assert ran == {"fingerprint", "benchmark"}, out
+
+    # editing the dynamics model's code changes the fingerprints of exactly the stages that run it
     with open(root / "pipeline/networks/dynamics.py", "a") as f:
         f.write("\n# an edit\n")
-    assert sorted(json.loads(project_clone.run("dvc", "status", "--json").stdout)) == ["benchmark", "train"]
+    assert sorted(json.loads(clone.run("dvc", "status", "--json").stdout)) == ["fingerprint"]
+    clone.run("dvc", "repro", "fingerprint")
+    assert sorted(json.loads(clone.run("dvc", "status", "--json").stdout)) == ["benchmark", "train"]
