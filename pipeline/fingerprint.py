@@ -40,6 +40,7 @@ STAGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "tokenize": ("stages.tokenize_frames", ("tokenize",)),
     "train": ("stages.train", ("seed", "model", "train")),
     "benchmark": ("stages.benchmark", ("seed", "benchmark")),
+    "report": ("stages.report", ()),
 }
 
 OUT_DIR = paths.FINGERPRINTS

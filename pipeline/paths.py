@@ -26,3 +26,8 @@ TOKENIZER_LIVE = Path("dvclive/tokenizer")
 TRAIN_LIVE = Path("dvclive/train")
 
 BENCHMARK_REPORTS = Path("reports/benchmark")
+
+HEADLINE_METRICS = Path("metrics/headline.json")  # the one DVC metrics file: `dvc exp show`, `dvc metrics diff`
+REPORT_HTML = Path("reports/index.html")
+REPORT_CHARTS = Path("reports/charts")
+PLOTS_TEMPLATE = Path("reports/plots_template.html")  # .dvc/config plots.html_template: `dvc plots` offline

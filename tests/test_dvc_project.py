@@ -82,6 +82,8 @@ def test_a_fingerprint_holds_exactly_the_code_a_stage_imports():
     assert "pipeline/networks/tokenizer.py" not in train  # train never runs the tokenizer
     assert not set(train) & SHARED_MODULES
     assert "pipeline/benchmark/outputs.py" in code_of("benchmark", PROJECT_ROOT)
+    assert [f for f in code_of("report", PROJECT_ROOT) if f.startswith("pipeline/")] == sorted(
+        f.relative_to(PROJECT_ROOT).as_posix() for f in (PROJECT_ROOT / "pipeline/report").glob("*.py"))
 
 
 def copy_code(root: Path) -> Path:
