@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from pipeline.config import SETTINGS_FILE
@@ -46,6 +51,33 @@ def test_dvc_exp_run_with_a_params_override_reruns_download(project_clone):
     exps = json.loads(project_clone.run("dvc", "exp", "show", "--json").stdout)
     text = json.dumps(exps)
     assert '"max_videos": 1' in text and '"max_videos": 6' in text  # the experiment beside the baseline
+
+
+def queue_finished(clone) -> str:
+    """`dvc queue status` once no experiment is queued or running (polled; 5 minutes at most)."""
+    deadline = time.monotonic() + 300
+    while True:
+        status = clone.run("dvc", "queue", "status").stdout
+        if not re.search(r"\b(Queued|Running)\b", status) or time.monotonic() > deadline:
+            return status
+        time.sleep(1)
+
+
+@pytest.mark.slow
+def test_a_sweep_runs_on_dvcs_own_queue(project_clone):
+    # the README's sweep, on the cheap stage: queue experiments, start workers, wait, compare
+    project_clone.set_params(TINY_RECORDER)
+    for n in (1, 2):
+        project_clone.run("dvc", "exp", "run", "--queue", "download", "-S", f"download.max_videos={n}", "-n", f"videos-{n}")
+    assert "Queued" in project_clone.run("dvc", "queue", "status").stdout
+    project_clone.run("dvc", "queue", "start", "-j", "2")
+    status = queue_finished(project_clone)
+    assert re.search(r"videos-1\s.*Success", status) and re.search(r"videos-2\s.*Success", status), status
+
+    rows = list(csv.DictReader(io.StringIO(project_clone.run("dvc", "exp", "show", "--csv").stdout)))
+    runs = {r["Experiment"]: r for r in rows if r["Experiment"]}
+    assert {name: runs[name]["download.max_videos"] for name in ("videos-1", "videos-2")} == {"videos-1": "1", "videos-2": "2"}
+    assert runs["videos-1"]["fingerprints/download.txt"] == runs["videos-2"]["fingerprints/download.txt"]
 
 
 def test_the_stage_rejects_a_misspelt_key_naming_it(project_clone):
