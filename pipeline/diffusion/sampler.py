@@ -1,6 +1,6 @@
 """K-step shortcut Euler sampling with x-prediction, and context corruption.
 
-Noise level convention (DESIGN.md): ``z_tau = (1 - tau) * x0 + tau * eps``; tau = 1 is pure
+Noise level convention (the project's, as FAR's flow-matching sigma): ``z_tau = (1 - tau) * x0 + tau * eps``; tau = 1 is pure
 noise, tau = 0 is clean. The network predicts x0 (x-prediction) given the step size d it is
 asked to take (shortcut forcing, DreamerV4). With K steps, d = 1/K and tau walks the grid
 1, 1 - d, ..., d. One Euler step in velocity space, v = dz/dtau = eps - x0 = (z - x0) / tau:

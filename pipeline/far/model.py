@@ -393,6 +393,18 @@ class FAR(nn.Module):
             return allowed
         return (self.cfg.slope_scale * rel.float()).masked_fill(~allowed, float("-inf"))
 
+    def _long_term(self, frames: torch.Tensor, timestep: torch.Tensor, actions: torch.Tensor | None):
+        """FAR_Long's coarse path for the n_long oldest frames (B, n_long, C, H, W): their tokens,
+        conditioning, rotary ids and frame indices, to go before the short-term ones."""
+        n_long, (h, w) = frames.shape[1], frames.shape[-2:]
+        p, cp = self.cfg.patch_size, self.cfg.context_patch_size
+        ctpf = (h // cp) * (w // cp)
+        tokens = self.context_embedder(pack(frames, cp))
+        # long-term frames carry twice their timestep (-1 -> -2): the reference's convention
+        temb = self._temb(timestep * 2, actions, ctpf, tokens.dtype)
+        ids = grid_ids(torch.arange(n_long), h // cp, w // cp, stride=cp // p)
+        return tokens, temb, ids, torch.arange(n_long).repeat_interleave(ctpf)
+
     def forward(
         self,
         x: torch.Tensor,
@@ -446,19 +458,12 @@ class FAR(nn.Module):
         ids = grid_ids(torch.arange(n_long, total), h // p, w // p)
         frame_idx = torch.arange(n_long, total).repeat_interleave(tpf)
         n_long_tokens = 0
-        if n_long:
-            cp = cfg.context_patch_size
-            ctpf = (h // cp) * (w // cp)
-            ctx_tokens = self.context_embedder(pack(x[:, :n_long], cp))
-            # long-term frames carry twice their timestep (-1 -> -2): the reference's convention
-            ctx_temb = self._temb(
-                timestep[:, :n_long] * 2, None if actions is None else actions[:, :n_long], ctpf, tokens.dtype
-            )
-            tokens = torch.cat([ctx_tokens, tokens], dim=1)
-            temb = torch.cat([ctx_temb, temb], dim=1)
-            ids = torch.cat([grid_ids(torch.arange(n_long), h // cp, w // cp, stride=cp // p), ids])
-            frame_idx = torch.cat([torch.arange(n_long).repeat_interleave(ctpf), frame_idx])
-            n_long_tokens = n_long * ctpf
+        if n_long:  # the long-term frames' coarse tokens go first
+            long_tokens, long_temb, long_ids, long_idx = self._long_term(
+                x[:, :n_long], timestep[:, :n_long], None if actions is None else actions[:, :n_long])
+            tokens, temb = torch.cat([long_tokens, tokens], dim=1), torch.cat([long_temb, temb], dim=1)
+            ids, frame_idx = torch.cat([long_ids, ids]), torch.cat([long_idx, frame_idx])
+            n_long_tokens = long_tokens.shape[1]
         if cfg.condition_type == "label":
             temb = temb + self.label_embedder(labels).unsqueeze(1)
 
