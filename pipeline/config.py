@@ -249,6 +249,7 @@ class TokenizeParams(Section):
     """The `tokenize` stage: encoding every frame with the trained tokenizer."""
 
     batch_size: int = Field(ge=1, description="frames per encoder call (memory only)")
+    nproc_per_node: int = Field(ge=1, description="> 1: the stage relaunches itself under torchrun, videos sharded by rank")
 
 
 class ModelParams(Section):
@@ -359,6 +360,8 @@ class BenchmarkParams(Section):
     tau_ctx: float = Field(0.1, ge=0, lt=1)
     media_clips: int = Field(2, ge=0)
     cpu_threads: int = Field(1, ge=0, description="torch threads on CPU; 0 = torch's default")
+    batch_size: int = Field(16, ge=1, description="clips of one cell per host call (1: one rollout at a time)")
+    nproc_per_node: int = Field(1, ge=1, description="> 1: the stage relaunches itself under torchrun, clips sharded by rank")
     far: FarParams = FarParams()
 
     @field_validator("budgets")
@@ -375,6 +378,13 @@ class BenchmarkParams(Section):
         if not _power_of_two(v):
             raise ValueError(f"must be a power of two (a shortcut step d = 1/K), got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _every_process_has_clips(self) -> "BenchmarkParams":
+        if self.nproc_per_node > self.n_clips:
+            raise ValueError(f"nproc_per_node ({self.nproc_per_node}) > n_clips ({self.n_clips}): "
+                             "processes without a clip (the clips are sharded by rank)")
+        return self
 
 
 # --------------------------------------------------------------------------------------------

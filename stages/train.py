@@ -4,20 +4,14 @@ by torchrun directly (e.g. multi-node), it joins the process group it finds."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 from pipeline import paths
 from pipeline.config import load_params_or_exit
+from pipeline.launch import relaunch_under_torchrun
 
 
 def main() -> None:
     params = load_params_or_exit()
-    n = params.train.nproc_per_node
-    if n > 1 and "LOCAL_RANK" not in os.environ:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", "-m", "stages.train"]
-        sys.exit(subprocess.call(cmd))
+    relaunch_under_torchrun(params.train.nproc_per_node, "stages.train")
     from pipeline.training.dynamics import (
         train_dynamics,  # after the relaunch: torch loads once per rank
     )

@@ -8,12 +8,13 @@ import torch
 from pipeline.paths import DYNAMICS, TOKENIZER
 
 
-def benchmark_device(params) -> torch.device:
-    """The device rollouts run on; on CPU capped at ``benchmark.cpu_threads`` threads (per-frame
-    ops are small: more threads cost more than they give)."""
+def benchmark_device(params, dist=None) -> torch.device:
+    """The device rollouts run on (a rank's own GPU among several processes, ``dist``); on CPU
+    capped at ``benchmark.cpu_threads`` threads (per-frame ops are small: more threads cost
+    more than they give)."""
     from pipeline.training.device import pick_device
 
-    device = pick_device()
+    device = dist.device if dist is not None and dist.world > 1 else pick_device()
     if device.type == "cpu" and params.benchmark.cpu_threads:
         torch.set_num_threads(params.benchmark.cpu_threads)
     return device

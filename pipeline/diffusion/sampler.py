@@ -59,6 +59,23 @@ class ShortcutEulerSampler:
         dtype: torch.dtype = torch.float32,
     ) -> torch.Tensor:
         z = _noise_like(torch.empty(shape, device=device, dtype=dtype), generator)
+        return self._integrate(denoise, z)
+
+    @torch.no_grad()
+    def sample_rows(
+        self,
+        denoise: Denoiser,
+        shape: tuple[int, ...],
+        generators: list[torch.Generator],
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> torch.Tensor:
+        """A batch of samples (B, *shape): row b starts from noise of ``generators[b]``, drawn as
+        :meth:`sample` draws it, so a row's sample does not depend on the others."""
+        eps = torch.stack([torch.randn(shape, generator=g, device=g.device, dtype=torch.float32) for g in generators])
+        return self._integrate(denoise, eps.to(device=device, dtype=dtype))  # one transfer for the batch
+
+    def _integrate(self, denoise: Denoiser, z: torch.Tensor) -> torch.Tensor:
         x0 = z
         d = torch.tensor(self.d, device=z.device)
         levels = self.taus()
