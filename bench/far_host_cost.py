@@ -18,6 +18,7 @@ import torch
 from pipeline.far.host import FarHost
 from pipeline.far.model import FAR
 from pipeline.far.weights import VARIANTS, weights_dtype
+from pipeline.rollout.api import FrameInfo
 from pipeline.rollout.loop import finish_queued_work
 
 
@@ -35,10 +36,10 @@ def seconds_per_frame(host: FarHost, mode: str, context: torch.Tensor, repeats: 
     for r in range(repeats):
         session = host.start(mode, torch.Generator().manual_seed(r))
         for x in context:
-            session.append(x, None)
+            session.append(x, FrameInfo(0))
         finish_queued_work(host.device)
         t0, c0 = time.perf_counter(), time.process_time()
-        session.generate(None)
+        session.generate(FrameInfo(0))
         finish_queued_work(host.device)
         times.append((time.perf_counter() - t0, time.process_time() - c0))
     return min(times)

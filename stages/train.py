@@ -9,8 +9,6 @@ damaged checkpoint of a killed run is not resumed."""
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -21,16 +19,13 @@ if not __package__:  # run as a file (`python stages/train.py`): import this che
 from pipeline import paths
 from pipeline.config import load_params_or_exit
 from pipeline.errors import add_debug_flag, user_errors
+from pipeline.launch import relaunch_under_torchrun
 
 
 def main(argv: Sequence[str] = ()) -> int:
     args = add_debug_flag(argparse.ArgumentParser(prog="python -m stages.train", description=__doc__)).parse_args(argv)
     params = load_params_or_exit()
-    n = params.train.nproc_per_node
-    if n > 1 and "LOCAL_RANK" not in os.environ:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", "-m", "stages.train",
-               *argv]
-        return subprocess.call(cmd)
+    relaunch_under_torchrun(params.train.nproc_per_node, "stages.train", argv)
     from pipeline.data.latent_windows import WindowError  # after the relaunch: torch loads once per rank
     from pipeline.data.stores import StoreError
     from pipeline.metrics.lpips_weights import LPIPSWeightsError

@@ -1,4 +1,4 @@
-"""Benchmark clips: windows of held-out video with their ground truth, context and actions.
+"""Benchmark clips: windows of held-out video with their ground truth, context, actions and poses.
 
 Clips come from test-split videos only and are drawn deterministically from the global seed, so
 every policy, budget and mode is scored on the same clips. With ``benchmark.host: far`` and
@@ -21,6 +21,7 @@ from pipeline.data.stores import (
     open_store,
     read_actions,
     read_array,
+    read_poses,
 )
 from pipeline.paths import FRAMES, LATENTS
 
@@ -37,6 +38,7 @@ class Clip:
     pixels: torch.Tensor  # (context + predict, 3, H, W) float in [0, 1]: the ground truth
     context_latents: torch.Tensor | None  # (context, C, h, w); None: the host encodes the pixels
     actions: np.ndarray | None  # (context + predict,) int: the action that led to each frame, -1 none
+    poses: np.ndarray | None = None  # (context + predict, 3) float: the pose recorded in each frame
 
 
 def eligible_videos(frames_path: str | Path, context: int, predict: int) -> list:
@@ -77,7 +79,8 @@ def select_clips(frames_path: str | Path, latents_path: str | Path | None, conte
                 raise StoreError(f"{latents_path}: no latents for test video {video.id!r} (rerun the tokenize stage)")
             latents = torch.from_numpy(read_array(latents_path, video.id, "latents", start, start + context)).float()
         pixels = to_pixels(read_array(frames_path, video.id, "frames", start, start + length))
-        clips.append(Clip(video.id, start, pixels, latents, conditioning_actions(frames_path, video, start, length)))
+        poses = read_poses(frames_path, video.id, start, start + length) if video.has_poses else None
+        clips.append(Clip(video.id, start, pixels, latents, conditioning_actions(frames_path, video, start, length), poses))
     return clips
 
 

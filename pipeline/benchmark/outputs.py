@@ -3,7 +3,8 @@
 - ``TEST_METRICS: key=value ...``: one line per cell and per reference, the metric line format of
   ar-video-kv-temporal-policy;
 - ``metrics/benchmark.json``: nested workload/budget/policy/mode, keys stable for
-  ``dvc metrics diff``;
+  ``dvc metrics diff --targets metrics/benchmark.json``, with the run's settings (``budgets``:
+  each budget's frame count, null when unlimited); the report stage reads it;
 - long-form CSV tables per horizon and per budget for ``dvc plots`` (built as pandas tables,
   floats written as ``%.6g`` like the lines).
 """
@@ -18,6 +19,7 @@ from pipeline.atomic import atomic_file, write_json
 from pipeline.benchmark.run import METRIC_NAMES, BenchmarkRun
 from pipeline.benchmark.summary import (
     GAP_KEY,
+    MEMORY_GAIN_KEY,
     PAIRED_BASELINE,
     summarize,
     summarize_references,
@@ -29,7 +31,8 @@ LINE_KEYS = ("temporal_quality_main", "psnr", "ssim", "lpips", "peak_kv_memory_m
 REFERENCE_KEYS = ("temporal_quality_main", "psnr", "ssim", "lpips")
 UNCERTAINTY_KEYS = ("psnr_sem", GAP_KEY, f"{GAP_KEY}_ci95")
 JSON_KEYS = ("temporal_quality_main", "psnr", *UNCERTAINTY_KEYS, "ssim", "lpips", "fps", "peak_kv_memory_mb",
-             "peak_retained_bytes", "n_frames_kept", "mean_frames_kept", "policy_time_share")
+             "peak_retained_bytes", "n_frames_kept", "mean_frames_kept", "policy_time_share", "memory_oracle_psnr",
+             MEMORY_GAIN_KEY, f"{MEMORY_GAIN_KEY}_ci95")  # the memory gain: full_history cells under a finite budget
 HORIZON_COLUMNS = ("workload", "budget", "mode", "policy", "horizon", "psnr", "ssim", "lpips")
 BUDGET_COLUMNS = ("workload", "budget", "max_frames", "mode", "policy", "psnr", *UNCERTAINTY_KEYS, "ssim", "lpips",
                   "temporal_quality_main", "peak_kv_memory_mb", "mean_frames_kept", "fps")
@@ -45,7 +48,8 @@ def metrics_lines(summary: dict, references: dict) -> list[str]:
     lines = []
     for (workload, budget, policy, mode), e in summary.items():
         vals = " ".join(f"{k}={_fmt(e[k])}" for k in LINE_KEYS)
-        lines.append(f"TEST_METRICS: workload={workload} budget={budget} policy={policy} mode={mode} {vals} eval_mode={EVAL_MODE}")
+        lines.append(f"TEST_METRICS: workload={workload} budget={budget} policy={policy} mode={mode} {vals} "
+                     f"eval_mode={EVAL_MODE}")
     for workload, refs in references.items():
         for name, e in refs.items():
             vals = " ".join(f"{k}={_fmt(e[k])}" for k in REFERENCE_KEYS)
@@ -73,7 +77,7 @@ def metrics_json(summary: dict, references: dict, info: dict) -> dict:
     rollouts: dict = {}
     for (workload, budget, policy, mode), e in summary.items():
         rollouts.setdefault(workload, {}).setdefault(budget, {}).setdefault(policy, {})[mode] = {
-            k: e[k] for k in JSON_KEYS
+            k: e[k] for k in JSON_KEYS if k in e
         }
     refs = {w: {n: {k: e[k] for k in REFERENCE_KEYS} for n, e in r.items()} for w, r in references.items()}
     return {"eval_mode": EVAL_MODE, **info, "references": refs, "rollouts": rollouts}
@@ -118,7 +122,7 @@ def write_outputs(run: BenchmarkRun, budgets: dict, info: dict, metrics_path: st
                   horizon_csv: str | Path, budget_csv: str | Path) -> tuple[dict, dict, list[str]]:
     """Write the JSON and both CSV tables; returns (summary, references, TEST_METRICS lines)."""
     summary, references = summarize(run), summarize_references(run)
-    info = {**info, "seconds": round(run.seconds, 3)}
+    info = {**info, "seconds": round(run.seconds, 3), "budgets": dict(budgets)}
     write_json(metrics_path, metrics_json(summary, references, info))
     write_csv(horizon_csv, horizon_table(summary, references))
     write_csv(budget_csv, budget_table(summary, budgets))

@@ -20,6 +20,7 @@ from pipeline.benchmark.stats import paired_difference, standard_error
 PSNR_FOR_FULL_SCORE = 40.0  # temporal_quality_main = min(100, PSNR / 40 * 100)
 PAIRED_BASELINE = "full_history"  # every policy's PSNR is also reported as a paired gap to this one
 GAP_KEY = f"psnr_vs_{PAIRED_BASELINE}"
+MEMORY_GAIN_KEY = "memory_gain"  # full_history: unlimited budget minus this budget (keep the newest B), paired
 CELL = ["workload", "budget", "policy", "mode"]
 PAIR = ["workload", "budget", "mode", "clip", "seed"]  # rollouts with the same clips and noise
 
@@ -77,6 +78,7 @@ def _cell_entry(rollouts: pd.DataFrame) -> dict:
     )
     entry["peak_kv_memory_mb"] = entry["peak_retained_bytes"] / 2**20
     entry["psnr_sem"] = standard_error(rollouts["psnr_rollout"].tolist())
+    entry["memory_oracle_psnr"] = float(np.mean(rollouts["memory_oracle_psnr"].tolist()))
     return entry
 
 
@@ -91,6 +93,24 @@ def paired_gaps(rollouts: pd.DataFrame) -> dict[Key, tuple[float, float | None]]
     }
 
 
+def memory_gains(rollouts: pd.DataFrame, budgets: dict[str, int | None]) -> dict[Key, tuple[float, float | None]]:
+    """Per full_history cell under a finite budget B: how much keeping every frame beats keeping
+    the newest B, the paired PSNR gap (unlimited minus B, same clips and noise) and its 95%
+    half-width. Needs an unlimited budget in the run."""
+    unlimited = [name for name, n in budgets.items() if n is None]
+    ours = rollouts[rollouts["policy"] == PAIRED_BASELINE]
+    if not unlimited or ours.empty:
+        return {}
+    keys = ["workload", "mode", "clip", "seed"]
+    full = ours.loc[ours["budget"] == unlimited[0], [*keys, "psnr_rollout"]]
+    pairs = ours.merge(full, on=keys, suffixes=("", "_full")).sort_values(["clip", "seed"], kind="stable")
+    pairs = pairs[pairs["budget"].map(lambda b: budgets.get(b) is not None).astype(bool)]
+    return {
+        key: paired_difference(g["psnr_rollout_full"].tolist(), g["psnr_rollout"].tolist())
+        for key, g in pairs.groupby(CELL, observed=True)
+    }
+
+
 def summarize(run: BenchmarkRun) -> dict[Key, dict]:
     """Per cell, in the params' order: mean metrics, per-horizon curves, speed and memory, and
     how sure the PSNR is: its standard error over rollouts and its paired gap to PAIRED_BASELINE
@@ -98,11 +118,13 @@ def summarize(run: BenchmarkRun) -> dict[Key, dict]:
     if not run.records:
         return {}
     rollouts = rollout_table(run)
-    gaps = paired_gaps(rollouts)
+    gaps, gains = paired_gaps(rollouts), memory_gains(rollouts, run.budgets)
     out = {}
     for key, cell in rollouts.groupby(CELL, observed=True):
         out[key] = entry = _cell_entry(cell)
         entry[GAP_KEY], entry[f"{GAP_KEY}_ci95"] = gaps.get(key, (None, None))
+        if key in gains:
+            entry[MEMORY_GAIN_KEY], entry[f"{MEMORY_GAIN_KEY}_ci95"] = gains[key]
     return out
 
 

@@ -13,7 +13,19 @@ so a step of d from tau never passes the clean end. Each sequence is either a *f
 (every frame at d = 1/k_max, plain x-loss) or, with probability `bootstrap_fraction` (an exact
 share of each batch), a *bootstrap* row whose frames draw d uniformly in log-space over the
 coarser sizes {1, ..., 2/k_max} (DreamerV4 samples d uniformly over the levels, not over d).
-Diffusion forcing: every frame draws its own d and tau.
+Diffusion forcing: every frame draws its own d and tau. With probability `context_fraction` a
+frame of a flow row is instead a *context* frame, at tau in {1, 2}/k_max: what the frames a
+generated frame attends to look like at inference (context corrupted to tau_ctx ~ 0.1), so that
+recalling a clean frame from far back is learnt often, not only when the draw of tau happens to
+leave it clean.
+
+**Which frames a frame sees** (``visible``, (B, T, T) bool, i may attend to j): causal, except
+single-frame rows (probability `single_frame_fraction`: each frame sees itself only) and
+*history dropout* rows (probability `history_dropout`): a frame sees the newest w frames before
+it (w uniform in 1..HISTORY_WINDOW) and each older frame with one probability r (uniform in
+[0, 1]) per row. That is the gapped history a retention policy leaves (keep the newest few and
+some older ones), with every frame at its own time position, so rollouts under a frame budget
+stay in distribution.
 
 **Bootstrap target (DreamerV4 eq. 7, translated).** With stop-gradient, the model takes two
 half steps of d/2::
@@ -75,6 +87,9 @@ def sample_taus(d: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return i.float() * d
 
 
+HISTORY_WINDOW = 8  # history dropout keeps the newest 1..8 frames before each frame (budgets 4, 8)
+
+
 @dataclass
 class NoisePlan:
     """Every random choice of one training step's loss, for a (global) batch of B x T frames."""
@@ -84,13 +99,45 @@ class NoisePlan:
     eps: torch.Tensor  # (B, T, C, h, w)
     bootstrap: torch.Tensor  # (B,) bool
     independent: torch.Tensor  # (B,) bool: single-frame sequences
+    visible: torch.Tensor  # (B, T, T) bool: frame i may attend to frame j
 
     def rows(self, index: slice | torch.Tensor) -> "NoisePlan":
         """The plan of some rows (a DDP rank's shard)."""
-        return NoisePlan(self.tau[index], self.d[index], self.eps[index], self.bootstrap[index], self.independent[index])
+        return NoisePlan(*(t[index] for t in self._tensors()))
 
     def to(self, device) -> "NoisePlan":
-        return NoisePlan(*(t.to(device) for t in (self.tau, self.d, self.eps, self.bootstrap, self.independent)))
+        return NoisePlan(*(t.to(device) for t in self._tensors()))
+
+    def _tensors(self) -> tuple[torch.Tensor, ...]:
+        return (self.tau, self.d, self.eps, self.bootstrap, self.independent, self.visible)
+
+
+def causal_visibility(b: int, t: int) -> torch.Tensor:
+    """(B, T, T): every frame sees itself and the frames before it."""
+    return torch.ones(t, t, dtype=torch.bool).tril().expand(b, t, t).clone()
+
+
+def gapped_history(t: int, generator: torch.Generator) -> torch.Tensor:
+    """(T, T) one history-dropout row: the newest w frames before each frame, older ones kept
+    with probability r (one draw of w and r per row), itself always."""
+    w = int(torch.randint(1, HISTORY_WINDOW + 1, (1,), generator=generator))
+    r = float(torch.rand(1, generator=generator))
+    kept = torch.rand(t, generator=generator) < r
+    age = torch.arange(t)[:, None] - torch.arange(t)[None, :]  # i - j
+    return (age >= 0) & ((age <= w) | kept[None, :])
+
+
+def sample_visibility(b: int, t: int, independent: torch.Tensor, history_dropout: float,
+                      generator: torch.Generator) -> torch.Tensor:
+    """(B, T, T): causal; single-frame rows see themselves; history-dropout rows a gapped past."""
+    visible = causal_visibility(b, t)
+    dropout = torch.rand(b, generator=generator) < history_dropout
+    for row in range(b):
+        if independent[row]:
+            visible[row] = torch.eye(t, dtype=torch.bool)
+        elif dropout[row]:
+            visible[row] = gapped_history(t, generator)
+    return visible
 
 
 def sample_plan(
@@ -100,9 +147,13 @@ def sample_plan(
     bootstrap_fraction: float,
     single_frame_fraction: float,
     generator: torch.Generator,
+    context_fraction: float = 0.0,
+    history_dropout: float = 0.0,
 ) -> NoisePlan:
     """shape = (B, T, C, h, w). round(B * bootstrap_fraction) rows get bootstrap targets;
-    each row is a single-frame sequence with probability single_frame_fraction."""
+    each row is a single-frame sequence with probability single_frame_fraction, else a
+    history-dropout row with probability history_dropout; each frame of a flow row is a
+    context frame with probability context_fraction."""
     b, t = shape[:2]
     bootstrap = torch.zeros(b, dtype=torch.bool)
     if k_max > 1:  # with k_max = 1 there is no coarser step to distil
@@ -111,16 +162,21 @@ def sample_plan(
     d = sample_step_sizes((b, t), k_max, bootstrap, generator)
     tau = sample_taus(d, generator)
     eps = torch.randn(shape, generator=generator)
-    return NoisePlan(tau, d, eps, bootstrap, independent)
+    if context_fraction > 0:  # drawn only when asked for, so that plans without it stay as they were
+        context = ~bootstrap[:, None] & (torch.rand((b, t), generator=generator) < context_fraction)
+        tau = torch.where(context, torch.randint(1, 3, (b, t), generator=generator).float() / k_max, tau)
+    visible = sample_visibility(b, t, independent, history_dropout, generator) if history_dropout > 0 else \
+        torch.where(independent[:, None, None], torch.eye(t, dtype=torch.bool), causal_visibility(b, t))
+    return NoisePlan(tau, d, eps, bootstrap, independent, visible)
 
 
 @torch.no_grad()
-def bootstrap_target(model, z, tau, d, actions=None, independent=None, space: str = "velocity") -> torch.Tensor:
+def bootstrap_target(model, z, tau, d, actions=None, poses=None, visible=None, space: str = "velocity") -> torch.Tensor:
     """The x target of a step of size d from two half steps of the model (stop-gradient)."""
     half = d / 2
-    x1 = model(z, tau, half, actions, independent=independent)
+    x1 = model(z, tau, half, actions, poses, visible)
     z_mid = shortcut_step(z, x1, tau, half)
-    x2 = model(z_mid, tau - half, half, actions, independent=independent)
+    x2 = model(z_mid, tau - half, half, actions, poses, visible)
     if space == "x":
         return (x1 + x2) / 2
     if space != "velocity":
@@ -131,7 +187,7 @@ def bootstrap_target(model, z, tau, d, actions=None, independent=None, space: st
     return z + col(tau) * (u1 + u2) / 2
 
 
-def shortcut_forcing_loss(model, x0, actions, plan: NoisePlan, bootstrap_space: str = "velocity"):
+def shortcut_forcing_loss(model, x0, actions, plan: NoisePlan, bootstrap_space: str = "velocity", poses=None):
     """Weighted x-space loss of one batch. Returns (loss, per-frame squared errors (B, T)).
 
     The mean runs over every frame of the batch with equal weight, so DDP's gradient average
@@ -142,12 +198,13 @@ def shortcut_forcing_loss(model, x0, actions, plan: NoisePlan, bootstrap_space: 
     rows = plan.bootstrap.nonzero().flatten()
     if len(rows):
         a = None if actions is None else actions[rows]
+        p = None if poses is None else poses[rows]
         teacher = bootstrap_target(
-            model, z[rows], plan.tau[rows], plan.d[rows], a, plan.independent[rows], bootstrap_space
+            model, z[rows], plan.tau[rows], plan.d[rows], a, p, plan.visible[rows], bootstrap_space
         )
         target = x0.clone()
         target[rows] = teacher.to(target.dtype)
-    pred = model(z, plan.tau, plan.d, actions, independent=plan.independent)
+    pred = model(z, plan.tau, plan.d, actions, poses, plan.visible)
     err = (pred.float() - target.float()).pow(2).mean(dim=(2, 3, 4))  # (B, T)
     loss = (ramp_weight(plan.tau) * err).mean()
     return loss, err.detach()

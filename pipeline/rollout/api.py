@@ -38,6 +38,19 @@ class FrameMeta:
     access_count: int = 0
     recent_hit_count: int = 0
     last_access_step: int = -1
+    # Optional signals beyond the published task's (None where a host or data set has none):
+    time: int | None = None  # the frame's index in its clip (0 = first context frame)
+    pose: tuple[float, float, float] | None = None  # the recorded pose (x, y, heading in degrees)
+    attention_mass: float | None = None  # share of the host's temporal attention at the last generation
+
+
+@dataclass(frozen=True)
+class FrameInfo:
+    """What the data says about a frame besides its pixels: the host conditions on it."""
+
+    time: int  # index in the clip: 0 = first context frame
+    action: int | None = None  # the action that led to this frame (recorded at the frame before)
+    pose: tuple[float, float, float] | None = None  # the agent's recorded pose (x, y, heading in degrees)
 
 
 @dataclass
@@ -64,6 +77,7 @@ class RolloutState:
     step: int  # 0 = the first generated frame
     budget_capacity_mb: float
     total_steps: int
+    target_pose: tuple[float, float, float] | None = None  # pose of the frame about to be generated, if recorded
 
 
 class RetentionPolicy(Protocol):
@@ -87,10 +101,11 @@ class RolloutHost(Protocol):
     """A world model that the policy-managed loop drives.
 
     Latents are float tensors (C, h, w) per frame; pixels are float (T, 3, H, W) in [0, 1].
-    Actions are ints aligned to frames: the action given with a frame is the one *that led to
-    it* (recorded at the frame before, as the dynamics model is trained); -1 or ``None`` means
-    none (first frame of a video, data without actions). A history with gaps keeps each
-    frame's own action, so actions stay aligned to the retained frames after eviction.
+    Every frame comes with its :class:`FrameInfo`: its time in the clip, the action *that led
+    to it* (recorded at the frame before, as the dynamics model is trained; -1 or ``None``:
+    none) and its recorded pose (``None``: none). A history with gaps keeps each frame's own
+    info, so actions, poses and time positions stay aligned to the retained frames after
+    eviction.
 
     A *session* holds the retained history. In ``recompute`` mode it keeps latents and re-runs
     them as context at every step; in ``kv`` mode it keeps the host's KV cache and evicting a
@@ -103,16 +118,19 @@ class RolloutHost(Protocol):
 
     def start(self, mode: Mode, generator: torch.Generator) -> "HostSession": ...
 
+    # Optional: start_batch(mode, generators) -> a session for several rollouts at once
+    # (pipeline.rollout.batch); hosts without it run batches one session per rollout.
+
 
 class HostSession(Protocol):
-    def append(self, latent: torch.Tensor, action: int | None) -> None:
+    def append(self, latent: torch.Tensor, info: FrameInfo) -> None:
         """Add a frame (context or just generated) to the retained history, as clean context."""
 
     def evict(self, keep: list[int]) -> None:
         """Keep only the history frames at these indices (0 = oldest retained), in order."""
 
-    def generate(self, action: int | None) -> torch.Tensor:
-        """Sample the next latent frame from the retained history (does not append it)."""
+    def generate(self, info: FrameInfo) -> torch.Tensor:
+        """Sample the frame `info` describes from the retained history (does not append it)."""
 
     def retained_bytes(self) -> int:
         """Real bytes held for the history: latents in recompute mode, KV tensors in kv mode."""
@@ -124,5 +142,6 @@ class RolloutResult:
     kept_per_step: list[int] = field(default_factory=list)  # history length each frame was generated from
     history_per_step: list[list[int]] = field(default_factory=list)  # clip time indices of that history
     peak_retained_bytes: int = 0  # max over steps of HostSession.retained_bytes()
-    seconds: float = 0.0  # wall time of the whole loop (generation + policy bookkeeping)
-    policy_seconds: float = 0.0  # of which FrameMeta + policy + plan application
+    seconds: float = 0.0  # wall time of the whole loop (generation + policy bookkeeping); batched: 1/B of the batch's
+    policy_seconds: float = 0.0  # of which FrameMeta + policy + plan application (this rollout's own)
+    batch_size: int = 1  # rollouts generated together with this one (pipeline.rollout.loop.run_rollouts)

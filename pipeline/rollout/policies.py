@@ -19,8 +19,9 @@ import inspect
 import os
 import sys
 from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
 
-from pipeline.rollout.api import ChunkDecision, FrameMeta, TemporalCachePlan
+from pipeline.rollout.api import ChunkDecision, FrameMeta, RolloutState, TemporalCachePlan
 
 
 class PolicyLoadError(ValueError):
@@ -130,6 +131,14 @@ class FlowCache(Baseline):
 
 BASELINES = {cls.name: cls for cls in (RecentWindow, PackCache, CausalCacheVDM, FlowCache, FullHistory)}
 
+# A policy file of the ar-video-kv-temporal-policy harness is its VideoTemporalKVPolicy class cut
+# from the harness's own file, where these names were defined: a file loaded by path sees them
+# (its own imports, if any, take precedence).
+HARNESS_GLOBALS = {
+    "ChunkDecision": ChunkDecision, "TemporalCachePlan": TemporalCachePlan, "FrameMeta": FrameMeta,
+    "RolloutState": RolloutState, "Any": Any, "Dict": Dict, "List": List, "Optional": Optional, "Tuple": Tuple,
+}
+
 
 def _import_class(spec: str):
     target, sep, cls_name = spec.rpartition(":")
@@ -144,6 +153,7 @@ def _import_class(spec: str):
         mod_name = f"_user_policy_{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]}"
         loader_spec = importlib.util.spec_from_file_location(mod_name, path)
         module = importlib.util.module_from_spec(loader_spec)
+        module.__dict__.update(HARNESS_GLOBALS)  # files written for the published harness use these unimported
         sys.modules[mod_name] = module  # dataclasses and pickling look modules up here
         try:
             loader_spec.loader.exec_module(module)

@@ -39,6 +39,7 @@ from pipeline.metrics import pooled_psnr
 from pipeline.networks.dynamics import (
     KIND,
     DynamicsTransformer,
+    PoseStats,
     config_dict,
     dynamics_config,
 )
@@ -62,6 +63,7 @@ class TrainingData:
     rows: dict[str, slice]  # this rank's rows of a short ("S") and a long ("L") global batch
     latent_mean: float  # statistics of the train latents: the model's normalisation
     latent_std: float
+    poses: PoseStats | None  # where the train split's agent goes; None: the data has no poses
 
 
 def latent_stats(videos: LatentVideos) -> tuple[float, float]:
@@ -71,6 +73,19 @@ def latent_stats(videos: LatentVideos) -> tuple[float, float]:
     mean = total / n
     var = sum(((x.astype(np.float64) - mean) ** 2).sum() for x in videos.latents) / n
     return float(mean), float(math.sqrt(var))
+
+
+def pose_stats(videos: LatentVideos) -> PoseStats | None:
+    """Centre of the recorded positions and the median distance of the frames' moves (the
+    typical step; moves of less than 1e-3 are standing still), or None without poses."""
+    known = [p for p in videos.poses if p is not None]
+    if not known:
+        return None
+    xy = np.concatenate([p[:, :2] for p in known]).astype(np.float64)
+    moves = np.concatenate([np.linalg.norm(np.diff(p[:, :2].astype(np.float64), axis=0), axis=1) for p in known])
+    moves = moves[moves > 1e-3]
+    step = float(np.median(moves)) if len(moves) else 1.0
+    return PoseStats(center=(float(xy[:, 0].mean()), float(xy[:, 1].mean())), step=step)
 
 
 def load_data(params: Params, latents: Path, d: Dist) -> TrainingData:
@@ -86,7 +101,7 @@ def load_data(params: Params, latents: Path, d: Dist) -> TrainingData:
     )  # fmt: skip
     rows = {"S": shard(tp.batch_size_short, d, "train.batch_size_short"),
             "L": shard(tp.batch_size_long, d, "train.batch_size_long")}  # fmt: skip
-    return TrainingData(train, LatentVideos.load(latents, "val"), batches, rows, *latent_stats(train))
+    return TrainingData(train, LatentVideos.load(latents, "val"), batches, rows, *latent_stats(train), pose_stats(train))
 
 
 def dynamics_fingerprint(params: Params, latents_identity: str) -> str:
@@ -111,13 +126,16 @@ def global_plan(batch: Batch, params: Params, step: int) -> NoisePlan:
         bootstrap_fraction=tp.bootstrap_fraction,
         single_frame_fraction=tp.single_frame_fraction,
         generator=step_generator(params.seed, step),
+        context_fraction=tp.context_fraction,
+        history_dropout=tp.history_dropout,
     )
 
 
 def local_loss(model, batch: Batch, plan: NoisePlan, bootstrap_space: str, device):
     """Loss on this rank's rows (already selected), on `device`."""
     actions = None if batch.actions is None else batch.actions.to(device)
-    return shortcut_forcing_loss(model, batch.latents.to(device), actions, plan.to(device), bootstrap_space)
+    poses = None if batch.poses is None else batch.poses.to(device)
+    return shortcut_forcing_loss(model, batch.latents.to(device), actions, plan.to(device), bootstrap_space, poses)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,6 +155,9 @@ def one_step_psnr(model, videos: LatentVideos, *, length: int, taus, k_max: int,
     frames, actions = zip(*(videos.window(int(v), int(s), length) for v, s in windows))
     x0 = model.normalize(torch.from_numpy(np.stack(frames).astype(np.float32)).to(device))  # (B, T, C, h, w)
     acts = torch.from_numpy(np.stack(actions)).to(device) if videos.has_actions else None
+    poses = None
+    if videos.has_poses:
+        poses = torch.from_numpy(np.stack([videos.window_poses(int(v), int(s), length) for v, s in windows])).to(device)
     data_range = (x0.max() - x0.min()).item()
     eps = torch.randn(x0[:, -1].shape, generator=torch.Generator().manual_seed(seed)).to(device)
     d = torch.full(x0.shape[:2], 1.0 / k_max, device=device)
@@ -146,7 +167,7 @@ def one_step_psnr(model, videos: LatentVideos, *, length: int, taus, k_max: int,
         tau_t[:, -1] = tau
         z = x0.clone()
         z[:, -1] = add_noise(x0[:, -1], eps, tau_t[:, -1])
-        pred = model(z, tau_t, d, acts)[:, -1]
+        pred = model(z, tau_t, d, acts, poses)[:, -1]
         out[f"psnr_tau_{tau:g}"] = pooled_psnr(pred, x0[:, -1], data_range)
         out[f"input_psnr_tau_{tau:g}"] = pooled_psnr(z[:, -1], x0[:, -1], data_range)
     return out
@@ -249,7 +270,7 @@ def train_dynamics(params: Params, *, latents: Path, out_dir: Path, metrics_path
 
     # Model and optimisation; resume when the fingerprint matches.
     config = dynamics_config(mp, latent_shape(latents), n_actions=data.train.n_actions,
-                             latent_mean=data.latent_mean, latent_std=data.latent_std)
+                             latent_mean=data.latent_mean, latent_std=data.latent_std, poses=data.poses)
     model = DynamicsTransformer(config).to(run.device)
     opt = Optimization(model, tp)
     start, extra = run.resume(model, opt)
@@ -261,6 +282,7 @@ def train_dynamics(params: Params, *, latents: Path, out_dir: Path, metrics_path
         print(f"dynamics: {n_params / 1e6:.2f}M params, latents {config.latent_channels}x{config.latent_height}x"
               f"{config.latent_width} (mean {data.latent_mean:.3f}, std {data.latent_std:.3f}: normalised), "
               f"{len(data.train)} train / {len(data.val)} val videos, actions: {data.train.n_actions}, "
+              f"pose conditioning: {'on' if config.pose_conditioning else 'off'}, "
               f"device {run.device} x{run.dist.world}")
 
     interval, speed, val_metrics = Interval(mp.k_max), Throughput(), {}

@@ -19,16 +19,19 @@ def test_benchmark_runs_every_cell_and_writes_stable_outputs(stores, scorer, tmp
     data = json.loads((tmp_path / "b.json").read_text())
     assert data["eval_mode"] == "real_rollout"
     cell = data["rollouts"]["short"]["tight"]["recent_window"]["kv"]
-    assert set(cell) == set(JSON_KEYS)
+    assert set(cell) == set(JSON_KEYS) - {"memory_gain", "memory_gain_ci95"}  # those: full_history under a budget
+    gain = data["rollouts"]["long"]["tight"]["full_history"]["recompute"]
+    full = data["rollouts"]["long"]["full"]["full_history"]["recompute"]
+    assert gain["memory_gain"] == pytest.approx(full["psnr"] - gain["psnr"]) and gain["memory_gain_ci95"] >= 0
     assert cell["n_frames_kept"] == 2 and cell["peak_kv_memory_mb"] > 0
     assert data["rollouts"]["long"]["full"]["full_history"]["recompute"]["n_frames_kept"] == 15  # 10 + 6 - 1
     assert data["rollouts"]["long"]["tight"]["full_history"]["recompute"]["n_frames_kept"] == 2
     assert cell["temporal_quality_main"] == pytest.approx(min(100, cell["psnr"] / 40 * 100))
-    assert set(data["references"]["short"]) == {"persistence", "tokenizer_ceiling"}
+    assert set(data["references"]["short"]) == {"persistence", "tokenizer_ceiling", "memory_all_past", "memory_last_2"}
     # the toy host's ceiling (pooling) is far better than its rollouts
     assert data["references"]["short"]["tokenizer_ceiling"]["psnr"] > cell["psnr"]
 
-    assert len(lines) == 2 * 2 * 2 * 2 + 2 * 2
+    assert len(lines) == 2 * 2 * 2 * 2 + 2 * 4  # cells + workloads x references
     pattern = re.compile(r"^TEST_METRICS: workload=\w+ budget=\w+ policy=\w+ mode=\w+ temporal_quality_main=\S+ "
                          r"psnr=\S+ ssim=\S+ lpips=\S+ peak_kv_memory_mb=\S+ fps=\S+ n_frames_kept=\d+ eval_mode=real_rollout$")
     assert sum(bool(pattern.match(line)) for line in lines) == 16

@@ -18,6 +18,7 @@ from pipeline.data.stores import ShardedArrayWriter
 from pipeline.networks.dynamics import build_dynamics, config_dict
 from pipeline.networks.tokenizer import build_tokenizer, tokenizer_config
 from pipeline.training.checkpoint import save_checkpoint
+from tests.builders import default_raw_params, dynamics_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -25,7 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("project")
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = default_raw_params()  # params.yaml + settings.yaml, written here as one params.yaml
     params["benchmark"].update(
         policies=["recent_window", "full_history"], modes=["kv"], workloads={"short": {"context": 3, "predict": 3}},
         budgets={"full": None, "tight": 2}, n_clips=1, seeds=[0], sampling_steps=2, media_clips=1,
@@ -36,9 +37,9 @@ def project(tmp_path_factory):
     torch.manual_seed(0)
     tok = build_tokenizer(tokenizer_config(dict(arch="conv", latent_channels=4, downsample=4, base_channels=8,
                                                 patch_size=8), 64))
-    dyn = build_dynamics(dict(latent_channels=4, latent_height=16, latent_width=16, n_actions=3, dim=32, depth=2,
-                              heads=2, kv_heads=2, patch_size=4, num_registers=1, temporal_every=2, k_max=4,
-                              mlp_ratio=4.0, logit_softcap=50.0, latent_mean=0.0, latent_std=1.0))
+    dyn = build_dynamics(config_dict(dynamics_config((4, 16, 16), n_actions=3, dim=32, depth=2, heads=2, kv_heads=2,
+                                                     patch_size=4, num_registers=1, temporal_every=2, k_max=4,
+                                                     mlp_ratio=4.0, logit_softcap=50.0)))
     torch.nn.init.normal_(dyn.patch_out.weight, std=0.1)
     save_checkpoint(root / "models/tokenizer", kind="tokenizer", config=tok.config, model=tok, ema=tok)
     save_checkpoint(root / "models/dynamics", kind="dynamics", config=config_dict(dyn.config), model=dyn, ema=dyn)
@@ -91,13 +92,14 @@ def stage_output(project):
 
 def test_stage_writes_metrics_tables_and_media(project, stage_output):
     lines = [line for line in stage_output.splitlines() if line.startswith("TEST_METRICS:")]
-    assert len(lines) == 2 * 2 + 2  # budgets x policies (one mode) + two references
+    assert len(lines) == 2 * 2 + 4  # budgets x policies (one mode) + four references (two of them copy oracles)
     data = json.loads((project / "metrics/benchmark.json").read_text())
     assert data["rollouts"]["short"]["tight"]["full_history"]["kv"]["n_frames_kept"] == 2
     assert data["rollouts"]["short"]["full"]["full_history"]["kv"]["n_frames_kept"] == 5
     assert data["sampling_steps"] == 2 and data["eval_mode"] == "real_rollout"
     rows = list(csv.DictReader(open(project / "metrics/benchmark_horizon.csv")))
-    assert {r["policy"] for r in rows} == {"recent_window", "full_history", "persistence", "tokenizer_ceiling"}
+    assert {r["policy"] for r in rows} == {"recent_window", "full_history", "persistence", "tokenizer_ceiling",
+                                              "memory_all_past", "memory_last_2"}
     assert sorted(p.name for p in (project / "reports/benchmark").iterdir()) == ["short_full.gif", "short_tight.gif"]
     assert "short / budget tight / kv: PSNR dB (± s.e.), paired gap to full_history (± 95% CI)" in stage_output
 

@@ -4,8 +4,10 @@ import pytest
 import torch
 
 from pipeline.diffusion.objective import (
+    HISTORY_WINDOW,
     add_noise,
     bootstrap_target,
+    gapped_history,
     ramp_weight,
     sample_plan,
     sample_step_sizes,
@@ -119,3 +121,42 @@ def test_loss_is_the_ramp_weighted_error_against_x0_or_the_bootstrap_target():
     assert math.isclose(loss.item(), (ramp_weight(plan.tau) * expected).mean().item(), rel_tol=1e-5)
     loss.backward()
     assert model.patch_in.weight.grad is not None
+
+
+def test_history_dropout_rows_see_the_newest_frames_some_older_ones_and_themselves():
+    g = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        visible = gapped_history(12, g)
+        assert torch.all(visible.diagonal()) and not torch.any(visible.triu(1))  # itself, nothing later
+        assert torch.all(visible[torch.arange(1, 12), torch.arange(0, 11)])  # always the frame just before
+        older = visible[11, :3]  # what the last frame keeps of the oldest frames: a per-row draw, same for all
+        assert all(torch.equal(visible[i, :3], older) for i in range(HISTORY_WINDOW + 3, 12))
+
+
+def test_plans_mix_causal_single_frame_and_gapped_rows_and_context_frames():
+    plans = [sample_plan((8, 16, 2, 4, 4), k_max=16, bootstrap_fraction=0.25, single_frame_fraction=0.2,
+                         generator=torch.Generator().manual_seed(s), context_fraction=0.5, history_dropout=0.5)
+             for s in range(40)]
+    causal = torch.ones(16, 16, dtype=torch.bool).tril()
+    kinds = {"single": 0, "causal": 0, "gapped": 0}
+    small = torch.cat([plan.tau[~plan.bootstrap].flatten() <= 2 / 16 for plan in plans]).float().mean()
+    assert 0.5 < small < 0.62  # context frames (half), plus flow frames drawn at 1/16 or 2/16 (1/8 of the rest)
+    for plan in plans:
+        for row in range(8):
+            v = plan.visible[row]
+            if plan.independent[row]:
+                assert torch.equal(v, torch.eye(16, dtype=torch.bool))
+                kinds["single"] += 1
+            else:
+                kinds["causal" if torch.equal(v, causal) else "gapped"] += 1
+        assert torch.all(plan.tau[plan.bootstrap] >= plan.d[plan.bootstrap])  # bootstrap rows stay on their grid
+    assert kinds["gapped"] > 0.3 * sum(kinds.values()) and kinds["single"] > 0 and kinds["causal"] > 0
+
+
+def test_without_context_frames_and_dropout_a_plan_draws_what_it_always_drew():
+    a = sample_plan((4, 8, 2, 4, 4), k_max=16, bootstrap_fraction=0.25, single_frame_fraction=0.2,
+                    generator=torch.Generator().manual_seed(3))
+    b = sample_plan((4, 8, 2, 4, 4), k_max=16, bootstrap_fraction=0.25, single_frame_fraction=0.2,
+                    generator=torch.Generator().manual_seed(3), context_fraction=0.0, history_dropout=0.0)
+    for x, y in zip(a._tensors(), b._tensors()):
+        assert torch.equal(x, y)

@@ -15,6 +15,7 @@ import torch
 from pipeline.far.host import FarHost
 from pipeline.far.model import FAR, FARConfig, far_config
 from pipeline.far.weights import DCAE_8X_C32, VARIANTS
+from pipeline.rollout.api import FrameInfo
 
 REF = Path(__file__).resolve().parent / "reference"
 ATOL, RTOL = 1e-5, 1e-5
@@ -87,7 +88,7 @@ def rollout(host: FarHost, prefix: str, cases, mode: str, actions=None):
     """The reference protocol: encode the context, then generate frame after frame from init_noise."""
     context, noise = cases[f"{prefix}.context_pixels"][0], cases[f"{prefix}.init_noise"][0]
     session = host.start(mode, torch.Generator().manual_seed(0))
-    act = (lambda t: None) if actions is None else (lambda t: int(actions[t]))
+    act = (lambda t: FrameInfo(t)) if actions is None else (lambda t: FrameInfo(t, int(actions[t])))
     for t, latent in enumerate(host.encode(context)):
         session.append(latent, act(t))
     latents = []

@@ -7,10 +7,10 @@ import torch
 
 from pipeline.config import FarParams
 from pipeline.far.data import dmlab_clips, read_dmlab_episode
-from pipeline.far.host import FarHost, FarSession, load_far_host
+from pipeline.far.host import FarBatchSession, FarHost, load_far_host
 from pipeline.far.model import FAR, FARConfig
 from pipeline.far.weights import FarVariant, MissingFarWeightError
-from pipeline.rollout.api import ChunkDecision, TemporalCachePlan
+from pipeline.rollout.api import ChunkDecision, FrameInfo, TemporalCachePlan
 from pipeline.rollout.loop import run_rollout
 
 TINY = dict(in_channels=8, out_channels=8, num_layers=2, attention_head_dim=16, num_attention_heads=2,
@@ -63,7 +63,7 @@ def latents(n: int, seed: int = 1) -> torch.Tensor:
 def fill(host, mode, frames, actions=None):
     s = host.start(mode, torch.Generator().manual_seed(0))
     for t, x in enumerate(frames):
-        s.append(x, None if actions is None else actions[t])
+        s.append(x, FrameInfo(t, None if actions is None else actions[t]))
     return s
 
 
@@ -87,7 +87,7 @@ def test_kv_session_holds_keys_and_values_and_evict_frees_them(short_host):
     s = fill(short_host, "kv", latents(4))
     per_frame = 2 * 2 * 16 * 32 * 4  # k+v, layers, tokens, inner dim, fp32
     assert s.retained_bytes() == 4 * per_frame  # pending frames count at their KV size
-    s.generate(None)
+    s.generate(FrameInfo(0, None))
     assert s.cache.n_frames == 4 and s.cache.nbytes() == 4 * per_frame == s.retained_bytes()
     s.evict([1, 3])
     assert s.cache.n_frames == 2 and s.retained_bytes() == 2 * per_frame
@@ -100,43 +100,43 @@ def test_kv_and_recompute_generate_the_same_frame_from_the_same_history(short_ho
     hist = latents(5)
     noise = torch.randn(8, 4, 4)
     kv, rc = fill(short_host, "kv", hist), fill(short_host, "recompute", hist)
-    torch.testing.assert_close(kv.generate(None, noise=noise), rc.generate(None, noise=noise), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(kv.generate(FrameInfo(0, None), noise=noise), rc.generate(FrameInfo(0, None), noise=noise), atol=1e-5, rtol=1e-5)
 
 
 def test_kv_evicting_the_newest_frames_equals_never_having_seen_them(short_host):
     # block-causal: older frames never attend to newer ones, so dropping a suffix is exact
     hist, noise = latents(5), torch.randn(8, 4, 4)
     kv = fill(short_host, "kv", hist)
-    kv.generate(None, noise=noise)  # caches all 5
+    kv.generate(FrameInfo(0, None), noise=noise)  # caches all 5
     kv.evict([0, 1, 2])
     ref = fill(short_host, "recompute", hist[:3])
-    torch.testing.assert_close(kv.generate(None, noise=noise), ref.generate(None, noise=noise), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(kv.generate(FrameInfo(0, None), noise=noise), ref.generate(FrameInfo(0, None), noise=noise), atol=1e-5, rtol=1e-5)
 
 
 def test_kv_evicting_old_frames_differs_from_recompute_because_nothing_is_recomputed(short_host):
     hist, noise = latents(5), torch.randn(8, 4, 4)
     kv = fill(short_host, "kv", hist)
-    kv.generate(None, noise=noise)
+    kv.generate(FrameInfo(0, None), noise=noise)
     kv.evict([2, 3, 4])
     rc = fill(short_host, "recompute", hist[2:])
-    assert (kv.generate(None, noise=noise) - rc.generate(None, noise=noise)).abs().max() > 1e-4
+    assert (kv.generate(FrameInfo(0, None), noise=noise) - rc.generate(FrameInfo(0, None), noise=noise)).abs().max() > 1e-4
 
 
 def test_same_generator_seed_same_frame_different_seed_different_frame(short_host):
     hist = latents(3)
-    a = fill(short_host, "recompute", hist).generate(None)
-    b = fill(short_host, "recompute", hist).generate(None)
+    a = fill(short_host, "recompute", hist).generate(FrameInfo(0, None))
+    b = fill(short_host, "recompute", hist).generate(FrameInfo(0, None))
     s = short_host.start("recompute", torch.Generator().manual_seed(1))
     for x in hist:
-        s.append(x, None)
+        s.append(x, FrameInfo(0))
     torch.testing.assert_close(a, b)
-    assert (a - s.generate(None)).abs().max() > 1e-3
+    assert (a - s.generate(FrameInfo(0, None))).abs().max() > 1e-3
 
 
 def test_far_long_actions_change_the_generated_frame(long_host):
     hist, noise = latents(3), torch.randn(8, 4, 4)
-    a = fill(long_host, "recompute", hist, [0, 1, 2]).generate(3, noise=noise)
-    b = fill(long_host, "recompute", hist, [0, 1, 2]).generate(0, noise=noise)
+    a = fill(long_host, "recompute", hist, [0, 1, 2]).generate(FrameInfo(0, 3), noise=noise)
+    b = fill(long_host, "recompute", hist, [0, 1, 2]).generate(FrameInfo(0, 0), noise=noise)
     assert (a - b).abs().max() > 1e-4
     with pytest.raises(ValueError, match="action 7 outside 0..3"):
         fill(long_host, "recompute", hist, [0, 1, 7])
@@ -148,16 +148,16 @@ def test_far_long_kv_cache_is_exact_inside_the_window_and_falls_back_beyond_it(l
     noise = torch.randn(8, 4, 4)
     inside = latents(5)  # 5 + new frame = window 6: cached
     kv, rc = fill(long_host, "kv", inside, [1] * 5), fill(long_host, "recompute", inside, [1] * 5)
-    torch.testing.assert_close(kv.generate(2, noise=noise), rc.generate(2, noise=noise), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(kv.generate(FrameInfo(0, 2), noise=noise), rc.generate(FrameInfo(0, 2), noise=noise), atol=1e-5, rtol=1e-5)
     assert kv.cache.n_frames == 5
     beyond = latents(7)  # the 2 oldest go through the long-term path: recomputed, with a warning
     kv, rc = fill(long_host, "kv", beyond, [1] * 7), fill(long_host, "recompute", beyond, [1] * 7)
     with pytest.warns(UserWarning, match="short-term window"):
-        out = kv.generate(2, noise=noise)
-    torch.testing.assert_close(out, rc.generate(2, noise=noise), atol=1e-5, rtol=1e-5)
+        out = kv.generate(FrameInfo(0, 2), noise=noise)
+    torch.testing.assert_close(out, rc.generate(FrameInfo(0, 2), noise=noise), atol=1e-5, rtol=1e-5)
     assert kv.retained_bytes() == rc.retained_bytes() == 7 * 8 * 4 * 4 * 4  # latents only: recomputed
     kv.evict([4, 5, 6])  # back inside the window: the kept frames re-enter the cache
-    kv.generate(2, noise=noise)
+    kv.generate(FrameInfo(0, 2), noise=noise)
     assert kv.cache.n_frames == 3
 
 
@@ -170,11 +170,11 @@ def test_model_kv_cache_refuses_frames_that_need_the_long_term_path(long_host):
 
 def test_loop_gives_the_host_the_actions_of_the_frames_it_actually_keeps(long_host, monkeypatch):
     seen = []
-    original = FarSession.generate
+    original = FarBatchSession.generate
 
-    def recording(self, action, noise=None):
-        seen.append((list(self.actions), action))
-        return original(self, action, noise)
+    def recording(self, infos, noise=None):
+        seen.append((list(self.actions[0]), infos[0].action))
+        return original(self, infos, noise)
 
     class OldestAndNewest:  # keeps a gap in the history, so a slice from the clip start would be wrong
         name = "oldest_and_newest"
@@ -184,7 +184,7 @@ def test_loop_gives_the_host_the_actions_of_the_frames_it_actually_keeps(long_ho
             return TemporalCachePlan([ChunkDecision(m.chunk_id, "keep" if m.chunk_id in (0, n - 2, n - 1) else "drop")
                                       for m in metas])
 
-    monkeypatch.setattr(FarSession, "generate", recording)
+    monkeypatch.setattr(FarBatchSession, "generate", recording)
     context, actions = latents(6), [0, 1, 2, 3, 0, 1, 2, 3, 0, 1]
     result = run_rollout(long_host, OldestAndNewest(), context, 4, max_frames=3, mode="kv",
                          generator=torch.Generator().manual_seed(0), actions=actions)
@@ -244,8 +244,8 @@ def test_load_far_host_reads_official_layout_from_far_weights_dir(tmp_path, monk
     clip = torch.rand(3, 3, 16, 16)
     s = host.start("kv", torch.Generator().manual_seed(0))
     for x in host.encode(clip):
-        s.append(x, 1)
-    assert host.decode(s.generate(2)[None]).shape == (1, 3, 16, 16)
+        s.append(x, FrameInfo(0, 1))
+    assert host.decode(s.generate(FrameInfo(0, 2))[None]).shape == (1, 3, 16, 16)
 
 
 def test_load_far_host_without_weights_names_the_missing_file(tmp_path, monkeypatch):

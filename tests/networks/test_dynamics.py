@@ -3,6 +3,7 @@ from dataclasses import MISSING, fields
 import pytest
 import torch
 
+from pipeline.diffusion.objective import causal_visibility
 from pipeline.networks import dynamics
 from pipeline.networks.dynamics import (
     DynamicsConfig,
@@ -125,10 +126,12 @@ def test_evicting_frames_frees_their_bytes_and_keeps_absolute_positions():
         cache.evict([1])
 
 
-def test_independent_rows_see_each_frame_as_a_single_frame_sequence():
+def test_single_frame_rows_see_each_frame_as_a_single_frame_sequence():
     model = tiny()
     x, tau, d, actions = inputs()
-    out = model(x, tau, d, actions, independent=torch.tensor([True, False]))
+    visible = causal_visibility(2, x.shape[1])
+    visible[0] = torch.eye(x.shape[1], dtype=torch.bool)  # row 0: single frames
+    out = model(x, tau, d, actions, visible=visible)
     alone = model(x[:1, 3:4], tau[:1, 3:4], d[:1, 3:4], actions[:1, 3:4])
     torch.testing.assert_close(out[0, 3], alone[0, 0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out[1], model(x, tau, d, actions)[1], rtol=1e-5, atol=1e-5)
@@ -196,8 +199,12 @@ def test_a_checkpoint_config_must_name_every_field_and_nothing_else():
 def test_the_config_is_the_model_params_section_plus_the_data_it_was_trained_on():
     model = params_section("model")
     config = dynamics.dynamics_config(model, (8, 16, 16), n_actions=18, latent_mean=-0.1, latent_std=0.4)
+    section = {k: v for k, v in model.model_dump().items() if k != "pose_conditioning"}
     assert config_dict(config) == {"latent_channels": 8, "latent_height": 16, "latent_width": 16, "n_actions": 18,
-                                   **model.model_dump(), "latent_mean": -0.1, "latent_std": 0.4}
+                                   **section, "latent_mean": -0.1, "latent_std": 0.4,
+                                   "pose_conditioning": False, "pose_center": (0.0, 0.0), "pose_step": 1.0}  # no poses
+    with_poses = dynamics.dynamics_config(model, (8, 16, 16), n_actions=18, poses=dynamics.PoseStats((1.0, 2.0), 3.0))
+    assert (with_poses.pose_conditioning, with_poses.pose_center, with_poses.pose_step) == (True, (1.0, 2.0), 3.0)
     assert all(f.default is MISSING and f.default_factory is MISSING for f in fields(DynamicsConfig))  # params only
 
 
@@ -208,3 +215,112 @@ def test_a_model_first_run_in_inference_mode_still_trains():
         model(x, tau, d, actions)
     model(x, tau, d, actions).square().mean().backward()
     assert model.patch_in.weight.grad is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory: poses, the temporal biases, gapped histories at the frames' own times
+# ---------------------------------------------------------------------------------------------
+def posed(**overrides) -> DynamicsTransformer:
+    """A tiny pose-conditioned model (poses centred at 0, a typical step of 1)."""
+    torch.manual_seed(0)
+    config = dynamics_config((4, 8, 8), n_actions=3, poses=dynamics.PoseStats((0.0, 0.0), 1.0), **(TINY | overrides))
+    model = DynamicsTransformer(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "rate" not in name:  # keep the biases' initial rates: the tests below read them
+                p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+def pose_track(b=2, t=6, seed=2):
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.randn(b, t, 2, generator=g) * 4
+    heading = torch.randint(0, 16, (b, t, 1), generator=g).float() * 22.5
+    return torch.cat([xy, heading], dim=-1)
+
+
+@pytest.mark.parametrize("softcap", [0.0, 50.0])
+def test_a_gapped_history_through_the_kv_cache_equals_forward_with_that_visibility(softcap):
+    """Frames 0, 3, 4 kept (1, 2 evicted), frame 5 generated at its own time: the cache computes
+    what forward computes when each frame sees only what the cache held when it entered."""
+    model = posed(logit_softcap=softcap)
+    x, tau, d, actions = inputs()
+    poses = pose_track()
+    visible = causal_visibility(2, 6)
+    for row, seen in {3: [0, 3], 4: [0, 3, 4], 5: [0, 3, 4, 5]}.items():
+        visible[:, row] = False
+        visible[:, row, seen] = True
+    full = model(x, tau, d, actions, poses, visible)
+    cache = model.new_cache(2)
+    for t in (0, 3, 4):
+        model.step(cache, x[:, t], tau[:, t], d[:, t], actions[:, t], append=True, pose=poses[:, t], time=t)
+    assert cache.positions == [0, 3, 4]
+    out = model.step(cache, x[:, 5], tau[:, 5], d[:, 5], actions[:, 5], append=False, pose=poses[:, 5], time=5)
+    torch.testing.assert_close(out, full[:, 5], rtol=1e-4, atol=1e-5)
+
+
+def test_poses_condition_a_pose_model_and_unknown_poses_count_as_none():
+    model = posed()
+    x, tau, d, actions = inputs()
+    poses = pose_track()
+    with_poses = model(x, tau, d, actions, poses)
+    assert not torch.allclose(with_poses, model(x, tau, d, actions, pose_track(seed=3)))
+    torch.testing.assert_close(model(x, tau, d, actions, torch.full_like(poses, float("nan"))),
+                               model(x, tau, d, actions, None))
+    assert not tiny().config.pose_conditioning  # data without poses: no pose conditioning
+
+
+def test_the_pose_bias_favours_frames_seen_from_the_same_place_and_heading():
+    model = posed()
+    first = next(b for b in model.blocks if b.temporal).bias
+    here = torch.tensor([[[0.0, 0.0, 90.0]]])
+    keys = torch.tensor([[[0.0, 0.0, 90.0], [0.0, 0.0, 112.5], [4.0, 0.0, 90.0], [0.0, 0.0, 270.0]]])
+    bias = first(here, keys, torch.zeros(1, 4))[0, :, 0]  # (heads, keys)
+    assert torch.all(bias[:, 0] == 0)  # the same pose costs nothing
+    assert torch.all(bias[:, 0] > bias[:, 1]) and torch.all(bias[:, 1] > bias[:, 3])  # turned 22.5 vs 180 degrees
+    assert torch.all(bias[:, 0] > bias[:, 2])  # moved
+
+
+def test_the_clean_bias_makes_heads_prefer_clean_context_over_noisy_frames():
+    model = tiny()  # no poses: the clean bias alone
+    block = next(b for b in model.blocks if b.temporal)
+    bias = block.bias(None, None, torch.tensor([[0.1, 1.0]]))[0, :, 0]  # a clean-ish and a pure-noise key
+    assert torch.all(bias[:, 0] > bias[:, 1])
+    assert next(b for b in tiny(clean_bias=0.0).blocks if b.temporal).bias is None  # 0 disables it
+
+
+def test_temporal_first_puts_a_temporal_block_first():
+    assert [b.temporal for b in tiny(temporal_first=True).blocks] == [True, False, True, False]
+    assert [b.temporal for b in tiny(temporal_first=False).blocks] == [False, True, False, True]
+
+
+@pytest.mark.parametrize("softcap", [0.0, 50.0])
+def test_a_ragged_cache_gives_each_row_what_its_own_cache_gives(softcap):
+    """Rows with their own histories (different frames, counts, times and evictions) in one
+    cache: each row's keys/values, positions and step predictions are those of a one-row cache."""
+    model = tiny(logit_softcap=softcap)
+    x, tau, d, actions = inputs(b=3, t=6)
+    counts, times = [4, 2, 3], [[0, 1, 2, 3], [5, 8, 0, 0], [1, 4, 6, 0]]
+    keeps = [[0, 2, 3], [1], [0, 1, 2]]
+    cache = model.new_cache(3)
+    model.prefill(cache, x[:, :4], tau[:, :4], d[:, :4], actions[:, :4], times=times, counts=counts)
+    cache.evict_rows(keeps)
+    assert cache.lengths == [3, 1, 3] and cache.ragged and cache.row_positions[1] == [8]
+    steps = model.step(cache, x[:, 5], tau[:, 5], d[:, 5], actions[:, 5], append=True, time=[9, 10, 11])
+    out = model.step(cache, x[:, 4], 0.5, 0.25, actions[:, 4], append=False, time=12)
+    with pytest.raises(ValueError, match="rows hold different frames"):
+        cache.positions  # noqa: B018
+    for b in range(3):
+        alone = model.new_cache(1)
+        model.prefill(alone, x[b:b + 1, :counts[b]], tau[b:b + 1, :counts[b]], d[b:b + 1, :counts[b]],
+                      actions[b:b + 1, :counts[b]], times=times[b][:counts[b]])
+        alone.evict(keeps[b])
+        step = model.step(alone, x[b:b + 1, 5], tau[b:b + 1, 5], d[b:b + 1, 5], actions[b:b + 1, 5], append=True,
+                          time=9 + b)
+        torch.testing.assert_close(steps[b:b + 1], step, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(out[b:b + 1], model.step(alone, x[b:b + 1, 4], 0.5, 0.25, actions[b:b + 1, 4],
+                                                            append=False, time=12), atol=1e-5, rtol=1e-4)
+        assert cache.row_positions[b] == alone.positions and cache.row_nbytes()[b] == alone.nbytes()
+        n = len(alone)
+        torch.testing.assert_close(cache.keys[1].view(3, -1, *cache.keys[1].shape[1:])[b, :, :, :n],
+                                   alone.keys[1], atol=1e-5, rtol=1e-4)

@@ -4,15 +4,16 @@ import pytest
 import torch
 
 from pipeline.diffusion.sampler import ShortcutEulerSampler
-from pipeline.networks.dynamics import build_dynamics
+from pipeline.networks.dynamics import PoseStats, build_dynamics, config_dict
 from pipeline.networks.tokenizer import build_tokenizer, tokenizer_config
+from pipeline.rollout.api import FrameInfo
 from pipeline.rollout.loop import run_rollout
 from pipeline.rollout.pipeline_host import PipelineHost
 from pipeline.rollout.policies import load_policy
+from tests.builders import dynamics_config
 
-DYN = dict(latent_channels=4, latent_height=8, latent_width=8, n_actions=3, dim=32, depth=4, heads=2, kv_heads=2,
-           patch_size=2, num_registers=1, temporal_every=2, k_max=16, mlp_ratio=4.0, logit_softcap=50.0,
-           latent_mean=0.0, latent_std=1.0)
+DYN = config_dict(dynamics_config((4, 8, 8), n_actions=3, dim=32, depth=4, heads=2, kv_heads=2, patch_size=2,
+                                  num_registers=1, temporal_every=2, k_max=16, mlp_ratio=4.0, logit_softcap=50.0))
 
 
 @pytest.fixture(scope="module")
@@ -89,13 +90,13 @@ def test_more_sampling_steps_than_k_max_is_rejected(host):
         PipelineHost(host.tokenizer, host.dynamics, ShortcutEulerSampler(32))
 
 
-def test_recompute_equals_the_seed_style_full_forward_per_denoising_call(host):
+def test_recompute_equals_the_harness_style_full_forward_per_denoising_call(host):
     """The shared context pass gives what re-running history + noisy frame at every call gives."""
     ctx, acts = context(4), [0, 2, 1, 1, 2]
     session = host.start("recompute", torch.Generator().manual_seed(5))
-    for x, a in zip(ctx, acts):
-        session.append(x, a)
-    got = session.generate(acts[-1])
+    for t, (x, a) in enumerate(zip(ctx, acts)):
+        session.append(x, FrameInfo(t, a))
+    got = session.generate(FrameInfo(len(ctx), acts[-1]))
 
     g = torch.Generator().manual_seed(5)
     noisy_ctx = torch.stack([host.sampler.corrupt(x, g) for x in ctx])[None]
@@ -109,3 +110,69 @@ def test_recompute_equals_the_seed_style_full_forward_per_denoising_call(host):
 
     want = host.sampler.sample(denoise, tuple(ctx.shape[1:]), g)
     torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def posed_host():
+    torch.manual_seed(0)
+    tok = build_tokenizer(tokenizer_config(dict(arch="conv", latent_channels=4, downsample=4, base_channels=8,
+                                                patch_size=8), 32))
+    config = dynamics_config((4, 8, 8), n_actions=3, dim=32, depth=4, heads=2, kv_heads=2, patch_size=2,
+                             num_registers=1, temporal_every=2, k_max=16, mlp_ratio=4.0, logit_softcap=50.0,
+                             poses=PoseStats((0.0, 0.0), 1.0))
+    dyn = build_dynamics(config_dict(config))
+    torch.nn.init.normal_(dyn.patch_out.weight, std=0.2)
+    return PipelineHost(tok, dyn, ShortcutEulerSampler(4, tau_ctx=0.1))
+
+
+def posed_roll(host, policy, mode, poses, max_frames=None):
+    return run_rollout(host, load_policy(policy), context(), 4, max_frames=max_frames, mode=mode,
+                       generator=torch.Generator().manual_seed(0), actions=[0, 1, 2, 1, 0, 2, 1, 0, 2], poses=poses)
+
+
+def test_with_poses_kv_equals_recompute_under_full_history_and_the_poses_matter(posed_host):
+    poses = [(float(t), 0.0, 22.5 * t) for t in range(9)]
+    a = posed_roll(posed_host, "full_history", "recompute", poses)
+    b = posed_roll(posed_host, "full_history", "kv", poses)
+    torch.testing.assert_close(a.generated, b.generated, atol=2e-5, rtol=1e-4)
+    turned = [(float(t), 0.0, 22.5 * t + 180.0) for t in range(9)]
+    assert not torch.allclose(a.generated, posed_roll(posed_host, "full_history", "kv", turned).generated, atol=1e-4)
+
+
+def test_recompute_runs_the_kept_frames_at_their_own_times(posed_host):
+    """Under a budget that evicts the middle, recompute gives the kept frames their clip times:
+    the same frames re-indexed 0..n-1 would give another prediction."""
+    poses = [(float(t), 0.0, 0.0) for t in range(9)]
+    session = posed_host.start("recompute", torch.Generator().manual_seed(1))
+    for t in (0, 3, 4):
+        session.append(context()[t], FrameInfo(t, 0, poses[t]))
+    gapped = session.generate(FrameInfo(5, 1, poses[5]))
+    session = posed_host.start("recompute", torch.Generator().manual_seed(1))
+    for i, t in enumerate((0, 3, 4)):
+        session.append(context()[t], FrameInfo(i, 0, poses[t]))
+    reindexed = session.generate(FrameInfo(3, 1, poses[5]))
+    assert not torch.allclose(gapped, reindexed, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["recompute", "kv"])
+def test_attention_mass_is_each_retained_frames_share_of_the_final_call(posed_host, mode):
+    session = posed_host.start(mode, torch.Generator().manual_seed(0))
+    assert session.attention_mass() is None
+    poses = [(0.0, 0.0, 0.0), (0.0, 0.0, 180.0), (0.0, 0.0, 90.0)]
+    for t in range(3):
+        session.append(context()[t], FrameInfo(t, 0, poses[t]))
+    session.generate(FrameInfo(3, 1, (0.0, 0.0, 180.0)))
+    shares = session.attention_mass()
+    assert len(shares) == 3 and all(0 <= s <= 1 for s in shares) and sum(shares) < 1  # the rest: itself
+    assert shares[1] > shares[0] and shares[1] > shares[2]  # the frame seen from the same pose
+
+
+def test_the_two_modes_report_the_same_attention_mass_under_full_history(posed_host):
+    reports = []
+    for mode in ("recompute", "kv"):
+        session = posed_host.start(mode, torch.Generator().manual_seed(0))
+        for t in range(3):
+            session.append(context()[t], FrameInfo(t, 0, (float(t), 0.0, 0.0)))
+        session.generate(FrameInfo(3, 1, (3.0, 0.0, 0.0)))
+        reports.append(session.attention_mass())
+    assert reports[0] == pytest.approx(reports[1], abs=1e-5)

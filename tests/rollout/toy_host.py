@@ -53,7 +53,8 @@ class _Session:
         self.actions: list[int | None] = []
         self.cache: list[tuple[torch.Tensor, torch.Tensor]] = []
 
-    def append(self, latent, action):
+    def append(self, latent, info):
+        action = info.action
         if self.mode == "kv":
             self.cache.append(_features(latent, action))
         else:
@@ -67,7 +68,8 @@ class _Session:
             self.latents = [self.latents[i] for i in keep]
             self.actions = [self.actions[i] for i in keep]
 
-    def generate(self, action):
+    def generate(self, info):
+        action = info.action
         pairs = self.cache if self.mode == "kv" else [_features(x, a) for x, a in zip(self.latents, self.actions)]
         self.host.generate_calls += 1
         self.host.seen_history_lengths.append(len(pairs))

@@ -20,13 +20,13 @@ from pipeline.networks.dynamics import DynamicsTransformer, dynamics_config
 from pipeline.training.checkpoint import read_config
 from pipeline.training.distributed import Dist, shard
 from pipeline.training.optim import NonFiniteLossError
-from tests.builders import write_latents_store
+from tests.builders import default_raw_params, write_latents_store
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def tiny_raw(**train):
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw = default_raw_params()  # params.yaml + settings.yaml
     raw["model"].update(dim=32, depth=2, heads=2, kv_heads=1, patch_size=2, num_registers=1, temporal_every=2, k_max=8)
     raw["train"].update(steps=20, seq_len_short=8, seq_len_long=16, batch_size_short=4, batch_size_long=2,
                         long_ratio=0.2, stride=2, lr=3e-3, warmup_steps=10, log_every=5, val_every=1000,
@@ -79,7 +79,7 @@ def test_the_model_normalises_latents_by_the_train_split_statistics(tmp):
 
 def test_console_shows_step_kind_length_loss_tau_range_and_rate(tmp, capsys):
     run(tmp, tiny_params(steps=5, log_every=5))
-    line = [s for s in capsys.readouterr().out.splitlines() if s.startswith("step 5/5")][0]
+    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("step 5/5")][0]
     assert __import__("re").fullmatch(r"step 5/5 [SL] T=(8|16) loss \d+\.\d{4} Tau: \[0\.\d\d-1\.00\] [\d.]+ batch/s", line)
 
 
@@ -274,3 +274,15 @@ def test_the_bf16_autocast_path_of_the_gpu_presets_trains_on_cpu_too(tmp):
     losses = [float(r.split("\t")[-1]) for r in (out / "dvclive/plots/metrics/train/loss.tsv").read_text().splitlines()[1:]]
     assert len(losses) == 3 and all(np.isfinite(losses)) and losses[-1] < losses[0]
     assert all(np.isfinite(v) for v in metrics["val"].values())
+
+
+def test_pose_statistics_are_the_centre_of_the_positions_and_the_median_move():
+    from pipeline.data.latent_windows import LatentVideos
+    from pipeline.training.dynamics import pose_stats
+
+    track = np.zeros((6, 3), np.float32)
+    track[:, 0] = [0, 0, 2, 4, 4, 10]  # moves 0, 2, 2, 0, 6: the median of the real moves is 2
+    videos = LatentVideos(["a", "b"], [np.zeros((6, 1, 1, 1))] * 2, [None, None], 0, [track, None])
+    stats = pose_stats(videos)
+    assert stats.center == (pytest.approx(20 / 6), 0.0) and stats.step == 2.0
+    assert pose_stats(LatentVideos(["a"], [np.zeros((6, 1, 1, 1))], [None], 0, [None])) is None
