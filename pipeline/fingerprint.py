@@ -30,7 +30,8 @@ from pipeline.config import SETTINGS_FILE
 # (pipeline/config.py validates every stage's params before it works, so an edit there cannot
 # change a result silently).
 SHARED_MODULES = frozenset({"pipeline/__init__.py", "pipeline/atomic.py", "pipeline/config.py",
-                           "pipeline/errors.py", "pipeline/paths.py"})
+                           "pipeline/paths.py",
+                           "pipeline/runtime/__init__.py", "pipeline/runtime/errors.py"})
 
 # stage -> (the module its `cmd` runs, the sections of settings.yaml it reads). dvc.yaml lists the
 # same stages, and their params.yaml keys from the same sections (tests/test_dvc_project.py checks).

@@ -18,7 +18,7 @@ from pipeline import paths
 from pipeline.config import load_params_or_exit
 from pipeline.data.sources import DownloadFailed, SourceBlockedError, SourceError, download
 from pipeline.data.sources.manifest import ManifestError
-from pipeline.errors import add_debug_flag, user_errors
+from pipeline.runtime.errors import add_debug_flag, user_errors
 
 SEE_MANIFEST = f"see {paths.RAW}/manifest.json for every video's status"
 ADVICE = {

@@ -16,7 +16,7 @@ if not __package__:  # run as a file (`python stages/extract.py`): import this c
 from pipeline import paths
 from pipeline.config import load_params_or_exit
 from pipeline.data.extract import ExtractError, extract_all
-from pipeline.errors import add_debug_flag, user_errors
+from pipeline.runtime.errors import add_debug_flag, user_errors
 
 ADVICE = {ExtractError: ""}  # the message names the file or video and says what to do
 

@@ -20,8 +20,8 @@ if not __package__:  # run as a file (`python stages/tokenize_frames.py`): impor
 from pipeline import paths
 from pipeline.atomic import remove_stale_tmp, write_json
 from pipeline.config import load_params_or_exit
-from pipeline.errors import add_debug_flag, user_errors
-from pipeline.launch import relaunch_under_torchrun
+from pipeline.runtime.errors import add_debug_flag, user_errors
+from pipeline.runtime.launch import relaunch_under_torchrun
 
 
 def main(argv: Sequence[str] = ()) -> int:
@@ -36,7 +36,7 @@ def main(argv: Sequence[str] = ()) -> int:
     from pipeline.networks.tokenizer import KIND, build_tokenizer
     from pipeline.training.checkpoint import CheckpointError, checkpoint_hash, load_trained
     from pipeline.training.device import pick_device
-    from pipeline.training.distributed import close_distributed, init_distributed
+    from pipeline.runtime.distributed import close_distributed, init_distributed
 
     advice = {StoreError: "", CheckpointError: ""}  # their messages name the file and say what to do
     start = time.perf_counter()

@@ -18,8 +18,8 @@ if not __package__:  # run as a file (`python stages/train.py`): import this che
 
 from pipeline import paths
 from pipeline.config import load_params_or_exit
-from pipeline.errors import add_debug_flag, user_errors
-from pipeline.launch import relaunch_under_torchrun
+from pipeline.runtime.errors import add_debug_flag, user_errors
+from pipeline.runtime.launch import relaunch_under_torchrun
 
 
 def main(argv: Sequence[str] = ()) -> int:

@@ -11,24 +11,22 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
+import torch
 
 from pipeline.networks.dynamics import PoseStats, build_dynamics, config_dict
 from pipeline.networks.tokenizer import build_tokenizer, tokenizer_config
 from pipeline.training.checkpoint import save_checkpoint
 from tests.builders import dynamics_config, write_frames_store
+from tests.project_clone import PARAM_FILES, ProjectClone
 
 REPO = Path(__file__).resolve().parents[1]
 TIMINGS = {"fps", "policy_time_share", "seconds"}
 
 
 def stage(root: Path, module: str, **sections) -> subprocess.CompletedProcess:
-    """Run ``python -m <module>`` in ``root`` with params.yaml's sections updated."""
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    for name, changes in sections.items():
-        params[name].update(changes)
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    """Run ``python -m <module>`` in ``root`` with these params sections updated."""
+    ProjectClone(root).set_params(sections, commit=False)
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-m", module], cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
@@ -40,14 +38,17 @@ def project(tmp_path_factory):
     """frames.zarr (32 px, a test video with poses), a tokenizer and a pose-conditioned dynamics
     model (random weights), and latents.zarr from the tokenize stage run by one process."""
     root = tmp_path_factory.mktemp("project")
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for name in PARAM_FILES:
+        shutil.copy(REPO / name, root / name)
+    params = yaml.safe_load((root / "params.yaml").read_text())
     params["extract"]["size"] = 32
-    params["benchmark"].update(
+    params["benchmark"].update(  # whole tables replaced (set_params merges them)
         policies=["recent_window", "packcache", "full_history"], modes=["recompute", "kv"],
         workloads={"short": {"context": 3, "predict": 3}, "long": {"context": 7, "predict": 4}},
-        budgets={"full": None, "tight": 2}, n_clips=5, seeds=[0], sampling_steps=2, media_clips=1,
+        budgets={"full": None, "tight": 2}, n_clips=5, sampling_steps=2,
     )
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    ProjectClone(root).set_params({"benchmark": {"seeds": [0], "media_clips": 1}}, commit=False)
     shutil.copytree(REPO / ".dvc" / "plots", root / ".dvc" / "plots")
     write_frames_store(root / "data/frames.zarr", poses_for=("v3",))
     torch.manual_seed(0)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import DEBUG_ENV
+from pipeline.runtime.errors import DEBUG_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 HINT = "(traceback: --debug or PIPELINE_DEBUG=1)"
@@ -33,7 +33,8 @@ CASES = {
 @pytest.fixture
 def project(tmp_path, monkeypatch):
     """An empty project: params.yaml, no data (a damaged manifest for download, which needs none)."""
-    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    for name in ("params.yaml", "settings.yaml"):
+        shutil.copy(REPO / name, tmp_path / name)
     (tmp_path / "data/raw").mkdir(parents=True)
     (tmp_path / "data/raw/manifest.json").write_text('{"videos": [{"id": ')  # cut short
     monkeypatch.chdir(tmp_path)

@@ -1,5 +1,5 @@
 """How the benchmark's commands (the stage, try_policy) end on a user's mistake (the mechanism:
-:mod:`pipeline.errors`).
+:mod:`pipeline.runtime.errors`).
 
 A user's error -- a policy that raises or returns a plan the loop cannot apply, a policy spec that
 does not load, params the data cannot support, a missing or damaged store or checkpoint -- ends
@@ -15,8 +15,8 @@ from typing import Iterator
 
 from pipeline.benchmark.clips import BenchmarkError
 from pipeline.data.stores import StoreError
-from pipeline.errors import DEBUG_ENV, advice_for, debug_requested
-from pipeline.errors import user_errors as _user_errors
+from pipeline.runtime.errors import DEBUG_ENV, advice_for, debug_requested
+from pipeline.runtime.errors import user_errors as _user_errors
 from pipeline.metrics.lpips_weights import LPIPSWeightsError
 from pipeline.rollout.loop import PlanError, PolicyError
 from pipeline.rollout.policies import PolicyLoadError

@@ -47,8 +47,8 @@ def encode_store(frames: str | Path, model, tokenizer_hash: str, out: str | Path
                  dist=None) -> dict:
     """Write `out` (latents store) from `frames` with the trained tokenizer `model` (on
     `device`), whose checkpoint hash the store records; returns a summary. ``dist``: this
-    process's place among several (``pipeline.training.distributed.Dist``; None: alone)."""
-    from pipeline.training.distributed import Dist, barrier, broadcast_from_main
+    process's place among several (``pipeline.runtime.distributed.Dist``; None: alone)."""
+    from pipeline.runtime.distributed import Dist, barrier, broadcast_from_main
 
     dist = dist or Dist()
     frames, out = Path(frames), Path(out)

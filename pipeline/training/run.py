@@ -25,7 +25,7 @@ state, so a resumed run follows the same trajectory as an uninterrupted one and 
 byte-identical checkpoint files: the steps a run resumed from go to the metrics
 (``resumed_from``) and to unfinished checkpoints' training state, never into the last one.
 
-With several processes (:mod:`pipeline.training.distributed`) rank 0 alone logs and writes.
+With several processes (:mod:`pipeline.runtime.distributed`) rank 0 alone logs and writes.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from pipeline.training.checkpoint import (
     read_config,
     save_checkpoint,
 )
-from pipeline.training.distributed import Dist, barrier
+from pipeline.runtime.distributed import Dist, barrier
 from pipeline.training.optim import Optimization
 
 if TYPE_CHECKING:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.errors import DEBUG_ENV
+from pipeline.runtime.errors import DEBUG_ENV
 from tests.faults.harness import copy_project, diff, inject, leftovers, module, snapshot, stages_run
 from tests.project_clone import ProjectClone
 

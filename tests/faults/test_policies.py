@@ -11,7 +11,7 @@ import textwrap
 import pytest
 import torch
 
-from pipeline.errors import DEBUG_ENV
+from pipeline.runtime.errors import DEBUG_ENV
 from tests.faults.harness import copy_project, inject
 
 pytestmark = pytest.mark.faults

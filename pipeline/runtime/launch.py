@@ -1,6 +1,6 @@
 """One process or several on this node: a stage whose ``nproc_per_node`` key asks for more than
 one relaunches itself under torchrun (``python -m torch.distributed.run --standalone``), and
-each rank then joins the process group (``pipeline.training.distributed.init_distributed``).
+each rank then joins the process group (``pipeline.runtime.distributed.init_distributed``).
 Launched by torchrun directly (e.g. multi-node), a stage joins the group it finds.
 
 Torch-free on purpose: the launching process only waits for its ranks, so it never imports
