@@ -42,10 +42,16 @@ VOLATILE_JSON = {
     "metrics/train.json": {"batches_per_s", "frames_per_s", "resumed_from"},
     "dvclive/train/metrics.json": {"batches_per_s"},
     "metrics/benchmark.json": {"seconds", "fps", "policy_time_share"},
+    "metrics/headline.json": {"benchmark_seconds"},
 }
 VOLATILE_COLUMNS = {"metrics/benchmark_budget.csv": {"fps", "policy_time_share"},
                     "metrics/benchmark_horizon.csv": {"fps", "policy_time_share"}}
 VOLATILE_TSV = {"dvclive/train/plots/metrics/train/batches_per_s.tsv"}  # its steps are compared, not its values
+# Stage `report` renders every metrics file, wall times included, so a rerun of any stage that
+# writes metrics reruns it too: its page and charts show the new timings. They are views of the
+# results, compared through metrics/headline.json (normalized above), not byte for byte.
+VIEW_STAGES = {"report"}
+VIEWS = {"reports/index.html", "reports/charts"}
 NOT_OUTPUTS = {".git", ".dvc", "dvc.lock"}  # DVC's own state; `dvc status` checks dvc.lock against the outputs
 
 
@@ -80,7 +86,7 @@ def snapshot(root: Path) -> dict[str, str]:
         rel = path.relative_to(root).as_posix()
         if rel.split("/")[0] in NOT_OUTPUTS or not path.is_file() or "__pycache__" in rel:
             continue
-        if rel.split("/")[0] in ("pipeline", "stages"):
+        if rel.split("/")[0] in ("pipeline", "stages") or any(rel == v or rel.startswith(v + "/") for v in VIEWS):
             continue
         out[rel] = hashlib.sha256(normalized(rel, path.read_bytes())).hexdigest()
     return out
@@ -215,8 +221,14 @@ def run_watched(root: Path, env: dict, cmd: list[str], stage: str | None = None,
 
 
 def stages_run(output: str) -> list[str]:
-    """The stages a `dvc repro` output says it ran."""
-    return re.findall(r"Running stage '(\w+)'", output)
+    """The stages a `dvc repro` output says it ran, the views (VIEW_STAGES) left out."""
+    return [s for s in re.findall(r"Running stage '(\w+)'", output) if s not in VIEW_STAGES]
+
+
+def stale_stages(status: str) -> list[str]:
+    """The stages `dvc status` lists as changed, the views left out (a `--single-item` run leaves
+    them stale on purpose)."""
+    return [s for s in re.findall(r"^(\w+):$", status, flags=re.M) if s not in VIEW_STAGES]
 
 
 def copy_project(src: Path, dst: Path) -> Path:
