@@ -31,8 +31,8 @@ from pipeline.benchmark.outputs import ranking_lines, write_outputs
 from pipeline.benchmark.run import Scorer, merge_runs, run_benchmark
 from pipeline.benchmark.validate import validate_benchmark
 from pipeline.config import load_params_or_exit
-from pipeline.runtime.launch import relaunch_under_torchrun
 from pipeline.runtime.distributed import close_distributed, gather_to_main, init_distributed
+from pipeline.runtime.launch import relaunch_under_torchrun
 from pipeline.training.seeding import seed_everything
 
 OUTPUTS = (paths.BENCHMARK_METRICS, paths.BENCHMARK_HORIZON, paths.BENCHMARK_BUDGET, paths.BENCHMARK_REPORTS)

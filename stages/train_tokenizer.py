@@ -17,8 +17,8 @@ if not __package__:  # run as a file (`python stages/train_tokenizer.py`): impor
 from pipeline import paths
 from pipeline.config import load_params_or_exit
 from pipeline.data.stores import StoreError
-from pipeline.runtime.errors import add_debug_flag, user_errors
 from pipeline.metrics.lpips_weights import LPIPSWeightsError
+from pipeline.runtime.errors import add_debug_flag, user_errors
 from pipeline.training.optim import NonFiniteLossError
 from pipeline.training.tokenizer import train_tokenizer
 

@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 import torch
+import yaml
 
 from pipeline.networks.dynamics import PoseStats, build_dynamics, config_dict
 from pipeline.networks.tokenizer import build_tokenizer, tokenizer_config

@@ -15,11 +15,11 @@ from typing import Iterator
 
 from pipeline.benchmark.clips import BenchmarkError
 from pipeline.data.stores import StoreError
-from pipeline.runtime.errors import DEBUG_ENV, advice_for, debug_requested
-from pipeline.runtime.errors import user_errors as _user_errors
 from pipeline.metrics.lpips_weights import LPIPSWeightsError
 from pipeline.rollout.loop import PlanError, PolicyError
 from pipeline.rollout.policies import PolicyLoadError
+from pipeline.runtime.errors import DEBUG_ENV, advice_for, debug_requested
+from pipeline.runtime.errors import user_errors as _user_errors
 from pipeline.training.checkpoint import CheckpointError
 
 __all__ = ["ADVICE", "DEBUG_ENV", "USER_ERRORS", "advice", "debug_requested", "user_errors"]

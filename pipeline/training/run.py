@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING
 from torch import nn
 
 from pipeline.atomic import remove_stale_tmp, write_json
+from pipeline.runtime.distributed import Dist, barrier
 from pipeline.training.checkpoint import (
     CheckpointError,
     NoCheckpointError,
@@ -49,7 +50,6 @@ from pipeline.training.checkpoint import (
     read_config,
     save_checkpoint,
 )
-from pipeline.runtime.distributed import Dist, barrier
 from pipeline.training.optim import Optimization
 
 if TYPE_CHECKING:

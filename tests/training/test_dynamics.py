@@ -17,8 +17,8 @@ import pipeline.training.run as training_run
 from pipeline.config import parse_params
 from pipeline.data.latent_windows import AlternatingBatches, LatentVideos, WindowError
 from pipeline.networks.dynamics import DynamicsTransformer, dynamics_config
-from pipeline.training.checkpoint import read_config
 from pipeline.runtime.distributed import Dist, shard
+from pipeline.training.checkpoint import read_config
 from pipeline.training.optim import NonFiniteLossError
 from tests.builders import default_raw_params, write_latents_store
 
