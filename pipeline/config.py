@@ -1,12 +1,18 @@
-"""One typed schema for the whole params.yaml.
+"""One typed schema for the pipeline's parameters: params.yaml and settings.yaml together.
+
+params.yaml holds the parameters experiments sweep and compare (DVC params: a column each in
+`dvc exp show`); settings.yaml holds the rest, in the same sections (stage `fingerprint` tracks
+them, see pipeline/fingerprint.py). The two files are deep-merged into one tree and validated as
+one: a key may live in either file, never in both.
 
 Every stage calls :func:`load_params` first, so a typo, a wrong type or an inconsistent value
-fails before any work is done, with an error that names the key, e.g.
-``download.max_heigth: unknown key (did you mean max_height?)``.
+fails before any work is done, with an error that names the key and its file, e.g.
+``download.max_heigth: unknown key (did you mean max_height?) [settings.yaml]``.
 """
 
 from __future__ import annotations
 
+import copy
 import difflib
 import math
 import re
@@ -24,10 +30,11 @@ from pydantic import (
 )
 
 PARAMS_FILE = "params.yaml"
+SETTINGS_FILE = "settings.yaml"  # beside PARAMS_FILE
 
 
 class ParamsError(ValueError):
-    """params.yaml is missing, unreadable or invalid; the message names every bad key."""
+    """params.yaml or settings.yaml is missing, unreadable or invalid; the message names every bad key."""
 
 
 class Section(BaseModel):
@@ -189,8 +196,8 @@ class ExtractParams(Section):
 # --------------------------------------------------------------------------------------------
 # the two training loops: tokenizer, and the dynamics model (model + train)
 #
-# The sections below have no defaults: params.yaml is the one place their values live (tests
-# build them from params.yaml too, see tests/builders.py).
+# The sections below have no defaults: params.yaml and settings.yaml are the one place their
+# values live (tests build them from those files too, see tests/builders.py).
 # --------------------------------------------------------------------------------------------
 class TrainingLoopParams(Section):
     """What every training loop reads (pipeline.training): its length, AdamW with linear warm-up
@@ -242,6 +249,7 @@ class TokenizeParams(Section):
     """The `tokenize` stage: encoding every frame with the trained tokenizer."""
 
     batch_size: int = Field(ge=1, description="frames per encoder call (memory only)")
+    nproc_per_node: int = Field(ge=1, description="> 1: the stage relaunches itself under torchrun, videos sharded by rank")
 
 
 class ModelParams(Section):
@@ -327,6 +335,8 @@ class FarParams(Section):
 
 class BenchmarkParams(Section):
     host: Literal["pipeline", "far"] = "pipeline"
+    protocol: Literal["default", "harness"] = Field(
+        "default", description="default: plan before every frame | harness: the published task's loop")
     policies: list[str] = Field(
         default_factory=lambda: ["recent_window", "packcache", "causalcache_vdm", "flowcache", "full_history"],
         min_length=1,
@@ -350,6 +360,8 @@ class BenchmarkParams(Section):
     tau_ctx: float = Field(0.1, ge=0, lt=1)
     media_clips: int = Field(2, ge=0)
     cpu_threads: int = Field(1, ge=0, description="torch threads on CPU; 0 = torch's default")
+    batch_size: int = Field(16, ge=1, description="clips of one cell per host call (1: one rollout at a time)")
+    nproc_per_node: int = Field(1, ge=1, description="> 1: the stage relaunches itself under torchrun, clips sharded by rank")
     far: FarParams = FarParams()
 
     @field_validator("budgets")
@@ -367,14 +379,21 @@ class BenchmarkParams(Section):
             raise ValueError(f"must be a power of two (a shortcut step d = 1/K), got {v}")
         return v
 
+    @model_validator(mode="after")
+    def _every_process_has_clips(self) -> "BenchmarkParams":
+        if self.nproc_per_node > self.n_clips:
+            raise ValueError(f"nproc_per_node ({self.nproc_per_node}) > n_clips ({self.n_clips}): "
+                             "processes without a clip (the clips are sharded by rank)")
+        return self
+
 
 # --------------------------------------------------------------------------------------------
 # the whole file
 # --------------------------------------------------------------------------------------------
 class Params(Section):
-    """params.yaml. Every section is required; the download, extract and benchmark sections keep
-    defaults for the partial configs their tests build, equal to params.yaml's values (a test
-    checks every one), the training sections have none."""
+    """params.yaml + settings.yaml. Every section is required; the download, extract and benchmark
+    sections keep defaults for the partial configs their tests build, equal to the files' values (a
+    test checks every one), the training sections have none."""
 
     seed: int
     download: DownloadParams
@@ -420,45 +439,107 @@ def _field_names(model: type[BaseModel], loc: tuple) -> list[str]:
     return list(model.model_fields)
 
 
-def _format_error(err: dict) -> str:
+def _format_error(err: dict, origin=lambda loc: None) -> str:
     loc = tuple(err["loc"])
     key = ".".join(str(p) for p in loc) or "<top>"
+    where = f" [{origin(loc)}]" if origin(loc) else ""
     if err["type"] == "extra_forbidden":
         close = difflib.get_close_matches(str(loc[-1]), _field_names(Params, loc[:-1]), n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
-        return f"{key}: unknown key{hint}"
+        return f"{key}: unknown key{hint}{where}"
     if err["type"] == "missing":
         return f"{key}: required key is missing"
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] not in ("value_error", "assertion_error"):
         msg += f" (got {err.get('input')!r})"
-    return f"{key}: {msg}"
+    return f"{key}: {msg}{where}"
 
 
-def parse_params(raw: Any, source: str = PARAMS_FILE) -> Params:
+def parse_params(raw: Any, source: str = PARAMS_FILE, origin=lambda loc: None) -> Params:
+    """Validate one parameter tree; `origin(loc)` names the file a key path came from, if known."""
     if not isinstance(raw, dict):
         raise ParamsError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
-        lines = [_format_error(e) for e in exc.errors()]
+        lines = [_format_error(e, origin) for e in exc.errors()]
         raise ParamsError(f"{source}: invalid params\n  " + "\n  ".join(lines)) from None
 
 
-def load_params(path: str | Path = PARAMS_FILE) -> Params:
-    """Read and validate params.yaml; raises ParamsError naming each bad key."""
-    path = Path(path)
+def _holds(tree: Any, loc: tuple) -> bool:
+    for part in loc:
+        if not isinstance(tree, dict) or part not in tree:
+            return False
+        tree = tree[part]
+    return True
+
+
+def merge_files(files: dict[str, dict]) -> dict:
+    """Deep-merge parameter trees (file name -> tree) into one; a key path set in two files (or a
+    section in one and a value in another) raises ParamsError naming the key and both files."""
+    merged: dict = {}
+    clashes = []
+
+    def merge(into: dict, tree: dict, name: str, loc: tuple) -> None:
+        for key, value in tree.items():
+            path = (*loc, key)
+            if isinstance(value, dict) and value and isinstance(into.get(key), dict):
+                merge(into[key], value, name, path)
+            elif key in into:
+                first = next(n for n, t in files.items() if _holds(t, path))
+                clashes.append(f"{'.'.join(map(str, path))}: set in both {first} and {name} (keep one)")
+            else:
+                into[key] = copy.deepcopy(value)
+
+    for name, tree in files.items():
+        merge(merged, tree, name, ())
+    if clashes:
+        raise ParamsError(f"{' + '.join(files)}: invalid params\n  " + "\n  ".join(clashes))
+    return merged
+
+
+def parse_param_files(files: dict[str, Any]) -> Params:
+    """Validate the merged trees of several files (name -> parsed YAML); errors name each key's file."""
+    for name, tree in files.items():
+        if not isinstance(tree, dict):
+            raise ParamsError(f"{name}: expected a mapping at the top level, got {type(tree).__name__}")
+    merged = merge_files(files)
+
+    def origin(loc: tuple) -> str | None:
+        # the file that spells out this key path (a section can span both files: then none)
+        holders = [name for name, tree in files.items() if _holds(tree, loc)]
+        return holders[0] if len(holders) == 1 and len(files) > 1 else None
+
+    return parse_params(merged, " + ".join(files), origin)
+
+
+def _read_yaml(path: Path) -> Any:
     try:
-        raw = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise ParamsError(f"{path}: not found (run from the project root)") from None
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML: {exc}") from None
-    return parse_params(raw, str(path))
+
+
+def read_param_files(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
+    """params.yaml at `path` and, if present, settings.yaml beside it: file name -> parsed YAML."""
+    path = Path(path)
+    files = {path.name: _read_yaml(path)}
+    settings = path.with_name(SETTINGS_FILE)
+    if settings.is_file() and settings != path:
+        files[settings.name] = _read_yaml(settings) or {}
+    return files
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> Params:
+    """Read and validate params.yaml and the settings.yaml beside it (if any); raises ParamsError
+    naming each bad key."""
+    return parse_param_files(read_param_files(path))
 
 
 def load_params_or_exit(path: str | Path = PARAMS_FILE) -> Params:
-    """For stages: a bad params.yaml ends the process with the message alone (no traceback)."""
+    """For stages: bad params end the process with the message alone (no traceback)."""
     try:
         return load_params(path)
     except ParamsError as exc:

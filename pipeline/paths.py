@@ -10,9 +10,12 @@ RAW = Path("data/raw")  # downloaded or recorded videos + manifest.json
 FRAMES = Path("data/frames.zarr")
 FRAMES_REPORT = Path("data/frames_report.json")
 LATENTS = Path("data/latents.zarr")
+LATENTS_REPORT = Path("data/latents_report.json")
 
 TOKENIZER = Path("models/tokenizer")
 DYNAMICS = Path("models/dynamics")
+
+FINGERPRINTS = Path("fingerprints")  # <stage>.txt: the code each stage runs and its settings, hashed
 
 TOKENIZER_METRICS = Path("metrics/tokenizer.json")
 TRAIN_METRICS = Path("metrics/train.json")
@@ -24,3 +27,8 @@ TOKENIZER_LIVE = Path("dvclive/tokenizer")
 TRAIN_LIVE = Path("dvclive/train")
 
 BENCHMARK_REPORTS = Path("reports/benchmark")
+
+HEADLINE_METRICS = Path("metrics/headline.json")  # the one DVC metrics file: `dvc exp show`, `dvc metrics diff`
+REPORT_HTML = Path("reports/index.html")
+REPORT_CHARTS = Path("reports/charts")
+PLOTS_TEMPLATE = Path("reports/plots_template.html")  # .dvc/config plots.html_template: `dvc plots` offline

@@ -1,21 +1,31 @@
-"""DVC stage `extract`: data/raw -> data/frames.zarr + data/frames_report.json."""
+"""DVC stage `extract`: data/raw -> data/frames.zarr + data/frames_report.json.
+
+Missing or unusable raw videos end the stage with a message naming them and no traceback
+(`--debug` or PIPELINE_DEBUG=1 shows it)."""
 
 from __future__ import annotations
 
+import argparse
 import sys
+from pathlib import Path
+from typing import Sequence
+
+if not __package__:  # run as a file (`python stages/extract.py`): import this checkout's pipeline, as `-m` does
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline import paths
 from pipeline.config import load_params_or_exit
 from pipeline.data.extract import ExtractError, extract_all
+from pipeline.runtime.errors import add_debug_flag, user_errors
+
+ADVICE = {ExtractError: ""}  # the message names the file or video and says what to do
 
 
-def main() -> int:
+def main(argv: Sequence[str] = ()) -> int:
+    args = add_debug_flag(argparse.ArgumentParser(prog="python -m stages.extract", description=__doc__)).parse_args(argv)
     params = load_params_or_exit()
-    try:
+    with user_errors("extract", ADVICE, args.debug):
         report = extract_all(paths.RAW, paths.FRAMES, paths.FRAMES_REPORT, params.extract, params.seed)
-    except ExtractError as exc:
-        print(f"extract: {exc}", file=sys.stderr)
-        return 1
     for e in report["videos"]:
         if e["status"] != "ok":
             print(f"extract: skipped {e['id']}: {e['reason']}", file=sys.stderr)
@@ -28,4 +38,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

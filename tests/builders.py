@@ -7,10 +7,9 @@ from functools import cache
 from pathlib import Path
 
 import numpy as np
-import yaml
 import zarr
 
-from pipeline.config import Params
+from pipeline.config import Params, merge_files, read_param_files
 from pipeline.data.stores import ShardedArrayWriter
 from pipeline.networks import dynamics
 
@@ -19,18 +18,19 @@ PARAMS_YAML = Path(__file__).resolve().parents[1] / "params.yaml"
 
 @cache
 def _default_raw() -> dict:
-    return yaml.safe_load(PARAMS_YAML.read_text())
+    return merge_files(read_param_files(PARAMS_YAML))
 
 
 def default_raw_params() -> dict:
-    """params.yaml as plain data (a fresh copy to change)."""
+    """params.yaml and settings.yaml merged, as plain data (a fresh copy to change)."""
     return copy.deepcopy(_default_raw())
 
 
 def params_section(name: str, **changes):
-    """Section `name` of params.yaml with `changes`, validated: e.g. the tokenizer of a tiny run,
-    ``params_section("tokenizer", steps=30, base_channels=8)``. The training sections have no
-    schema defaults, so params.yaml is where every value a test does not set comes from."""
+    """Section `name` of the params (params.yaml + settings.yaml) with `changes`, validated: e.g.
+    the tokenizer of a tiny run, ``params_section("tokenizer", steps=30, base_channels=8)``. The
+    training sections have no schema defaults, so those files are where every value a test does
+    not set comes from."""
     return Params.model_fields[name].annotation(**{**_default_raw()[name], **changes})
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import yaml
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-PROJECT_FILES = ("pyproject.toml", "params.yaml", "dvc.yaml", ".gitignore", ".dvcignore", ".dvc/config", ".dvc/.gitignore")
+PARAM_FILES = ("params.yaml", "settings.yaml")  # one schema (pipeline/config.py); a key lives in one of them
+PROJECT_FILES = ("pyproject.toml", *PARAM_FILES, "dvc.yaml", ".gitignore", ".dvcignore", ".dvc/config", ".dvc/.gitignore")
 PROJECT_DIRS = ("pipeline", "stages", ".dvc/plots")
 
 
@@ -18,6 +19,24 @@ def _deep_merge(base: dict, overrides: dict) -> dict:
     for key, value in overrides.items():
         out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
+
+
+def _leaves(tree: dict, loc: tuple = ()):
+    """(key path, value) of every leaf of a nested dict (a non-empty dict is not a leaf)."""
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            yield from _leaves(value, (*loc, key))
+        else:
+            yield (*loc, key), value
+
+
+def _depth(tree: dict, path: tuple) -> int:
+    """How many leading keys of `path` the tree holds."""
+    for i, key in enumerate(path):
+        if not isinstance(tree, dict) or key not in tree:
+            return i
+        tree = tree[key]
+    return len(path)
 
 
 class ProjectClone:
@@ -35,12 +54,28 @@ class ProjectClone:
             raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
         return proc
 
+    def param_files(self) -> dict[str, dict]:
+        return {name: yaml.safe_load((self.root / name).read_text()) or {} for name in PARAM_FILES}
+
     def params(self) -> dict:
-        return yaml.safe_load((self.root / "params.yaml").read_text())
+        """params.yaml and settings.yaml merged."""
+        merged: dict = {}
+        for tree in self.param_files().values():
+            merged = _deep_merge(merged, tree)
+        return merged
 
     def set_params(self, overrides: dict, commit: bool = True) -> None:
-        """Deep-merge `overrides` into params.yaml (lists are replaced) and commit it."""
-        (self.root / "params.yaml").write_text(yaml.safe_dump(_deep_merge(self.params(), overrides), sort_keys=False))
+        """Set each leaf of `overrides` (lists are replaced) in the file that holds its key (params.yaml
+        for a new key, unless settings.yaml holds more of its path), and commit."""
+        files = self.param_files()
+        for path, value in _leaves(overrides):
+            name = max(PARAM_FILES, key=lambda n: _depth(files[n], path))  # ties: params.yaml
+            node = files[name]
+            for key in path[:-1]:
+                node = node.setdefault(key, {})
+            node[path[-1]] = value
+        for name, tree in files.items():
+            (self.root / name).write_text(yaml.safe_dump(tree, sort_keys=False))
         if commit:
             self.commit("params for this test")
 

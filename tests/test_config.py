@@ -1,4 +1,4 @@
-"""params.yaml schema: every bad value fails before any work, naming the key."""
+"""The params schema (params.yaml + settings.yaml): every bad value fails before any work, naming the key."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import ParamsError, load_params, parse_params
+from pipeline.config import ParamsError, load_params, merge_files, parse_params, read_param_files
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT = yaml.safe_load((ROOT / "params.yaml").read_text())
+DEFAULT = merge_files(read_param_files(ROOT / "params.yaml"))  # with settings.yaml
 
 
 def with_change(path: str, value, raw: dict = DEFAULT) -> dict:
@@ -111,12 +111,13 @@ def test_a_stage_with_bad_params_exits_naming_the_key_without_a_traceback(tmp_pa
     from pathlib import Path
 
     repo = Path(__file__).resolve().parents[1]
-    params = (repo / "params.yaml").read_text().replace("  max_height: 360", "  max_heigth: 360")
-    (tmp_path / "params.yaml").write_text(params)
+    (tmp_path / "params.yaml").write_text((repo / "params.yaml").read_text())
+    settings = (repo / "settings.yaml").read_text().replace("  max_height: 360", "  max_heigth: 360")
+    (tmp_path / "settings.yaml").write_text(settings)
     proc = subprocess.run([sys.executable, "-m", "stages.download"], cwd=tmp_path, capture_output=True, text=True,
                           env={"PYTHONPATH": str(repo), "PATH": ""}, timeout=120)
     assert proc.returncode == 1
-    assert "download.max_heigth: unknown key (did you mean max_height?)" in proc.stderr
+    assert "download.max_heigth: unknown key (did you mean max_height?) [settings.yaml]" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "data").exists()  # nothing was started
 
@@ -139,7 +140,51 @@ def test_extract_fps_null_means_each_videos_own_rate():
 
 
 # ---------------------------------------------------------------------------------------------
-# One source of truth: params.yaml sets every key; a schema default, where one is kept, is the same
+# Two files, one schema
+# ---------------------------------------------------------------------------------------------
+def files_of(tmp_path, params: dict, settings: dict) -> Path:
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "settings.yaml").write_text(yaml.safe_dump(settings))
+    return tmp_path / "params.yaml"
+
+
+def split_defaults() -> tuple[dict, dict]:
+    files = read_param_files(ROOT / "params.yaml")
+    return copy.deepcopy(files["params.yaml"]), copy.deepcopy(files["settings.yaml"])
+
+
+def test_params_yaml_and_settings_yaml_together_are_the_whole_schema():
+    params, settings = split_defaults()
+    assert params and settings and set(params) | set(settings) == set(DEFAULT)
+    with pytest.raises(ParamsError, match="train.weight_decay: required key is missing"):
+        parse_params(params)  # params.yaml alone is not enough
+
+
+def test_a_key_set_in_both_files_is_named_with_both_files(tmp_path):
+    params, settings = split_defaults()
+    settings["train"]["seq_len_long"] = 64
+    with pytest.raises(ParamsError, match=r"train.seq_len_long: set in both params.yaml and settings.yaml \(keep one\)"):
+        load_params(files_of(tmp_path, params, settings))
+
+
+def test_a_bad_key_is_named_with_its_file(tmp_path):
+    params, settings = split_defaults()
+    params["train"]["seq_len_lon"] = 64
+    settings["model"]["heads"] = "four"
+    msg = str(pytest.raises(ParamsError, load_params, files_of(tmp_path, params, settings)).value)
+    assert "train.seq_len_lon: unknown key (did you mean seq_len_long?) [params.yaml]" in msg
+    assert "model.heads: " in msg and "[settings.yaml]" in msg
+
+
+def test_a_key_may_move_between_the_files(tmp_path):
+    params, settings = split_defaults()
+    params["model"]["heads"] = settings["model"].pop("heads")  # e.g. to give it a column in `dvc exp show`
+    settings["train"]["steps"] = params["train"].pop("steps")
+    assert load_params(files_of(tmp_path, params, settings)) == load_params(ROOT / "params.yaml")
+
+
+# ---------------------------------------------------------------------------------------------
+# One source of truth: params.yaml + settings.yaml set every key; a schema default, where one is kept, is the same
 # ---------------------------------------------------------------------------------------------
 def _schema_keys(model, raw: dict, validated, path: str = ""):
     """(dotted key, schema field, params.yaml value validated) of every leaf key, nested."""
@@ -147,7 +192,7 @@ def _schema_keys(model, raw: dict, validated, path: str = ""):
 
     for name, field in model.model_fields.items():
         key = f"{path}{name}"
-        assert name in raw, f"{key}: in the schema, not in params.yaml"
+        assert name in raw, f"{key}: in the schema, not in params.yaml or settings.yaml"
         value = getattr(validated, name)
         if isinstance(value, BaseModel) and field.annotation is type(value):
             yield from _schema_keys(type(value), raw[name], value, key + ".")

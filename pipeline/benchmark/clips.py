@@ -77,7 +77,7 @@ def select_clips(frames_path: str | Path, latents_path: str | Path | None, conte
         if latents_root is not None:
             if video.id not in latents_root:
                 raise StoreError(f"{latents_path}: no latents for test video {video.id!r} (rerun the tokenize stage)")
-            latents = torch.from_numpy(latents_root[video.id]["latents"][start : start + context]).float()
+            latents = torch.from_numpy(read_array(latents_path, video.id, "latents", start, start + context)).float()
         pixels = to_pixels(read_array(frames_path, video.id, "frames", start, start + length))
         poses = read_poses(frames_path, video.id, start, start + length) if video.has_poses else None
         clips.append(Clip(video.id, start, pixels, latents, conditioning_actions(frames_path, video, start, length), poses))

@@ -6,14 +6,16 @@ from __future__ import annotations
 import torch
 
 from pipeline.paths import DYNAMICS, TOKENIZER
+from pipeline.training.checkpoint import NoCheckpointError
 
 
-def benchmark_device(params) -> torch.device:
-    """The device rollouts run on; on CPU capped at ``benchmark.cpu_threads`` threads (per-frame
-    ops are small: more threads cost more than they give)."""
+def benchmark_device(params, dist=None) -> torch.device:
+    """The device rollouts run on (a rank's own GPU among several processes, ``dist``); on CPU
+    capped at ``benchmark.cpu_threads`` threads (per-frame ops are small: more threads cost
+    more than they give)."""
     from pipeline.training.device import pick_device
 
-    device = pick_device()
+    device = dist.device if dist is not None and dist.world > 1 else pick_device()
     if device.type == "cpu" and params.benchmark.cpu_threads:
         torch.set_num_threads(params.benchmark.cpu_threads)
     return device
@@ -31,7 +33,7 @@ def build_host(params, device: torch.device | str = "cpu"):
 
     for directory, stage in ((TOKENIZER, "train_tokenizer"), (DYNAMICS, "train")):
         if not (directory / "config.json").is_file():
-            raise FileNotFoundError(f"{directory}: no checkpoint (run `dvc repro {stage}` first)")
+            raise NoCheckpointError(f"{directory}: no checkpoint (run `dvc repro {stage}` first)")
     return PipelineHost.load(TOKENIZER, DYNAMICS, bench.sampling_steps, bench.tau_ctx, device)
 
 
@@ -39,7 +41,7 @@ def run_info(params, device) -> dict:
     """What a result depends on besides the policy: stored with the metrics so that try_policy
     can tell whether its numbers are paired with the stage's."""
     bench = params.benchmark
-    info = {"host": bench.host, "sampling_steps": bench.sampling_steps, "n_clips": bench.n_clips,
+    info = {"host": bench.host, "protocol": bench.protocol, "sampling_steps": bench.sampling_steps, "n_clips": bench.n_clips,
             "n_seeds": len(bench.seeds), "device": torch.device(device).type}
     if bench.host == "pipeline":
         from pipeline.training.checkpoint import checkpoint_hash

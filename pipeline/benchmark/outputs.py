@@ -3,7 +3,8 @@
 - ``TEST_METRICS: key=value ...``: one line per cell and per reference, the metric line format of
   ar-video-kv-temporal-policy;
 - ``metrics/benchmark.json``: nested workload/budget/policy/mode, keys stable for
-  ``dvc metrics diff``;
+  ``dvc metrics diff --targets metrics/benchmark.json``, with the run's settings (``budgets``:
+  each budget's frame count, null when unlimited); the report stage reads it;
 - long-form CSV tables per horizon and per budget for ``dvc plots`` (built as pandas tables,
   floats written as ``%.6g`` like the lines).
 """
@@ -47,7 +48,8 @@ def metrics_lines(summary: dict, references: dict) -> list[str]:
     lines = []
     for (workload, budget, policy, mode), e in summary.items():
         vals = " ".join(f"{k}={_fmt(e[k])}" for k in LINE_KEYS)
-        lines.append(f"TEST_METRICS: workload={workload} budget={budget} policy={policy} mode={mode} {vals} eval_mode={EVAL_MODE}")
+        lines.append(f"TEST_METRICS: workload={workload} budget={budget} policy={policy} mode={mode} {vals} "
+                     f"eval_mode={EVAL_MODE}")
     for workload, refs in references.items():
         for name, e in refs.items():
             vals = " ".join(f"{k}={_fmt(e[k])}" for k in REFERENCE_KEYS)
@@ -120,7 +122,7 @@ def write_outputs(run: BenchmarkRun, budgets: dict, info: dict, metrics_path: st
                   horizon_csv: str | Path, budget_csv: str | Path) -> tuple[dict, dict, list[str]]:
     """Write the JSON and both CSV tables; returns (summary, references, TEST_METRICS lines)."""
     summary, references = summarize(run), summarize_references(run)
-    info = {**info, "seconds": round(run.seconds, 3)}
+    info = {**info, "seconds": round(run.seconds, 3), "budgets": dict(budgets)}
     write_json(metrics_path, metrics_json(summary, references, info))
     write_csv(horizon_csv, horizon_table(summary, references))
     write_csv(budget_csv, budget_table(summary, budgets))

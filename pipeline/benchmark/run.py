@@ -6,15 +6,24 @@ PSNR / SSIM / LPIPS are measured per frame against the ground truth. The samplin
 (seed, clip) pair is the same for every policy, budget and mode, so their scores are paired
 comparisons. Budgets run largest first: a rollout whose history never reached a smaller budget
 is that budget's rollout too, and is reused (see :func:`unchanged_under`).
+
+**Throughput.** ``benchmark.batch_size`` clips of one cell (workload, budget, policy, mode,
+seed) run together through the host (``run_rollouts``: one row per clip, each with its own
+policy copy, plans, evictions, actions, poses and noise generator), and the predicted frames of
+all rollouts are decoded and scored in chunks of exactly :data:`SCORE_CHUNK` frames across
+rollouts (:class:`FrameScorer`), so neither the rollouts nor the scores depend on the batch
+size (to float rounding: BLAS picks kernels by matrix size). ``shard=(rank, world)`` runs one
+process's share of the clips (``benchmark.nproc_per_node``); :func:`merge_runs` puts the
+shares together in the order one process would have produced.
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import time
 from dataclasses import dataclass, field, replace
-from functools import partial
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
@@ -31,7 +40,7 @@ from pipeline.benchmark.references import (
     tokenizer_ceiling,
 )
 from pipeline.benchmark.validate import load_policies
-from pipeline.rollout.loop import run_rollout
+from pipeline.rollout.loop import run_rollouts
 
 METRIC_NAMES = ("psnr", "ssim", "lpips")
 
@@ -59,6 +68,7 @@ class RolloutRecord:
     kept_per_step: list[int]
     pixels: torch.Tensor | None = None  # decoded prediction, kept for the media clips
     reused: bool = False  # identical to the rollout under a larger budget (see unchanged_under)
+    order: tuple = ()  # where one process running the whole benchmark lists it (see merge_runs)
 
 
 @dataclass
@@ -70,6 +80,28 @@ class BenchmarkRun:
     clips: dict[str, list[Clip]] = field(default_factory=dict)
     budgets: dict[str, int | None] = field(default_factory=dict)  # name -> max_frames, in the params' order
     seconds: float = 0.0
+    clip_references: dict[tuple[int, int], tuple[str, dict, dict]] = field(default_factory=dict)
+    # (workload index, clip) -> (workload, reference -> metric -> per frame, reference -> pixels)
+
+    def share(self) -> dict:
+        """What another process needs to merge this run (not the clips, which every process has)."""
+        return {"records": self.records, "clip_references": self.clip_references, "seconds": self.seconds}
+
+    def assemble(self) -> "BenchmarkRun":
+        """Records and references in the order of one process running everything (workloads,
+        clips, seeds, policies, modes, budgets largest first), whichever shard or batch ran them."""
+        self.records.sort(key=lambda r: r.order)
+        self.references, self.reference_pixels = {}, {}
+        for key in sorted(self.clip_references):
+            workload, values, pixels = self.clip_references[key]
+            refs = self.references.setdefault(workload, {r: {m: [] for m in METRIC_NAMES} for r in values})
+            kept = self.reference_pixels.setdefault(workload, {r: [] for r in values})
+            for name, metrics in values.items():
+                for metric, v in metrics.items():
+                    refs[name][metric].append(v)
+                if name in pixels:
+                    kept[name].append(pixels[name])
+        return self
 
     @property
     def budget_order(self) -> list[str]:  # as in params (runs go largest first)
@@ -90,6 +122,54 @@ class Scorer:
 
         values = video_metrics(pred[None].cpu(), target[None].cpu(), self.lpips)
         return {k: [float(x) for x in values[k][0]] for k in METRIC_NAMES}
+
+
+SCORE_CHUNK = 64  # frames per decoder and LPIPS call of FrameScorer (video_metrics' slice)
+
+
+class FrameScorer:
+    """Decodes rollouts' predicted latents and scores them against their ground truth in chunks
+    of exactly ``chunk`` frames, across rollouts; the last chunk is padded (its last frame
+    repeated). A frame's numbers then do not depend on the batch size or on which rollouts share
+    its chunk: CPU (oneDNN) and GPU (cuDNN) convolutions pick their algorithm by batch size,
+    and one fixed size makes every frame go through the same one (tested).
+
+    ``put(latents, target, done)`` queues a rollout; ``done(pixels, scores)`` is called once
+    its last frame is scored (at the latest by ``flush``).
+    """
+
+    def __init__(self, host, scorer: Scorer, chunk: int = SCORE_CHUNK):
+        self.host, self.scorer, self.chunk = host, scorer, chunk
+        self.queue: list[tuple[dict, int]] = []  # (rollout entry, frame index), in order
+
+    def put(self, latents: torch.Tensor, target: torch.Tensor,
+            done: Callable[[torch.Tensor, dict[str, list[float]]], None]) -> None:
+        n = len(latents)
+        entry = {"latents": latents, "target": target, "done": done, "left": n, "pixels": [None] * n,
+                 "scores": {m: [0.0] * n for m in METRIC_NAMES}}
+        self.queue.extend((entry, i) for i in range(n))
+        while len(self.queue) >= self.chunk:
+            self._run(self.queue[: self.chunk])
+            self.queue = self.queue[self.chunk :]
+
+    def flush(self) -> None:
+        if self.queue:
+            self._run(self.queue + [self.queue[-1]] * (self.chunk - len(self.queue)), real=len(self.queue))
+            self.queue = []
+
+    @torch.no_grad()
+    def _run(self, frames: list[tuple[dict, int]], real: int | None = None) -> None:
+        latents = torch.stack([e["latents"][i] for e, i in frames])
+        target = torch.stack([e["target"][i] for e, i in frames])
+        pixels = self.host.decode(latents).cpu()
+        scores = self.scorer(pixels, target)
+        for j, (entry, i) in enumerate(frames[:real]):
+            entry["pixels"][i] = pixels[j]
+            for m in METRIC_NAMES:
+                entry["scores"][m][i] = scores[m][j]
+            entry["left"] -= 1
+            if entry["left"] == 0:
+                entry["done"](torch.stack(entry["pixels"]), entry["scores"])
 
 
 def sampling_generator(seed: int, sample_seed: int, clip: int) -> torch.Generator:
@@ -128,70 +208,142 @@ def budget_rollouts(policy, cell: Cell, budgets: dict[str, int | None],
         previous = record
 
 
+def batches(items: list, size: int) -> list[list]:
+    """``items`` in consecutive groups of at most ``size``."""
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
 def run_benchmark(host, bench, clips: dict[str, list[Clip]], *, seed: int, policies: Iterable[str] | None = None,
                   budgets: dict[str, int | None] | None = None, modes: Iterable[str] | None = None,
-                  media_clips: int = 0, scorer: Scorer | None = None, progress: bool = True) -> BenchmarkRun:
+                  media_clips: int = 0, scorer: Scorer | None = None, progress: bool = True,
+                  batch_size: int | None = None, shard: tuple[int, int] = (0, 1)) -> BenchmarkRun:
     """All rollouts of ``bench`` (BenchmarkParams) on ``clips`` (workload -> clips).
 
-    ``policies``/``budgets``/``modes`` default to those of ``bench``; ``media_clips`` first
-    clips keep their decoded pixels for the report videos.
+    ``policies``/``budgets``/``modes``/``batch_size`` default to those of ``bench``;
+    ``media_clips`` first clips keep their decoded pixels for the report videos. ``shard``
+    (rank, world): only the clips ``clip % world == rank`` (merge the shares with
+    :func:`merge_runs`).
     """
     loaded = load_policies(list(policies if policies is not None else bench.policies))
     budgets = dict(budgets if budgets is not None else bench.budgets)
     modes = list(modes if modes is not None else bench.modes)
+    batch_size = batch_size or getattr(bench, "batch_size", 1)
     scorer = scorer or Scorer()
+    rank, world = shard
     run = BenchmarkRun(clips=clips, budgets=budgets)
+    frames = FrameScorer(host, scorer)
+    reuses: list[tuple[RolloutRecord, RolloutRecord]] = []
     start = time.perf_counter()
-    total = sum(len(c) for c in clips.values()) * len(bench.seeds) * len(budgets) * len(loaded) * len(modes)
+    mine = {w: [ci for ci in range(len(c)) if ci % world == rank] for w, c in clips.items()}
+    total = sum(map(len, mine.values())) * len(bench.seeds) * len(budgets) * len(loaded) * len(modes)
+    order = {name: i for i, (name, _) in enumerate(largest_first(budgets))}
     with tqdm(total=total, desc="benchmark rollouts", unit="rollout", disable=not progress) as bar:  # closed on errors too
-        for workload, wclips in clips.items():
+        for wi, (workload, wclips) in enumerate(clips.items()):
             n_ctx, n_pred = bench.workloads[workload].context, bench.workloads[workload].predict
-            for ci, clip in enumerate(wclips):
-                _score_references(run, host, scorer, workload, clip, n_ctx, keep_pixels=ci < media_clips,
+            contexts = {}
+            for ci in mine[workload]:
+                clip = wclips[ci]
+                _score_references(run, host, scorer, wi, workload, clip, ci, n_ctx, keep_pixels=ci < media_clips,
                                   memory=memory_reference_names(budgets))
                 context = clip.context_latents if clip.context_latents is not None else host.encode(clip.pixels[:n_ctx])
-                context = context.to(getattr(host, "device", "cpu"))
-                for sample_seed, policy, mode in itertools.product(bench.seeds, loaded, modes):
-                    rollout = partial(_rollout, host, policy, scorer, clip, ci, seed, sample_seed, context, n_pred,
-                                      keep_pixels=ci < media_clips and sample_seed == bench.seeds[0])
-                    for record in budget_rollouts(policy, Cell(workload, "", policy.name, mode), budgets, rollout):
-                        run.records.append(record)
-                        bar.update()
+                contexts[ci] = context.to(getattr(host, "device", "cpu"))
+            for group in batches(mine[workload], batch_size):
+                for (si, sample_seed), (pi, policy), (mi, mode) in itertools.product(
+                        enumerate(bench.seeds), enumerate(loaded), enumerate(modes)):
+                    previous: dict[int, RolloutRecord] = {}
+                    for budget, max_frames in largest_first(budgets):
+                        cell = Cell(workload, budget, policy.name, mode)
+                        rerun = [ci for ci in group
+                                 if ci not in previous or not unchanged_under(policy, previous[ci], max_frames)]
+                        media = {ci for ci in rerun if ci < media_clips and si == 0}
+                        fresh = _rollouts(host, policy, frames, wclips, rerun, seed, sample_seed, contexts, n_pred,
+                                          cell, max_frames, media, protocol=bench.protocol)
+                        for ci in group:
+                            if ci in fresh:
+                                record = fresh[ci]
+                            else:
+                                record = replace(previous[ci], cell=cell, reused=True)
+                                reuses.append((record, previous[ci]))
+                            record.order = (wi, ci, si, pi, mi, order[budget])
+                            run.records.append(record)
+                            previous[ci] = record
+                            bar.update()
+    frames.flush()
+    for record, source in reuses:  # the source's pixels came with its scores
+        record.pixels = source.pixels
     run.seconds = time.perf_counter() - start
-    return run
+    return run.assemble()
 
 
-def _rollout(host, policy, scorer: Scorer, clip: Clip, ci: int, seed: int, sample_seed: int, context: torch.Tensor,
-             n_pred: int, cell: Cell, max_frames: int | None, keep_pixels: bool) -> RolloutRecord:
-    """One rollout of ``policy`` on clip ``ci``, decoded and scored against the clip's ground truth."""
-    result = run_rollout(host, policy, context, n_pred, max_frames=max_frames, mode=cell.mode,
-                         generator=sampling_generator(seed, sample_seed, ci), actions=clip.actions,
-                         poses=clip.poses)
-    pred = host.decode(result.generated).cpu()
-    per_frame = scorer(pred, clip.pixels[len(context):])
-    per_frame["memory_oracle_psnr"] = copy_oracle(clip.pixels, len(context), result.history_per_step)[1]
-    return RolloutRecord(
-        cell=cell, clip=ci, seed=sample_seed, per_frame=per_frame,
-        n_predict=n_pred, seconds=result.seconds, policy_seconds=result.policy_seconds,
-        peak_retained_bytes=result.peak_retained_bytes, kept_per_step=result.kept_per_step,
-        pixels=pred if keep_pixels else None,
-    )
+def merge_runs(shares: list[dict], clips: dict[str, list[Clip]], budgets: dict[str, int | None]) -> BenchmarkRun:
+    """The shares (:meth:`BenchmarkRun.share`) of several processes' ``run_benchmark(shard=...)``
+    as one run on ``clips`` and ``budgets``, in the order one process would have produced; its
+    seconds are the slowest share's."""
+    run = BenchmarkRun(clips=clips, budgets=dict(budgets), seconds=max(s["seconds"] for s in shares))
+    for share in shares:
+        run.records.extend(share["records"])
+        run.clip_references.update(share["clip_references"])
+    return run.assemble()
 
 
-def _score_references(run: BenchmarkRun, host, scorer: Scorer, workload: str, clip: Clip, n_ctx: int,
-                      keep_pixels: bool, memory: list[str]) -> None:
+def _rollouts(host, policy, frames: FrameScorer, clips: list[Clip], rows: list[int], seed: int, sample_seed: int,
+              contexts: dict[int, torch.Tensor], n_pred: int, cell: Cell, max_frames: int | None,
+              media: set[int], protocol: str) -> dict[int, RolloutRecord]:
+    """The rollouts of ``policy`` on the clips ``rows`` in one batch (each with its own copy of
+    the policy and its own noise); their records, scored once ``frames`` has decoded them (the
+    clips in ``media`` keep their pixels)."""
+    if not rows:
+        return {}
+    results = run_rollouts(host, [_own_copy(policy) for _ in rows], [contexts[ci] for ci in rows], n_pred,
+                           max_frames=max_frames, mode=cell.mode,
+                           generators=[sampling_generator(seed, sample_seed, ci) for ci in rows],
+                           actions=[clips[ci].actions for ci in rows], poses=[clips[ci].poses for ci in rows],
+                           protocol=protocol)
+    out = {}
+    for ci, result in zip(rows, results):
+        clip, n_ctx = clips[ci], len(contexts[ci])
+        record = RolloutRecord(
+            cell=cell, clip=ci, seed=sample_seed, per_frame={},
+            n_predict=n_pred, seconds=result.seconds, policy_seconds=result.policy_seconds,
+            peak_retained_bytes=result.peak_retained_bytes, kept_per_step=result.kept_per_step,
+        )
+        oracle = copy_oracle(clip.pixels, n_ctx, result.history_per_step)[1]
+
+        def done(pixels, scores, record=record, oracle=oracle, keep_pixels=ci in media):
+            record.per_frame.update(scores)  # in place: a reused record shares the dict
+            record.per_frame["memory_oracle_psnr"] = oracle
+            record.pixels = pixels if keep_pixels else None
+
+        frames.put(result.generated, clip.pixels[n_ctx:], done)
+        out[ci] = record
+    return out
+
+
+def _own_copy(policy):
+    """A rollout's own copy of a policy, so that one keeping state between calls sees only its
+    rollout's (whatever the batch); a policy that cannot be copied is shared."""
+    try:
+        return copy.deepcopy(policy)
+    except Exception:
+        return policy
+
+
+def _score_references(run: BenchmarkRun, host, scorer: Scorer, wi: int, workload: str, clip: Clip, ci: int,
+                      n_ctx: int, keep_pixels: bool, memory: list[str]) -> None:
     """Persistence, the tokenizer ceiling and the copy oracles of one clip (their PSNR capped,
     see pipeline.benchmark.references)."""
     target = clip.pixels[n_ctx:]
     names = [*REFERENCES, *memory]
-    refs = run.references.setdefault(workload, {r: {m: [] for m in METRIC_NAMES} for r in names})
-    pixels = run.reference_pixels.setdefault(workload, {r: [] for r in names})
+    values: dict[str, dict[str, list[float]]] = {}
+    pixels: dict[str, torch.Tensor] = {}
     predictions = {"persistence": (persistence(clip.pixels[:n_ctx], len(target)), None),
                    "tokenizer_ceiling": (tokenizer_ceiling(host, target).cpu(), None)}
     for name in memory:
         predictions[name] = copy_oracle(clip.pixels, n_ctx, memory_candidates(name, n_ctx, len(target)))
-    for name, (pred, capped_psnr) in predictions.items():
-        for metric, values in scorer(pred, target).items():
-            refs[name][metric].append(capped_psnr if metric == "psnr" and capped_psnr is not None else values)
+    for name in names:
+        pred, capped_psnr = predictions[name]
+        values[name] = {metric: (capped_psnr if metric == "psnr" and capped_psnr is not None else v)
+                        for metric, v in scorer(pred, target).items()}
         if keep_pixels:
-            pixels[name].append(pred)
+            pixels[name] = pred
+    run.clip_references[(wi, ci)] = (workload, values, pixels)

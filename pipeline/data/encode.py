@@ -8,6 +8,12 @@ and ``latent_shape``. The tokenizer is any
 object with ``encode``, ``image_size``, ``latent_shape`` and ``config`` (the trained network:
 this module reads frames and writes latents, it does not load models). The store is built under a
 temporary name and renamed into place, so a crash never leaves a partial store.
+
+Several processes (``tokenize.nproc_per_node``, ``dist`` given): rank 0 creates the temporary
+store and its root attributes and tells the others its name; every rank encodes the videos
+``i % world == rank`` (each video a group of its own, written by one rank); after a barrier rank
+0 renames the store into place. Each video is encoded alone in the same batches either way, so
+the store is the one a single process writes (tested byte for byte).
 """
 
 from __future__ import annotations
@@ -37,9 +43,14 @@ def encode_frames(model, frames: np.ndarray, device) -> np.ndarray:
     return model.encode(x).to(torch.float16).cpu().numpy()
 
 
-def encode_store(frames: str | Path, model, tokenizer_hash: str, out: str | Path, batch_size: int, device="cpu") -> dict:
+def encode_store(frames: str | Path, model, tokenizer_hash: str, out: str | Path, batch_size: int, device="cpu",
+                 dist=None) -> dict:
     """Write `out` (latents store) from `frames` with the trained tokenizer `model` (on
-    `device`), whose checkpoint hash the store records; returns a summary."""
+    `device`), whose checkpoint hash the store records; returns a summary. ``dist``: this
+    process's place among several (``pipeline.runtime.distributed.Dist``; None: alone)."""
+    from pipeline.runtime.distributed import Dist, barrier, broadcast_from_main
+
+    dist = dist or Dist()
     frames, out = Path(frames), Path(out)
     videos = list_videos(frames)
     if not videos:
@@ -51,30 +62,47 @@ def encode_store(frames: str | Path, model, tokenizer_hash: str, out: str | Path
         if got != size:
             raise StoreError(f"{frames}/{v.id}: frames are {got[0]}x{got[1]}, the tokenizer was trained on "
                              f"{size[0]}x{size[1]} (retrain it on this store)")
+    mine = videos[dist.rank :: dist.world]
+    summary = {"videos": len(videos), "frames": sum(v.n_frames for v in videos), "latent_shape": list(model.latent_shape)}
 
+    def encode_mine(tmp: Path) -> None:
+        root = zarr.open_group(str(tmp), mode="r+")
+        with tqdm(total=sum(v.n_frames for v in mine), desc="tokenize", unit="frame", dynamic_ncols=True,
+                  disable=not dist.main) as bar:
+            for v in mine:
+                _encode_video(frames, src[v.id], v, root, model, batch_size, device, bar)
+
+    if not dist.main:
+        encode_mine(Path(broadcast_from_main(None, dist)))
+        barrier(dist)  # rank 0 renames the store once every rank has written its videos
+        return summary
     remove_stale_tmp(out.parent, out.name)  # left by a killed run
-    total = sum(v.n_frames for v in videos)
-    with atomic_dir(out) as tmp, tqdm(total=total, desc="tokenize", unit="frame", dynamic_ncols=True) as bar:
+    with atomic_dir(out) as tmp:
         root = zarr.open_group(str(tmp), mode="w")
         root.attrs.update({
             "tokenizer_hash": tokenizer_hash,
             "latent_shape": list(model.latent_shape),
             "tokenizer_config": model.config,
         })
-        for v in videos:
-            source = src[v.id]
-            group = root.create_group(v.id)
-            group.attrs.update(v.attrs)
-            chunk, shard = _layout(source["frames"])
-            # `with`: on a crash the write in flight finishes before atomic_dir removes the tmp store
-            with ShardedArrayWriter(group, "latents", model.latent_shape, np.float16, chunk, shard) as writer:
-                for start in range(0, v.n_frames, batch_size):
-                    batch = read_array(frames, v.id, "frames", start, start + batch_size)
-                    writer.append(encode_frames(model, batch, device))
-                    bar.update(len(batch))
-            for name in (a for a in SIDE_ARRAYS if a in source):  # actions, poses: copied as they are
-                side = source[name]
-                side_chunk, side_shard = _layout(side)
-                with ShardedArrayWriter(group, name, side.shape[1:], side.dtype, side_chunk, side_shard) as writer:
-                    writer.append(read_array(frames, v.id, name))
-    return {"videos": len(videos), "frames": total, "latent_shape": list(model.latent_shape)}
+        broadcast_from_main(str(tmp), dist)
+        encode_mine(tmp)
+        barrier(dist)
+    return summary
+
+
+def _encode_video(frames: Path, source, v, root, model, batch_size: int, device, bar) -> None:
+    """One video's group: its latents, side arrays and attributes."""
+    group = root.create_group(v.id)
+    group.attrs.update(v.attrs)
+    chunk, shard = _layout(source["frames"])
+    # `with`: on a crash the write in flight finishes before atomic_dir removes the tmp store
+    with ShardedArrayWriter(group, "latents", model.latent_shape, np.float16, chunk, shard) as writer:
+        for start in range(0, v.n_frames, batch_size):
+            batch = read_array(frames, v.id, "frames", start, start + batch_size)
+            writer.append(encode_frames(model, batch, device))
+            bar.update(len(batch))
+    for name in (a for a in SIDE_ARRAYS if a in source):  # actions, poses: copied as they are
+        side = source[name]
+        side_chunk, side_shard = _layout(side)
+        with ShardedArrayWriter(group, name, side.shape[1:], side.dtype, side_chunk, side_shard) as writer:
+            writer.append(read_array(frames, v.id, name))

@@ -41,7 +41,7 @@ from pipeline.data.sources.manifest import (
     sha256_file,
 )
 from pipeline.data.splits import SPLITS, assign_splits
-from pipeline.data.stores import ShardedArrayWriter, compressor
+from pipeline.data.stores import ShardedArrayWriter, compressors
 from pipeline.data.video.decode import (
     DecodeError,
     EmptyWindowError,
@@ -277,7 +277,7 @@ def _store_series(group: zarr.Group, src: Source, recorded: dict[str, np.ndarray
     for name, values in recorded.items():
         stored = resample_to_frames(values, recorded_fps, fps, start, n, str(src.series_paths[name]))
         # One chunk: a series is a few bytes a frame, so a shard layout would only add files.
-        group.create_array(name, data=stored, chunks=(max(n, 1), *stored.shape[1:]), compressors=compressor(stored.dtype),
+        group.create_array(name, data=stored, chunks=(max(n, 1), *stored.shape[1:]), compressors=compressors(stored.dtype),
                            config={"write_empty_chunks": True})
         attrs[f"{name}_fps"] = recorded_fps
     if "actions" in recorded:
@@ -354,6 +354,7 @@ def extract_all(raw_dir: str | Path, out: str | Path, report_path: str | Path, c
     """Extract every usable video of `raw_dir` into the store `out`; writes the report; returns it."""
     out, t0 = Path(out), time.perf_counter()
     remove_stale_tmp(out.parent, out.name)  # leftovers of a killed run
+    remove_stale_tmp(Path(report_path).parent, Path(report_path).name)
 
     sources, entries = find_sources(raw_dir)
     jobs = []

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, Crc32cCodec
 
 from pipeline.data.splits import SPLITS
 
@@ -41,6 +41,7 @@ class StoreError(RuntimeError):
 SIDE_ARRAYS = ("actions", "poses")  # per-frame arrays beside a video's frames or latents
 POSE_SHAPE = (3,)  # a pose row: x, y, heading_deg
 WRITTEN_BY = {"frames": "extract", "latents": "tokenize"}  # the stage that writes a store, by its data array
+WRITTEN_BY_NAME = {"frames.zarr": "extract", "latents.zarr": "tokenize"}  # ... by the store's file name
 
 
 def compressor(dtype=None) -> BloscCodec:
@@ -51,6 +52,13 @@ def compressor(dtype=None) -> BloscCodec:
     if dtype is not None and np.dtype(dtype).itemsize == 1:
         return BloscCodec(cname="zstd", clevel=1, shuffle="noshuffle", typesize=1)
     return BloscCodec(cname="zstd", clevel=5, shuffle="shuffle")
+
+
+def compressors(dtype=None) -> tuple[BloscCodec, Crc32cCodec]:
+    """The compressor, then a CRC-32C of each compressed chunk: damage inside a shard file (a bad
+    block, a stray write), not only a truncation, fails the read, which then names the shard. zarr's
+    shard index has its own checksum; the chunks have none without this."""
+    return compressor(dtype), Crc32cCodec()
 
 
 class ShardedArrayWriter:
@@ -70,7 +78,7 @@ class ShardedArrayWriter:
             dtype=dtype,
             chunks=(chunk_frames, *frame_shape),
             shards=(shard_frames, *frame_shape),
-            compressors=compressor(dtype),
+            compressors=compressors(dtype),
             fill_value=0,
             # Write all-zero chunks too (black frames, NOOP actions): a missing file then always means damage.
             config={"write_empty_chunks": True},
@@ -169,7 +177,9 @@ def _advice(path: Path, stage: str | None = None) -> str:
 def open_store(path: str | Path) -> zarr.Group:
     path = Path(path)
     if not (path / "zarr.json").is_file():
-        raise StoreError(f"{path}: not a zarr store (run the stage that writes it first)")
+        stage = WRITTEN_BY_NAME.get(path.name)
+        run = f"`dvc repro {stage}`" if stage else "the stage that writes it"
+        raise StoreError(f"{path}: not a zarr store (run {run} first; `dvc repro` runs the stages in order)")
     try:
         return zarr.open_group(str(path), mode="r")
     except Exception as exc:  # a damaged zarr.json: any parse or codec error

@@ -1,6 +1,6 @@
 """K-step shortcut Euler sampling with x-prediction, and context corruption.
 
-Noise level convention (DESIGN.md): ``z_tau = (1 - tau) * x0 + tau * eps``; tau = 1 is pure
+Noise level convention (the project's, as FAR's flow-matching sigma): ``z_tau = (1 - tau) * x0 + tau * eps``; tau = 1 is pure
 noise, tau = 0 is clean. The network predicts x0 (x-prediction) given the step size d it is
 asked to take (shortcut forcing, DreamerV4). With K steps, d = 1/K and tau walks the grid
 1, 1 - d, ..., d. One Euler step in velocity space, v = dz/dtau = eps - x0 = (z - x0) / tau:
@@ -59,6 +59,23 @@ class ShortcutEulerSampler:
         dtype: torch.dtype = torch.float32,
     ) -> torch.Tensor:
         z = _noise_like(torch.empty(shape, device=device, dtype=dtype), generator)
+        return self._integrate(denoise, z)
+
+    @torch.no_grad()
+    def sample_rows(
+        self,
+        denoise: Denoiser,
+        shape: tuple[int, ...],
+        generators: list[torch.Generator],
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> torch.Tensor:
+        """A batch of samples (B, *shape): row b starts from noise of ``generators[b]``, drawn as
+        :meth:`sample` draws it, so a row's sample does not depend on the others."""
+        eps = torch.stack([torch.randn(shape, generator=g, device=g.device, dtype=torch.float32) for g in generators])
+        return self._integrate(denoise, eps.to(device=device, dtype=dtype))  # one transfer for the batch
+
+    def _integrate(self, denoise: Denoiser, z: torch.Tensor) -> torch.Tensor:
         x0 = z
         d = torch.tensor(self.d, device=z.device)
         levels = self.taus()

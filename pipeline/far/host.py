@@ -28,7 +28,7 @@ import warnings
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
-from pipeline.far.model import FAR
+from pipeline.far.model import FAR, FarKVCache
 from pipeline.far.weights import (
     SCHEDULER_CONFIG,
     VARIANTS,
@@ -37,6 +37,7 @@ from pipeline.far.weights import (
     load_transformer,
 )
 from pipeline.rollout.api import FrameInfo, Mode
+from pipeline.rollout.batch import OneRow
 
 
 class FarHost:
@@ -93,18 +94,36 @@ class FarHost:
             raise ValueError(f"unknown rollout mode {mode!r} (expected recompute or kv)")
         return FarSession(self, mode, generator)
 
+    def start_batch(self, mode: Mode, generators: list[torch.Generator]) -> "FarBatchSession":
+        if mode not in ("recompute", "kv"):
+            raise ValueError(f"unknown rollout mode {mode!r} (expected recompute or kv)")
+        return FarBatchSession(self, mode, generators)
 
-class FarSession:
-    """The retained history of one rollout: latents and actions, plus the KV cache in kv mode."""
 
-    def __init__(self, host: FarHost, mode: Mode, generator: torch.Generator):
-        self.host, self.mode, self.generator = host, mode, generator
+class FarBatchSession:
+    """The retained histories of B rollouts (rows): latents and actions, plus one KV cache per
+    row in kv mode.
+
+    Batching: each row keeps its own cache (FAR's caches hold pre-RoPE keys, positioned by
+    order, so a row's cache is just its frames' keys). A generated frame stacks the caches of
+    the rows that use them into one padded cache (``FarKVCache.stack``) for its denoising
+    calls, and the model attends per row with a mask over the padding (``FAR.forward(rows=)``):
+    *per-clip caches batched at the kernel* through padding, one stack per frame (not per call).
+    Rows whose history takes FAR_Long's long-term path (no cache; each with its own number of
+    long-term frames) run as separate groups. Every row draws its noise from its own generator,
+    so its frames equal its unbatched frames to float rounding.
+    """
+
+    def __init__(self, host: FarHost, mode: Mode, generators: list[torch.Generator]):
+        self.host, self.mode, self.generators = host, mode, list(generators)
+        self.rows = len(self.generators)
         self.cfg = host.model.cfg
-        self.latents: list[torch.Tensor | None] = []  # None: held only as keys/values in the cache
-        self.actions: list[int] = []
-        self.cache = host.model.new_cache() if mode == "kv" else None
+        self.latents: list[list[torch.Tensor | None]] = [[] for _ in range(self.rows)]  # None: held as keys/values only
+        self.actions: list[list[int]] = [[] for _ in range(self.rows)]
+        self.caches = [host.model.new_cache() if mode == "kv" else None for _ in range(self.rows)]
         self.frame_shape: torch.Size | None = None
         self._warned = False
+        self.last_attention: list[list[float] | None] = [None] * self.rows  # see attention_mass
 
     # --- history ------------------------------------------------------------------------------
     def _action(self, action: int | None) -> int:
@@ -117,22 +136,34 @@ class FarSession:
             raise ValueError(f"action {action} outside 0..{null - 1} of {self.cfg.condition_cfg}")
         return int(action)
 
-    def append(self, latent: torch.Tensor, info: FrameInfo) -> None:
-        self.latents.append(latent.to(self.host.device, self.host.dtype))
-        self.frame_shape = latent.shape
-        self.actions.append(self._action(info.action))
+    def append(self, frames) -> None:
+        for b, row in enumerate(frames):
+            for latent, info in row:
+                self.latents[b].append(latent.to(self.host.device, self.host.dtype))
+                self.frame_shape = latent.shape
+                self.actions[b].append(self._action(info.action))
 
-    def evict(self, keep: list[int]) -> None:
-        n = len(self.latents)
-        if any(not 0 <= i < n for i in keep) or sorted(set(keep)) != list(keep):
-            raise IndexError(f"evict: keep={keep} must be ascending indices of the {n} retained frames")
-        if self.cache is not None:
-            self.cache.evict([i for i in keep if i < self.cache.n_frames])
-        self.latents = [self.latents[i] for i in keep]
-        self.actions = [self.actions[i] for i in keep]
+    def evict(self, keep) -> None:
+        for b, k in enumerate(keep):
+            if k is None:
+                continue
+            n = len(self.latents[b])
+            if any(not 0 <= i < n for i in k) or sorted(set(k)) != list(k):
+                raise IndexError(f"evict: keep={k} must be ascending indices of the {n} retained frames")
+            cache = self.caches[b]
+            if cache is not None:
+                cache.evict([i for i in k if i < cache.n_frames])
+            self.latents[b] = [self.latents[b][i] for i in k]
+            self.actions[b] = [self.actions[b][i] for i in k]
 
-    def retained_bytes(self) -> int:
-        """Latents held plus KV bytes; frames waiting for the cache count at their KV size.
+    def attention_mass(self) -> list[list[float] | None]:
+        """Per row, per retained frame (oldest first): the share of the attention of the last
+        generated frame's final denoising call (its queries, mean over layers and heads) that
+        landed on the frame's tokens; None before a generation."""
+        return list(self.last_attention)
+
+    def retained_bytes(self) -> list[int]:
+        """Per row: latents held plus KV bytes; frames waiting for the cache count at their KV size.
 
         In kv mode plain FAR holds cached frames as keys/values only; FAR_Long also keeps their
         latents (for the recompute beyond its window), and they count.
@@ -140,12 +171,16 @@ class FarSession:
         def latent_bytes(frames):
             return sum(x.numel() * x.element_size() for x in frames if x is not None)
 
-        if self.cache is None or not self._fits_window():  # recompute (FAR_Long beyond its window too)
-            return latent_bytes(self.latents)
-        n = self.cache.n_frames
-        pending = len(self.latents) - n
-        pending_kv = pending * self._kv_bytes_per_frame() if pending else 0
-        return latent_bytes(self.latents[:n]) + self.cache.nbytes() + pending_kv
+        out = []
+        for b, cache in enumerate(self.caches):
+            if cache is None or not self._fits_window(b):  # recompute (FAR_Long beyond its window too)
+                out.append(latent_bytes(self.latents[b]))
+                continue
+            n = cache.n_frames
+            pending = len(self.latents[b]) - n
+            pending_kv = pending * self._kv_bytes_per_frame() if pending else 0
+            out.append(latent_bytes(self.latents[b][:n]) + cache.nbytes() + pending_kv)
+        return out
 
     def _kv_bytes_per_frame(self) -> int:
         h, w = self.frame_shape[-2:]
@@ -155,75 +190,133 @@ class FarSession:
         return 2 * self.cfg.num_layers * batch * tokens * self.cfg.inner_dim * itemsize
 
     # --- generation ---------------------------------------------------------------------------
-    def _fits_window(self) -> bool:
-        """History + the new frame fit the short-term window (always true for plain FAR)."""
-        return not self.cfg.is_long or len(self.latents) + 1 <= self.cfg.short_term_ctx_winsize
+    def _fits_window(self, b: int) -> bool:
+        """Row b's history + the new frame fit the short-term window (always true for plain FAR)."""
+        return not self.cfg.is_long or len(self.latents[b]) + 1 <= self.cfg.short_term_ctx_winsize
 
-    def _use_cache(self) -> bool:
-        if self.cache is None:
+    def _use_cache(self, b: int) -> bool:
+        if self.caches[b] is None:
             return False
-        if self._fits_window():
+        if self._fits_window(b):
             return True
         # FAR_Long past its window: the reference has no cache for the long-term path. Recompute
         # this frame; the frames go back to "pending" and re-enter the cache once the history fits.
         if not self._warned:
             warnings.warn(
-                f"FAR_Long kv mode: history of {len(self.latents)} frames + the new one exceeds the short-term "
+                f"FAR_Long kv mode: history of {len(self.latents[b])} frames + the new one exceeds the short-term "
                 f"window ({self.cfg.short_term_ctx_winsize}); those steps are recomputed (no long-term KV cache)",
                 stacklevel=4,
             )
             self._warned = True
-        if self.cache.n_frames:
-            self.cache = self.host.model.new_cache()
+        if self.caches[b].n_frames:
+            self.caches[b] = self.host.model.new_cache()
         return False
 
     @torch.no_grad()
-    def generate(self, info: FrameInfo, noise: torch.Tensor | None = None) -> torch.Tensor:
-        """Sample the next latent (C, h, w) from the retained history; ``noise`` overrides the draw.
-        FAR positions its kept frames by their order (as the reference does), not by their time."""
-        action = info.action
-        if not self.latents:
+    def generate(self, infos, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Sample every row's next latent (B, C, h, w) from its retained history; ``noise``
+        (B, C, h, w) overrides the draws. FAR positions its kept frames by their order (as the
+        reference does), not by their time."""
+        infos = list(infos)
+        if any(not frames for frames in self.latents):
             raise ValueError("generate: the history is empty (append at least one context frame)")
-        host, dev = self.host, self.host.device
+        use_cache = [self._use_cache(b) for b in range(self.rows)]
         shape = self.frame_shape
-        use_cache = self._use_cache()
         if noise is None:
-            noise = torch.randn(shape, generator=self.generator, dtype=torch.float32)
-        z = noise.reshape(1, 1, *shape).to(dev, host.dtype)
-        actions = self.actions + [self._action(action)]
+            noise = torch.stack([torch.randn(shape, generator=g, dtype=torch.float32) for g in self.generators])
+        groups: dict[tuple[bool, int], list[int]] = {}
+        for b in range(self.rows):  # rows that share a path run together
+            n_long = 0 if use_cache[b] or not self.cfg.is_long else max(
+                0, len(self.latents[b]) + 1 - self.cfg.short_term_ctx_winsize)
+            groups.setdefault((use_cache[b], n_long), []).append(b)
+        out: list[torch.Tensor | None] = [None] * self.rows
+        for (cached, _), members in groups.items():
+            for b, z in zip(members, self._generate_group(members, cached, noise[members], infos)):
+                out[b] = z
+        return torch.stack(out)
 
+    def _generate_group(self, members: list[int], use_cache: bool, noise: torch.Tensor, infos) -> list[torch.Tensor]:
+        host, dev = self.host, self.host.device
         cfg_batch = host.guidance_scale > 1
+        copies = 2 if cfg_batch else 1  # CFG: each row runs [null actions, actions], adjacent
+        g = len(members)
+        z = noise.reshape(g, 1, *self.frame_shape).to(dev, host.dtype)
+        cache = FarKVCache.stack([self.caches[b] for b in members], copies) if use_cache else None
+        n_cached = [self.caches[b].n_frames for b in members] if use_cache else [0] * g
+        actions = [self.actions[b] + [self._action(infos[b].action)] for b in members]
+        null = self.cfg.null_action if host.uses_actions else 0
         scheduler = host.new_scheduler()
-        n_cached = self.cache.n_frames if use_cache else 0
-        # The actions are those of the whole frame: on the device once, not once per step.
-        all_actions = torch.tensor([actions], device=dev) if host.uses_actions else None
-        if cfg_batch and all_actions is not None:  # [null actions, actions], as the reference's CFG
-            all_actions = torch.cat([torch.full_like(all_actions, self.cfg.null_action), all_actions])
+        final = len(scheduler.timesteps) - 1
         for i, t in enumerate(scheduler.timesteps):
+            layers = [] if i == final else None  # where the final call's queries looked
             if use_cache:  # the first call also caches the frames appended since the last one
-                frames = self.latents[n_cached:] if i == 0 else []
-                acts = slice(n_cached, None) if i == 0 else slice(-1, None)
+                frames = [self.latents[b][c:] if i == 0 else [] for b, c in zip(members, n_cached)]
             else:
-                frames, acts = self.latents, slice(None)
-            x = torch.stack(frames + [z[0, 0]])[None]
-            ts = torch.full((1, x.shape[1]), -1.0, device=dev)
-            ts[:, -1] = t
-            a = None if all_actions is None else all_actions[:, acts]
+                frames = [self.latents[b] for b in members]
+            counts = [len(f) + 1 for f in frames]  # + the noisy frame, last
+            length = max(counts)
+            pad = z.new_zeros(self.frame_shape)
+            x = torch.stack([torch.stack(f + [z[j, 0]] + [pad] * (length - counts[j])) for j, f in enumerate(frames)])
+            ts = torch.full((g, length), -1.0, device=dev)
+            ts[torch.arange(g), torch.tensor(counts) - 1] = t
+            a = None
+            if host.uses_actions:  # each frame's own action, then padding as the null action
+                a = torch.tensor([acts[len(acts) - c:] + [null] * (length - c) for acts, c in zip(actions, counts)],
+                                 device=dev)
+                if cfg_batch:  # [null actions, actions] per row, as the reference's CFG
+                    a = torch.stack([torch.full_like(a, null), a], dim=1).flatten(0, 1)
             if cfg_batch:
-                x, ts = x.repeat(2, 1, 1, 1, 1), ts.repeat(2, 1)
+                x, ts = x.repeat_interleave(2, dim=0), ts.repeat_interleave(2, dim=0)
+            ragged = len(set(counts)) > 1 or (cache is not None and len(set(cache.row_frames or [0])) > 1)
+            rows = [c for c in counts for _ in range(copies)] if ragged else None
+            cache_frames = [c - 1 for c in counts for _ in range(copies)] if use_cache and i == 0 else 0
             v = host.model(
                 x, ts, actions=a,
-                cache=self.cache if use_cache else None,
-                cache_frames=len(frames) if use_cache else 0,
-            )[:, -1:].float()
+                cache=cache,
+                cache_frames=(cache_frames if ragged else (counts[0] - 1 if use_cache and i == 0 else 0)),
+                attention=layers,
+                rows=rows,
+            ).float()
+            last = torch.tensor([c - 1 for c in counts for _ in range(copies)], device=v.device)
+            v = v[torch.arange(len(last), device=v.device), last][:, None]  # each row's noisy frame
+            if layers:
+                shares = layers[0].reshape(g, copies, -1)[:, -1].cpu()  # the conditioned copy
+                for j, b in enumerate(members):
+                    self.last_attention[b] = shares[j, : len(self.latents[b])].tolist()  # without the new frame
             if cfg_batch:
-                v_null, v_cond = v.chunk(2)
-                v = v_null + host.guidance_scale * (v_cond - v_null)
+                v = v.reshape(g, 2, *v.shape[1:])
+                v = v[:, 0] + host.guidance_scale * (v[:, 1] - v[:, 0])
             z = scheduler.step(v.to(z.dtype), t, z).prev_sample
-        if use_cache and not self.cfg.is_long:
-            # cached frames live on as keys/values only (FAR_Long keeps latents for its fallback)
-            self.latents = [None] * self.cache.n_frames + self.latents[self.cache.n_frames:]
-        return z[0, 0].float()
+        if use_cache:
+            for b, mine in zip(members, cache.split([copies] * g)):
+                self.caches[b] = mine
+                if not self.cfg.is_long:
+                    # cached frames live on as keys/values only (FAR_Long keeps latents for its fallback)
+                    self.latents[b] = [None] * mine.n_frames + self.latents[b][mine.n_frames:]
+        return list(z[:, 0].float())
+
+
+class FarSession(OneRow):
+    """One rollout's session: a batch of one, with that row's state (latents, actions, cache)
+    in view, and ``generate(info, noise=None)``."""
+
+    def __init__(self, host: FarHost, mode: Mode, generator: torch.Generator):
+        super().__init__(FarBatchSession(host, mode, [generator]))
+
+    @property
+    def cache(self):
+        return self.batch.caches[0]
+
+    @property
+    def latents(self) -> list:
+        return self.batch.latents[0]
+
+    @property
+    def actions(self) -> list[int]:
+        return self.batch.actions[0]
+
+    def generate(self, info: FrameInfo, noise: torch.Tensor | None = None) -> torch.Tensor:
+        return self.batch.generate([info], None if noise is None else noise[None])[0]
 
 
 def load_far_host(far_params, device: torch.device | str = "cpu", variant: FarVariant | None = None) -> FarHost:

@@ -124,6 +124,27 @@ class AdaLayerNormContinuous(nn.Module):
 
 
 @dataclass
+class RowLayout:
+    """Ragged rows of one FAR call (``FAR.forward(rows=...)``): per batch row, the token order
+    of its keys over [cached | new] tokens (its cached frames, its new frames, then padding),
+    its queries' rotary tables (cos, sin), each (B, 1, queries, D), and how many key tokens
+    (in that order) the cache keeps afterwards (0: none)."""
+
+    key_order: torch.Tensor
+    query_rotary: tuple[torch.Tensor, torch.Tensor]
+    keep_tokens: int = 0
+
+
+def _rotate(x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """diffusers' ``apply_rotary_emb`` (real, interleaved pairs) with tables that broadcast
+    against x (B, H, S, D) as they are (e.g. one per row)."""
+    cos, sin = rotary
+    x_real, x_imag = x.reshape(*x.shape[:-1], -1, 2).unbind(-1)
+    x_rotated = torch.stack([-x_imag, x_real], dim=-1).flatten(3)
+    return (x.float() * cos + x_rotated.float() * sin).to(x.dtype)
+
+
+@dataclass
 class LayerKV:
     """Pre-RoPE keys/values (B, heads, tokens, head_dim) of the cached frames of one layer."""
 
@@ -149,6 +170,8 @@ class FarAttnProcessor:
         n_long: int = 0,
         layer_cache: LayerKV | None = None,
         cache_tokens: int = 0,
+        attention: list | None = None,
+        rows: "RowLayout | None" = None,
     ) -> torch.Tensor:
         b = hidden_states.shape[0]
 
@@ -164,21 +187,35 @@ class FarAttnProcessor:
             k = torch.cat([attn.norm_added_k(heads(attn.add_k_proj(long_h))), k], dim=2)
             v = torch.cat([heads(attn.add_v_proj(long_h)), v], dim=2)
 
-        if layer_cache is not None:
-            if layer_cache.key is not None:
-                k = torch.cat([layer_cache.key, k], dim=2)
-                v = torch.cat([layer_cache.value, v], dim=2)
-            if cache_tokens:
-                n_cached = k.shape[2] - q.shape[2] + cache_tokens
-                layer_cache.key, layer_cache.value = k[:, :, :n_cached], v[:, :, :n_cached]
+        if layer_cache is not None and layer_cache.key is not None:
+            k = torch.cat([layer_cache.key, k], dim=2)
+            v = torch.cat([layer_cache.value, v], dim=2)
+        if rows is not None:  # ragged rows: each row's cached frames, its new frames, then padding
+            order = rows.key_order[:, None, :, None]
+            k = k.gather(2, order.expand(-1, k.shape[1], -1, k.shape[3]))
+            v = v.gather(2, order.expand(-1, v.shape[1], -1, v.shape[3]))
+            if layer_cache is not None and rows.keep_tokens:
+                layer_cache.key, layer_cache.value = k[:, :, : rows.keep_tokens], v[:, :, : rows.keep_tokens]
+        elif layer_cache is not None and cache_tokens:
+            n_cached = k.shape[2] - q.shape[2] + cache_tokens
+            layer_cache.key, layer_cache.value = k[:, :, :n_cached], v[:, :, :n_cached]
 
-        if rotary_emb is not None:
+        if rows is not None:
+            q = _rotate(q, rows.query_rotary)  # each row's queries at its own frame indices
+            k = apply_rotary_emb(k, rotary_emb)
+        elif rotary_emb is not None:
             cos, sin = rotary_emb
             q = apply_rotary_emb(q, (cos[-q.shape[2]:], sin[-q.shape[2]:]))
             k = apply_rotary_emb(k, rotary_emb)
 
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask)
         out = out.transpose(1, 2).reshape(b, -1, attn.heads * out.shape[-1]).to(q.dtype)
+        if attention is not None:  # the probabilities themselves: (B, Lq, Lk), mean over heads
+            logits = (q.float() @ k.float().transpose(-2, -1)) / q.shape[-1] ** 0.5
+            if attention_mask is not None:
+                logits = logits.masked_fill(~attention_mask, float("-inf")) if attention_mask.dtype == torch.bool \
+                    else logits + attention_mask
+            attention.append(logits.softmax(dim=-1).mean(dim=1))
 
         long_o, short_o = out[:, :n_long], out[:, n_long:]
         short_o = attn.to_out[1](attn.to_out[0](short_o))
@@ -209,7 +246,7 @@ class FARBlock(nn.Module):
         self.norm2 = AdaLayerNormZeroSingle(dim)
         self.mlp = FeedForward(dim=dim, dim_out=dim, activation_fn="gelu-approximate")
 
-    def forward(self, x, temb, rotary_emb, mask, n_long=0, layer_cache=None, cache_tokens=0):
+    def forward(self, x, temb, rotary_emb, mask, n_long=0, layer_cache=None, cache_tokens=0, attention=None, rows=None):
         h, gate = self.norm1(x, temb)
         # The processor directly: diffusers' Attention.forward inspects its signature on every call.
         x = x + gate * self.attn.processor(
@@ -220,6 +257,8 @@ class FARBlock(nn.Module):
             n_long=n_long,
             layer_cache=layer_cache,
             cache_tokens=cache_tokens,
+            attention=attention,
+            rows=rows,
         )
         h, gate = self.norm2(x, temb)
         return x + gate * self.mlp(h)
@@ -235,6 +274,7 @@ class FarKVCache:
         self.layers = [LayerKV() for _ in range(num_layers)]
         self.n_frames = 0
         self.tokens_per_frame = 0
+        self.row_frames: list[int] | None = None  # a stacked cache: frames per batch row (see stack)
 
     def evict(self, keep: list[int]) -> None:
         """Keep only the cached frames at these indices (0 = oldest), in this order."""
@@ -252,6 +292,48 @@ class FarKVCache:
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for lk in self.layers for t in (lk.key, lk.value) if t is not None)
+
+    @classmethod
+    def stack(cls, caches: list["FarKVCache"], rows: int = 1) -> "FarKVCache":
+        """One cache whose batch rows are those of ``caches`` in order (``rows`` batch rows each,
+        e.g. 2 under CFG), each padded to the most frames; ``row_frames`` says how many each
+        batch row really holds (for ``FAR.forward``'s ``rows``)."""
+        out = cls(len(caches[0].layers))
+        out.tokens_per_frame = max(c.tokens_per_frame for c in caches)
+        out.n_frames = max(c.n_frames for c in caches)
+        sizes = [rows] * len(caches)
+        out.row_frames = [c.n_frames for c, size in zip(caches, sizes) for _ in range(size)]
+        width = out.n_frames * out.tokens_per_frame
+
+        def padded(t, like, size):
+            if t is None:
+                return like.new_zeros(size, like.shape[1], width, like.shape[3])
+            return t if t.shape[2] == width else F.pad(t, (0, 0, 0, width - t.shape[2]))
+
+        for i, layer in enumerate(out.layers):
+            held = [c.layers[i] for c in caches]
+            like = next((lk.key for lk in held if lk.key is not None), None)
+            if like is not None:
+                layer.key = torch.cat([padded(lk.key, like, n) for lk, n in zip(held, sizes)])
+                layer.value = torch.cat([padded(lk.value, like, n) for lk, n in zip(held, sizes)])
+        return out
+
+    def split(self, sizes: list[int]) -> list["FarKVCache"]:
+        """Back to one cache per member of :meth:`stack` (``sizes``: its batch rows), each with
+        its own frames (``row_frames``) only."""
+        frames = self.row_frames or [self.n_frames] * sum(sizes)
+        out, row = [], 0
+        for size in sizes:
+            cache = FarKVCache(len(self.layers))
+            cache.tokens_per_frame, cache.n_frames = self.tokens_per_frame, frames[row]
+            keep = cache.n_frames * self.tokens_per_frame
+            for mine, layer in zip(cache.layers, self.layers):
+                if layer.key is not None and keep:
+                    mine.key = layer.key[row : row + size, :, :keep].clone()
+                    mine.value = layer.value[row : row + size, :, :keep].clone()
+            out.append(cache)
+            row += size
+        return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -311,6 +393,18 @@ class FAR(nn.Module):
             return allowed
         return (self.cfg.slope_scale * rel.float()).masked_fill(~allowed, float("-inf"))
 
+    def _long_term(self, frames: torch.Tensor, timestep: torch.Tensor, actions: torch.Tensor | None):
+        """FAR_Long's coarse path for the n_long oldest frames (B, n_long, C, H, W): their tokens,
+        conditioning, rotary ids and frame indices, to go before the short-term ones."""
+        n_long, (h, w) = frames.shape[1], frames.shape[-2:]
+        p, cp = self.cfg.patch_size, self.cfg.context_patch_size
+        ctpf = (h // cp) * (w // cp)
+        tokens = self.context_embedder(pack(frames, cp))
+        # long-term frames carry twice their timestep (-1 -> -2): the reference's convention
+        temb = self._temb(timestep * 2, actions, ctpf, tokens.dtype)
+        ids = grid_ids(torch.arange(n_long), h // cp, w // cp, stride=cp // p)
+        return tokens, temb, ids, torch.arange(n_long).repeat_interleave(ctpf)
+
     def forward(
         self,
         x: torch.Tensor,
@@ -319,7 +413,9 @@ class FAR(nn.Module):
         actions: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         cache: FarKVCache | None = None,
-        cache_frames: int = 0,
+        cache_frames: int | list[int] = 0,
+        attention: list | None = None,
+        rows: list[int] | None = None,
     ) -> torch.Tensor:
         """Predict the flow-matching velocity of every frame of ``x``.
 
@@ -328,7 +424,14 @@ class FAR(nn.Module):
         With ``cache``, ``x`` holds only the frames after the cached ones, and the keys/values of
         its first ``cache_frames`` frames are added to the cache. Returns (B, T, C_out, H, W);
         for FAR_Long the long-term frames come back from ``context_proj_out``.
+
+        ``rows``: ragged rows (a batch of rollouts with histories of different lengths): row b's
+        real frames are its first ``rows[b]`` frames of ``x`` (the rest padding), after its
+        ``cache.row_frames[b]`` cached frames (a :meth:`FarKVCache.stack`), and
+        ``cache_frames[b]`` of them join the cache; see :meth:`_forward_rows`.
         """
+        if rows is not None:
+            return self._forward_rows(x, timestep, actions, labels, cache, cache_frames, attention, rows)
         cfg = self.cfg
         b, t, _, h, w = x.shape
         p = cfg.patch_size
@@ -355,25 +458,19 @@ class FAR(nn.Module):
         ids = grid_ids(torch.arange(n_long, total), h // p, w // p)
         frame_idx = torch.arange(n_long, total).repeat_interleave(tpf)
         n_long_tokens = 0
-        if n_long:
-            cp = cfg.context_patch_size
-            ctpf = (h // cp) * (w // cp)
-            ctx_tokens = self.context_embedder(pack(x[:, :n_long], cp))
-            # long-term frames carry twice their timestep (-1 -> -2): the reference's convention
-            ctx_temb = self._temb(
-                timestep[:, :n_long] * 2, None if actions is None else actions[:, :n_long], ctpf, tokens.dtype
-            )
-            tokens = torch.cat([ctx_tokens, tokens], dim=1)
-            temb = torch.cat([ctx_temb, temb], dim=1)
-            ids = torch.cat([grid_ids(torch.arange(n_long), h // cp, w // cp, stride=cp // p), ids])
-            frame_idx = torch.cat([torch.arange(n_long).repeat_interleave(ctpf), frame_idx])
-            n_long_tokens = n_long * ctpf
+        if n_long:  # the long-term frames' coarse tokens go first
+            long_tokens, long_temb, long_ids, long_idx = self._long_term(
+                x[:, :n_long], timestep[:, :n_long], None if actions is None else actions[:, :n_long])
+            tokens, temb = torch.cat([long_tokens, tokens], dim=1), torch.cat([long_temb, temb], dim=1)
+            ids, frame_idx = torch.cat([long_ids, ids]), torch.cat([long_idx, frame_idx])
+            n_long_tokens = long_tokens.shape[1]
         if cfg.condition_type == "label":
             temb = temb + self.label_embedder(labels).unsqueeze(1)
 
         rotary = self.pos_embed(ids.to(x.device))
         mask = self._mask(frame_idx.to(x.device), tokens.shape[1])
 
+        layers = [] if attention is not None else None
         for i, block in enumerate(self.transformer_blocks):
             tokens = block(
                 tokens,
@@ -383,9 +480,13 @@ class FAR(nn.Module):
                 n_long=n_long_tokens,
                 layer_cache=None if cache is None else cache.layers[i],
                 cache_tokens=cache_frames * tpf,
+                attention=layers,
             )
+        if layers is not None:  # the last frame's queries, per key frame: (B, frames), mean over layers
+            weights = torch.stack(layers).mean(dim=0)[:, -tpf:].mean(dim=1)  # (B, keys)
+            attention.append(torch.zeros(b, total, device=weights.device).index_add_(1, frame_idx.to(weights.device), weights))
         if cache is not None and cache_frames:
-            cache.n_frames, cache.tokens_per_frame = n_past + cache_frames, tpf
+            cache.n_frames, cache.tokens_per_frame, cache.row_frames = n_past + cache_frames, tpf, None
 
         tokens = self.norm_out(tokens, temb)
         out = unpack(self.proj_out(tokens[:, n_long_tokens:]), t - n_long, h, w, p)
@@ -394,3 +495,67 @@ class FAR(nn.Module):
             ctx_out = unpack(self.context_proj_out(tokens[:, :n_long_tokens]), n_long, h, w, cp)
             out = torch.cat([ctx_out, out], dim=1)
         return out
+
+    def _forward_rows(self, x, timestep, actions, labels, cache, cache_frames, attention, rows):
+        """``forward`` for ragged rows, the short-term path only. Every row attends to its own
+        cached frames and real frames (block-causally) at its own frame indices; padding is
+        masked, and keys are gathered per row as [cached | new | padding] so that a row sums
+        its keys in the order it would alone: its result equals its unbatched result to float
+        rounding. With ``attention``, appends (B, frames) for each row's last real frame."""
+        cfg = self.cfg
+        b, t, _, h, w = x.shape
+        p = cfg.patch_size
+        gh, gw = h // p, w // p
+        tpf = gh * gw
+        dev = x.device
+        if cfg.condition_type == "action" and actions is None:
+            raise ValueError("this FAR is action-conditioned: pass actions (null action = num_action_classes)")
+        if cfg.condition_type == "label" and labels is None:
+            raise ValueError("this FAR is label-conditioned: pass labels (null label = num_classes)")
+        n = torch.tensor(list(rows), device=dev)
+        held = [0] * b if cache is None else (cache.row_frames or [cache.n_frames] * b)
+        c = torch.tensor(held, device=dev)
+        width_c = 0 if cache is None else cache.n_frames
+        if cfg.is_long and int((c + n).max()) > cfg.short_term_ctx_winsize:
+            raise ValueError(f"ragged FAR_Long rows beyond the short-term window ({cfg.short_term_ctx_winsize} frames)")
+        tokens = self.x_embedder(pack(x, p))
+        temb = self._temb(timestep, actions, tpf, tokens.dtype)
+        if cfg.condition_type == "label":
+            temb = temb + self.label_embedder(labels).unsqueeze(1)
+
+        width = width_c + t  # key frames: [cached | new], gathered per row
+        slots = torch.arange(width, device=dev)[None]
+        frame_order = torch.where(slots < c[:, None], slots,
+                                  torch.where(slots < c[:, None] + t, width_c + slots - c[:, None], 0))
+        key_order = (frame_order[:, :, None] * tpf + torch.arange(tpf, device=dev)).flatten(1)
+        key_frame = torch.arange(width, device=dev).repeat_interleave(tpf)  # after the gather: its frame index
+        q_frame = (c[:, None] + torch.arange(t, device=dev)[None]).repeat_interleave(tpf, dim=1)
+        key_valid = key_frame[None] < (c + n)[:, None]
+        mask = ((key_frame[None, None] <= q_frame[:, :, None]) & key_valid[:, None])[:, None]  # (B, 1, Lq, Lk)
+        if cfg.slope_scale:
+            rel = (key_frame[None, None] - q_frame[:, :, None]).float()[:, None]
+            mask = (cfg.slope_scale * rel).masked_fill(~mask, float("-inf"))
+        cos, sin = self.pos_embed(grid_ids(torch.arange(width), gh, gw).to(dev))  # (width * tpf, D)
+        q_token = q_frame * tpf + torch.arange(t * tpf, device=dev)[None] % tpf  # its row in the tables
+        q_index = q_token[:, None, :, None].expand(-1, 1, -1, cos.shape[-1])
+        query_rotary = tuple(table[None, None].expand(b, 1, -1, -1).gather(2, q_index) for table in (cos, sin))
+
+        keep, new_frames = 0, torch.as_tensor(cache_frames or 0, device=dev).expand(b)
+        if cache is not None and bool((new_frames > 0).any()):  # frames join the cache
+            kept = (c + new_frames).tolist()
+            keep = max(kept) * tpf
+        layout = RowLayout(key_order, query_rotary, keep)
+        layers = [] if attention is not None else None
+        for i, block in enumerate(self.transformer_blocks):
+            tokens = block(tokens, temb, (cos, sin), mask, layer_cache=None if cache is None else cache.layers[i],
+                           attention=layers, rows=layout)
+        if layers is not None:  # each row's last real frame's queries, per key frame: (B, frames)
+            weights = torch.stack(layers).mean(dim=0)  # (B, Lq, Lk)
+            last = ((n - 1)[:, None] * tpf + torch.arange(tpf, device=dev)[None])[:, :, None]
+            weights = weights.gather(1, last.expand(-1, -1, weights.shape[2])).mean(dim=1)
+            attention.append(torch.zeros(b, width, device=dev, dtype=weights.dtype).index_add_(1, key_frame, weights))
+        if cache is not None and keep:
+            cache.n_frames, cache.tokens_per_frame, cache.row_frames = keep // tpf, tpf, kept
+
+        tokens = self.norm_out(tokens, temb)
+        return unpack(self.proj_out(tokens), t, h, w, p)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from pipeline.far.model import FAR, FARConfig, far_config
-from pipeline.training.checkpoint import load_state_strict
+from pipeline.training.checkpoint import CheckpointError, load_state_strict, read_tensors
 
 HUB_REPO = "guyuchao/FAR_Models"
 ENV_VAR = "FAR_WEIGHTS_DIR"
@@ -73,7 +73,7 @@ VARIANTS: dict[str, FarVariant] = {
 }
 
 
-class FarWeightsError(RuntimeError):
+class FarWeightsError(CheckpointError):
     """An official checkpoint does not fit the network (or is unreadable); the message names it."""
 
 
@@ -109,13 +109,25 @@ def locate(filename: str, weights_dir: str | Path | None = None, allow_hub_downl
     )
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a checkpoint (.safetensors, or a torch file read with ``weights_only``)."""
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+def _unreadable(path: Path, exc: BaseException) -> FarWeightsError:
+    reason = str(exc).split(". ")[0]  # torch's zip errors go on for several sentences
+    return FarWeightsError(f"{path}: damaged or truncated FAR checkpoint ({type(exc).__name__}: {reason}); "
+                           f"delete it and put the official file of {HUB_REPO} there again")
 
-        return load_file(path)
-    state = torch.load(path, map_location="cpu", weights_only=True)
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a checkpoint (.safetensors, or a torch file read with ``weights_only``); a file
+    that cannot be read (truncated, damaged) is a FarWeightsError that names it."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        try:
+            return read_tensors(path)
+        except CheckpointError as exc:
+            raise _unreadable(path, exc.__cause__ or exc) from exc
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, bad pickle, refused global: unreadable either way
+        raise _unreadable(path, exc) from exc
     # a few official-style wrappers: {"state_dict": ...}, {"model": ...}, {"ema": ...}
     for wrapper in ("state_dict", "model", "ema"):
         if isinstance(state, dict) and set(state) == {wrapper}:

@@ -191,10 +191,13 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(cfg.dim)
         self.mlp = SwiGLU(cfg.dim, hidden)
 
-    def forward(self, h, rope, mask=None, causal=False, past=None, frames=None):
+    def forward(self, h, rope, mask=None, causal=False, past=None, frames=None, attention: list | None = None,
+                order: torch.Tensor | None = None):
         """h (B, T, N, D). Temporal blocks may get `past` = cached (k, v) of earlier frames and
-        `frames` = (pose_q, pose_k, tau_k) for the memory biases (keys: cached frames first).
-        Returns the new h and this call's (k, v), for a cache."""
+        `frames` = (pose_q, pose_k, tau_k) for the memory biases (keys: cached frames first, or
+        in `order`: (B * N, 1, keys, 1) indices into [cached | new] frames, per sequence);
+        with an `attention` list they append their probabilities, averaged over heads and token
+        positions, (B, Tq, Tk). Returns the new h and this call's (k, v), for a cache."""
         b, n = h.shape[0], h.shape[2]
         # Temporal: one sequence per token position, over frames. Spatial: one per frame, over tokens.
         if self.temporal:
@@ -205,10 +208,16 @@ class Block(nn.Module):
         kv = (k, v)
         if past is not None:  # cached frames come first in time: (B*N, KVH, frames, hd)
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        if order is not None:  # ragged rows: each row's own frames first, padding last
+            k = k.gather(2, order.expand(-1, k.shape[1], -1, k.shape[3]))
+            v = v.gather(2, order.expand(-1, v.shape[1], -1, v.shape[3]))
         bias = None if frames is None or self.bias is None else self.bias(*frames)  # (B, H, Tq, Tk)
         if bias is not None:
             bias = repeat(bias, "b h i j -> (b n) h i j", n=n)  # one per temporal sequence
-        x = x + self.attn.attend(q, k, v, mask=mask, causal=causal, bias=bias)
+        weights = [] if attention is not None else None
+        x = x + self.attn.attend(q, k, v, mask=mask, causal=causal, bias=bias, weights=weights)
+        if weights:
+            attention.append(rearrange(weights[0], "(b n) i j -> b n i j", b=b).mean(dim=1))
         x = x + self.mlp(self.mlp_norm(x))
         if self.temporal:
             return rearrange(x, "(b n) t d -> b t n d", b=b), kv
@@ -221,58 +230,174 @@ class KVCache:
 
     Per temporal layer k, v have shape (B * N, kv_heads, frames, head_dim), already rotated at
     their absolute time positions, so evicting frames never changes the survivors.
+
+    **Rows.** Each batch row is its own history (a batch of rollouts): row b holds
+    ``lengths[b]`` frames at its own time positions, left-aligned on the frame axis; the slots
+    past a row's length are padding (NaN poses, tau 0) that attention masks out (the cache is
+    then *ragged*). Rows that share every length take the plain path: no mask, no gather.
     """
 
     def __init__(self, batch_size: int, n_layers: int):
         self.batch_size = batch_size
         self.keys: list[torch.Tensor | None] = [None] * n_layers
         self.values: list[torch.Tensor | None] = [None] * n_layers
-        self.positions: list[int] = []
-        self.next_position = 0
+        self.row_positions: list[list[int]] = [[] for _ in range(batch_size)]  # per row, oldest first
+        self.next_positions: list[int] = [0] * batch_size  # per row: after the newest frame ever appended
         self.poses: torch.Tensor | None = None  # (B, frames, 3)
         self.taus: torch.Tensor | None = None  # (B, frames)
 
     def __len__(self) -> int:
-        return len(self.positions)
+        """The frame axis: the longest row."""
+        return max((len(p) for p in self.row_positions), default=0)
 
-    def append(self, kvs: list[tuple[torch.Tensor, torch.Tensor]], positions: int | list[int],
-               poses: torch.Tensor | None = None, taus: torch.Tensor | None = None) -> None:
-        """Add the keys/values of one frame (an int position) or several (a list of positions),
-        with their poses (B, T, 3) and noise levels (B, T)."""
-        positions = [positions] if isinstance(positions, int) else list(positions)
+    @property
+    def lengths(self) -> list[int]:
+        return [len(p) for p in self.row_positions]
+
+    @property
+    def ragged(self) -> bool:
+        """Rows of different lengths: the shorter ones are padded."""
+        return len(set(self.lengths)) > 1
+
+    @property
+    def positions(self) -> list[int]:
+        """The time positions of the cached frames, when every row has the same (else ValueError)."""
+        if any(p != self.row_positions[0] for p in self.row_positions):
+            raise ValueError("KVCache.positions: the rows hold different frames (see row_positions)")
+        return list(self.row_positions[0])
+
+    @property
+    def next_position(self) -> int:
+        if len(set(self.next_positions)) > 1:
+            raise ValueError("KVCache.next_position: the rows differ (see next_positions)")
+        return self.next_positions[0]
+
+    def append(self, kvs: list[tuple[torch.Tensor, torch.Tensor]], positions: int | list,
+               poses: torch.Tensor | None = None, taus: torch.Tensor | None = None,
+               counts: list[int] | None = None) -> None:
+        """Add the keys/values of T frames per row (B * N, kv_heads, T, head_dim), with their
+        poses (B, T, 3) and noise levels (B, T). ``positions``: an int (one frame), a list of T
+        ints (every row) or B lists (per row); ``counts[b]``: how many of the T frames are real
+        in row b (the rest are padding and are not kept; default all)."""
+        t = kvs[0][0].shape[2] if kvs else len(positions) if isinstance(positions, list) else 1
+        rows = _row_lists(positions, self.batch_size, t)
+        counts = [t] * self.batch_size if counts is None else list(counts)
+        lengths = self.lengths
+        plain = not self.ragged and all(c == t for c in counts)
+        index = None if plain else _append_index(lengths, counts, len(self))  # over [held | new]
         for i, (k, v) in enumerate(kvs):
-            self.keys[i] = k if self.keys[i] is None else torch.cat([self.keys[i], k], dim=2)
-            self.values[i] = v if self.values[i] is None else torch.cat([self.values[i], v], dim=2)
-        self.positions.extend(positions)
-        self.next_position = positions[-1] + 1
-        self.poses = _extended(self.poses, poses)
-        self.taus = _extended(self.taus, taus)
+            k_all = k if self.keys[i] is None else torch.cat([self.keys[i], k], dim=2)
+            v_all = v if self.values[i] is None else torch.cat([self.values[i], v], dim=2)
+            if index is not None:
+                k_all, v_all = _gather_frames(k_all, index[0]), _gather_frames(v_all, index[0])
+            self.keys[i], self.values[i] = k_all, v_all
+        self.poses = _extended(self.poses, poses, index, float("nan"))
+        self.taus = _extended(self.taus, taus, index, 0.0)
+        for b, (row, c) in enumerate(zip(rows, counts)):
+            if c:
+                self.row_positions[b].extend(row[:c])
+                self.next_positions[b] = row[c - 1] + 1
 
     def past(self, layer: int):
         return None if self.keys[layer] is None else (self.keys[layer], self.values[layer])
 
     def evict(self, keep: list[int]) -> None:
-        """Keep only the cached frames at these indices (0 = oldest held), in this order."""
-        keep = list(keep)
-        if any(not 0 <= i < len(self) for i in keep) or len(set(keep)) != len(keep) or keep != sorted(keep):
-            raise IndexError(f"KVCache.evict: keep must be increasing indices in [0, {len(self)}), got {keep}")
-        index = torch.tensor(keep, dtype=torch.long)
-        for i, k in enumerate(self.keys):
-            if k is None:
-                continue
-            idx = index.to(k.device)
-            self.keys[i] = k.index_select(2, idx) if keep else None
-            self.values[i] = self.values[i].index_select(2, idx) if keep else None
-        self.positions = [self.positions[i] for i in keep]
-        self.poses = None if self.poses is None or not keep else self.poses[:, index.to(self.poses.device)]
-        self.taus = None if self.taus is None or not keep else self.taus[:, index.to(self.taus.device)]
+        """Keep only the cached frames at these indices (0 = oldest held), in this order, in every row."""
+        self.evict_rows([list(keep)] * self.batch_size)
+
+    def evict_rows(self, keeps: list[list[int]]) -> None:
+        """Per row b, keep only its frames at ``keeps[b]`` (increasing indices, 0 = oldest)."""
+        keeps = [list(k) for k in keeps]
+        if len(keeps) != self.batch_size:
+            raise ValueError(f"KVCache.evict_rows: {len(keeps)} keep lists for {self.batch_size} rows")
+        for keep, n in zip(keeps, self.lengths):
+            if any(not 0 <= i < n for i in keep) or len(set(keep)) != len(keep) or keep != sorted(keep):
+                raise IndexError(f"KVCache.evict: keep must be increasing indices in [0, {n}), got {keep}")
+        width = max(len(k) for k in keeps)
+        if width == 0:
+            self.keys = [None] * len(self.keys)
+            self.values = [None] * len(self.values)
+            self.poses = self.taus = None
+        elif not self.ragged and all(k == keeps[0] for k in keeps):  # every row alike: one index
+            index = torch.tensor(keeps[0], dtype=torch.long)
+            for i, k in enumerate(self.keys):
+                if k is not None:
+                    self.keys[i] = k.index_select(2, index.to(k.device))
+                    self.values[i] = self.values[i].index_select(2, index.to(k.device))
+            self.poses = None if self.poses is None else self.poses[:, index.to(self.poses.device)]
+            self.taus = None if self.taus is None else self.taus[:, index.to(self.taus.device)]
+        else:
+            index = torch.tensor([k + [0] * (width - len(k)) for k in keeps], dtype=torch.long)
+            valid = torch.arange(width)[None] < torch.tensor([len(k) for k in keeps])[:, None]
+            for i, k in enumerate(self.keys):
+                if k is not None:
+                    self.keys[i] = _gather_frames(k, index)
+                    self.values[i] = _gather_frames(self.values[i], index)
+            self.poses = _gather_rows(self.poses, index, valid, float("nan"))  # padding: no pose, tau 0
+            self.taus = _gather_rows(self.taus, index, valid, 0.0)
+        self.row_positions = [[p[i] for i in keep] for p, keep in zip(self.row_positions, keeps)]
 
     def nbytes(self) -> int:
+        """Bytes the cache holds, padding included."""
         return sum(t.numel() * t.element_size() for t in self.keys + self.values if t is not None)
 
+    def row_nbytes(self) -> list[int]:
+        """Per row: the bytes of its own frames (what the row would hold alone, padding excluded)."""
+        per_frame = sum(t.numel() * t.element_size() // t.shape[2] // self.batch_size
+                        for t in self.keys + self.values if t is not None and t.shape[2])
+        return [n * per_frame for n in self.lengths]
 
-def _extended(held: torch.Tensor | None, new: torch.Tensor | None) -> torch.Tensor | None:
-    return new if held is None else held if new is None else torch.cat([held, new], dim=1)
+
+def _row_lists(positions, batch: int, t: int) -> list[list[int]]:
+    """An int, a list of T ints or B lists -> B lists (per row)."""
+    if isinstance(positions, int):
+        return [[positions]] * batch
+    positions = list(positions)
+    if positions and isinstance(positions[0], (list, tuple)):
+        if len(positions) != batch:
+            raise ValueError(f"{len(positions)} rows of positions for a batch of {batch}")
+        return [[int(p) for p in row] for row in positions]
+    return [[int(p) for p in positions]] * batch
+
+
+def _append_index(lengths: list[int], counts: list[int], held: int, width: int | None = None):
+    """(indices, valid), both (B, width), into [held frames | new frames] that put each row's
+    ``counts[b]`` new frames right after its ``lengths[b]`` frames; padding points at slot 0.
+    ``width`` defaults to the longest row."""
+    width = max(n + c for n, c in zip(lengths, counts)) if width is None else width
+    slots = torch.arange(width)[None]
+    n, c = torch.tensor(lengths)[:, None], torch.tensor(counts)[:, None]
+    index = torch.where(slots < n, slots, torch.where(slots < n + c, held + slots - n, 0))
+    return index, slots < n + c
+
+
+def _gather_frames(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """t (B * N, H, F, D) -> (B * N, H, F', D): row b's frames ``index[b]`` (B, F')."""
+    rows = index.shape[0]
+    idx = index.to(t.device).repeat_interleave(t.shape[0] // rows, dim=0)[:, None, :, None]
+    return t.gather(2, idx.expand(-1, t.shape[1], -1, t.shape[3]))
+
+
+def _gather_rows(t: torch.Tensor | None, index: torch.Tensor, valid: torch.Tensor, pad: float) -> torch.Tensor | None:
+    """t (B, F, ...) -> (B, F', ...) at ``index`` (B, F'), ``pad`` where not ``valid``."""
+    if t is None:
+        return None
+    idx, ok = index.to(t.device), valid.to(t.device)
+    shape = (*idx.shape, *t.shape[2:])
+    idx = idx.reshape(*idx.shape, *[1] * (t.ndim - 2)).expand(shape)
+    ok = ok.reshape(*ok.shape, *[1] * (t.ndim - 2))
+    return t.gather(1, idx).masked_fill(~ok, pad)
+
+
+def _extended(held: torch.Tensor | None, new: torch.Tensor | None,
+              index: tuple[torch.Tensor, torch.Tensor] | None = None, pad: float = 0.0) -> torch.Tensor | None:
+    """Per-frame values (B, F, ...) of the held frames followed by the new ones; with ``index``
+    = (indices, valid) of :func:`_append_index`, each row's frames then its new ones, ``pad``
+    in the padding."""
+    out = new if held is None else held if new is None else torch.cat([held, new], dim=1)
+    if out is None or index is None:
+        return out
+    return _gather_rows(out, *index, pad)
 
 
 @dataclass(frozen=True)
@@ -439,48 +564,95 @@ class DynamicsTransformer(nn.Module):
     def new_cache(self, batch_size: int) -> KVCache:
         return KVCache(batch_size, self.temporal_layers)
 
-    def step(self, cache: KVCache, x, tau, d, action=None, *, append: bool, pose=None, time: int | None = None):
-        """One frame x (B, C, h, w) at time `time` (default: after the newest cached frame),
-        attending to the cached frames; `pose` (3,) or (B, 3). Returns its x0 prediction
-        (B, C, h, w); with `append` its keys/values join the cache as a new frame (use
-        append=True for context frames)."""
+    def step(self, cache: KVCache, x, tau, d, action=None, *, append: bool, pose=None, time=None,
+             attention: list | None = None):
+        """One frame x (B, C, h, w) at time `time` (an int, or one per row; default: after the
+        newest cached frame), attending to the cached frames; `pose` (3,) or (B, 3). Returns its
+        x0 prediction (B, C, h, w); with `append` its keys/values join the cache as a new frame
+        (use append=True for context frames). With an `attention` list, each temporal layer
+        appends where the frame's queries looked: (B, cached frames + 1), row b's own frames
+        first (``cache.lengths[b]`` of them, as before the call), then the frame itself."""
         b = x.shape[0]
         as_col = lambda v, dtype: torch.as_tensor(v, dtype=dtype, device=x.device).expand(b).reshape(b, 1)  # noqa: E731
         action = None if action is None else as_col(action, torch.long)
         tau, d = as_col(tau, torch.float32), as_col(d, torch.float32)
         poses = None if pose is None else torch.as_tensor(pose, dtype=torch.float32, device=x.device).expand(b, 3)[:, None]
-        times = None if time is None else [int(time)]
-        return self._extend(cache, x[:, None], tau, d, action, poses, times, append=append)[:, 0]
+        if time is None:
+            times = None
+        elif isinstance(time, int) or torch.is_tensor(time) and time.ndim == 0:
+            times = [int(time)]
+        else:
+            times = [[int(v)] for v in time]
+        layers = [] if attention is not None else None
+        out = self._extend(cache, x[:, None], tau, d, action, poses, times, append=append, attention=layers)[:, 0]
+        if layers is not None:
+            attention.extend(w[:, -1] for w in layers)
+        return out
 
-    def prefill(self, cache: KVCache, x, tau, d, actions=None, poses=None, times: list[int] | None = None):
+    def prefill(self, cache: KVCache, x, tau, d, actions=None, poses=None, times: list | None = None,
+                counts: list[int] | None = None):
         """Append T frames x (B, T, C, h, w) in one batched pass: the same keys/values and
-        predictions as T calls of ``step(..., append=True)`` (tested), for context frames."""
-        return self._extend(cache, x, tau, d, actions, poses, times, append=True)
+        predictions as T calls of ``step(..., append=True)`` (tested), for context frames.
+        ``times``: T ints for every row or B lists (per row); ``counts[b]``: row b's first
+        ``counts[b]`` frames are real, the rest padding (not kept, predictions meaningless)."""
+        return self._extend(cache, x, tau, d, actions, poses, times, append=True, counts=counts)
 
-    def _extend(self, cache: KVCache, x, tau, d, actions, poses, times, *, append: bool):
-        """T frames x (B, T, C, h, w) at `times` (default: after the newest cached frame): frame i
-        sees every cached frame and the new frames up to itself. Returns the x0 predictions."""
+    def _extend(self, cache: KVCache, x, tau, d, actions, poses, times, *, append: bool, attention: list | None = None,
+                counts: list[int] | None = None):
+        """T frames x (B, T, C, h, w) at `times` (default: after each row's newest cached frame):
+        frame i sees every cached frame of its row and the new frames up to itself. Returns the
+        x0 predictions.
+
+        Rows of different lengths (a ragged cache, or ``counts`` below T) attend through a
+        per-row key order: each row's cached frames, then its new frames, then padding, which
+        the mask hides; so each row computes what it would compute alone (to float rounding)."""
         b, t = x.shape[:2]
         if b != cache.batch_size:
             raise ValueError(f"cache built for batch {cache.batch_size}, got a frame batch of {b}")
         h = self._tokens(x, tau, d, actions, poses)
-        positions = list(range(cache.next_position, cache.next_position + t)) if times is None else list(times)
+        n = h.shape[2]
+        if times is None:
+            rows = [list(range(p, p + t)) for p in cache.next_positions]
+        else:
+            rows = _row_lists(list(times), b, t)
+        counts = [t] * b if counts is None else list(counts)
         space_rope = self._space_rope(x.device)
-        time_rope = rope_1d(torch.tensor(positions, device=x.device), self.config.dim // self.config.heads)
-        held = len(cache)  # one new frame sees everything: no mask
-        mask = None if t == 1 else torch.ones(t, held + t, dtype=torch.bool, device=x.device).tril(diagonal=held)
-        pose_k = None if poses is None else _extended(cache.poses, poses.float())
-        frames = (poses, pose_k, _extended(cache.taus, tau.float()))
+        head_dim = self.config.dim // self.config.heads
+        if all(r == rows[0] for r in rows):
+            time_rope = rope_1d(torch.tensor(rows[0], device=x.device), head_dim)
+        else:  # each row at its own times: one table per temporal sequence
+            cos, sin = rope_1d(torch.tensor(rows, device=x.device).flatten(), head_dim)
+            time_rope = tuple(repeat(c.view(b, t, -1), "b t e -> (b n) 1 t e", n=n) for c in (cos, sin))
+        held = len(cache)
+        order = None
+        if not cache.ragged and all(c == t for c in counts):
+            # one new frame sees everything: no mask
+            mask = None if t == 1 else torch.ones(t, held + t, dtype=torch.bool, device=x.device).tril(diagonal=held)
+            pose_k = None if poses is None else _extended(cache.poses, poses.float())
+            tau_k = _extended(cache.taus, tau.float())
+        else:
+            lengths = torch.tensor(cache.lengths, device=x.device)
+            index, _ = _append_index(cache.lengths, [t] * b, held, held + t)  # [own frames | new frames | padding]
+            index = index.to(x.device)
+            order = repeat(index, "b w -> (b n) 1 w 1", n=n)
+            sees = torch.arange(held + t, device=x.device)[None, None] <= (lengths[:, None, None]
+                                                                           + torch.arange(t, device=x.device)[None, :, None])
+            mask = repeat(sees, "b i j -> (b n) 1 i j", n=n)
+            valid = torch.ones_like(sees[:, 0])  # what the mask hides needs no padding value
+            pose_k = None if poses is None else _gather_rows(_extended(cache.poses, poses.float()), index, valid, 0.0)
+            tau_k = _gather_rows(_extended(cache.taus, tau.float()), index, valid, 0.0)
+        frames = (poses, pose_k, tau_k)
         new_kv, layer = [], 0
         for block in self.blocks:
             if block.temporal:
-                h, kv = block(h, time_rope, mask=mask, past=cache.past(layer), frames=frames)
+                h, kv = block(h, time_rope, mask=mask, past=cache.past(layer), frames=frames, attention=attention,
+                              order=order)
                 new_kv.append(kv)
                 layer += 1
             else:
                 h, _ = block(h, space_rope)
         if append:
-            cache.append(new_kv, positions, None if poses is None else poses.float(), tau.float())
+            cache.append(new_kv, rows, None if poses is None else poses.float(), tau.float(), counts)
         return self._frames(h)
 
 

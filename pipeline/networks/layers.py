@@ -114,22 +114,28 @@ class Attention(nn.Module):
         return q, k, v
 
     def attend(self, q, k, v, mask: torch.Tensor | None = None, causal: bool = False,
-               bias: torch.Tensor | None = None) -> torch.Tensor:
+               bias: torch.Tensor | None = None, weights: list | None = None) -> torch.Tensor:
         """mask: bool, True = may attend, broadcastable to (N, H, Lq, Lk); or `causal` (Lq = Lk).
-        bias: float, added to the (capped) logits, broadcastable likewise."""
+        bias: float, added to the (capped) logits, broadcastable likewise. With a `weights`
+        list, the attention probabilities averaged over heads, (N, Lq, Lk), are appended to it."""
         groups = self.heads // self.kv_heads
         if groups > 1:
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        if causal and (self.softcap > 0 or bias is not None):
+        explicit = self.softcap > 0 or weights is not None
+        if causal and (explicit or bias is not None):
             mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
-        if self.softcap > 0:
+        if explicit:
             logits = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
-            logits = self.softcap * torch.tanh(logits / self.softcap)
+            if self.softcap > 0:
+                logits = self.softcap * torch.tanh(logits / self.softcap)
             if bias is not None:
                 logits = logits + bias
             if mask is not None:
                 logits = logits.masked_fill(~mask, float("-inf"))
-            out = logits.softmax(dim=-1).type_as(v) @ v
+            probs = logits.softmax(dim=-1)
+            if weights is not None:
+                weights.append(probs.float().mean(dim=1))
+            out = probs.type_as(v) @ v
         elif bias is not None:  # the fused kernels take a float mask: the bias, -inf where masked
             bias = bias if mask is None else bias.masked_fill(~mask, float("-inf"))
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))

@@ -41,6 +41,7 @@ class FrameMeta:
     # Optional signals beyond the published task's (None where a host or data set has none):
     time: int | None = None  # the frame's index in its clip (0 = first context frame)
     pose: tuple[float, float, float] | None = None  # the recorded pose (x, y, heading in degrees)
+    attention_mass: float | None = None  # share of the host's temporal attention at the last generation
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,9 @@ class RolloutHost(Protocol):
 
     def start(self, mode: Mode, generator: torch.Generator) -> "HostSession": ...
 
+    # Optional: start_batch(mode, generators) -> a session for several rollouts at once
+    # (pipeline.rollout.batch); hosts without it run batches one session per rollout.
+
 
 class HostSession(Protocol):
     def append(self, latent: torch.Tensor, info: FrameInfo) -> None:
@@ -138,5 +142,6 @@ class RolloutResult:
     kept_per_step: list[int] = field(default_factory=list)  # history length each frame was generated from
     history_per_step: list[list[int]] = field(default_factory=list)  # clip time indices of that history
     peak_retained_bytes: int = 0  # max over steps of HostSession.retained_bytes()
-    seconds: float = 0.0  # wall time of the whole loop (generation + policy bookkeeping)
-    policy_seconds: float = 0.0  # of which FrameMeta + policy + plan application
+    seconds: float = 0.0  # wall time of the whole loop (generation + policy bookkeeping); batched: 1/B of the batch's
+    policy_seconds: float = 0.0  # of which FrameMeta + policy + plan application (this rollout's own)
+    batch_size: int = 1  # rollouts generated together with this one (pipeline.rollout.loop.run_rollouts)

@@ -33,6 +33,7 @@ class FrameRecord:
 
     time: int  # index in the clip: 0 = first context frame
     pose: tuple[float, float, float] | None = None  # recorded pose, if the data has one
+    attention_mass: float | None = None  # its share of the host's attention at the last generation
     long_term_resident: bool = False  # a plan demoted it to long-term memory once
     access_count: int = 0  # generation steps this frame was in the history for
     last_access_step: int = -1
@@ -64,9 +65,10 @@ def latent_features(latents: torch.Tensor, ref: torch.Tensor) -> dict[str, torch
 
 
 def build_frame_meta(
-    latents: torch.Tensor, ref: torch.Tensor, records: list[FrameRecord], step: int = 0
+    latents: torch.Tensor, ref: torch.Tensor, records: list[FrameRecord], step: int = 0, fixed_access: bool = False
 ) -> list[FrameMeta]:
-    """One FrameMeta per history frame, oldest first, before generating frame ``step``."""
+    """One FrameMeta per history frame, oldest first, before generating frame ``step``.
+    ``fixed_access``: access_count and recent_hit_count are 1, as the published harness reports."""
     if len(records) != len(latents):
         raise ValueError(f"{len(latents)} latents but {len(records)} frame records")
     features = latent_features(latents, ref)
@@ -90,11 +92,12 @@ def build_frame_meta(
                 keyframe_score=feats["motion_strength"][i],
                 long_term_resident=rec.long_term_resident,
                 compression_state="none",
-                access_count=rec.access_count,
-                recent_hit_count=sum(s > step - 1 - RECENT_STEPS for s in rec.recent_steps),
+                access_count=1 if fixed_access else rec.access_count,
+                recent_hit_count=1 if fixed_access else sum(s > step - 1 - RECENT_STEPS for s in rec.recent_steps),
                 last_access_step=rec.last_access_step,
                 time=rec.time,
                 pose=rec.pose,
+                attention_mass=rec.attention_mass,
             )
         )
     return metas

@@ -12,21 +12,35 @@ Order of one step (``step`` = index of the frame about to be generated, 0 = the 
 5. the host generates the next frame from exactly that history.
 
 So the budget holds at every generation, the first included: with 36 context frames and a
-budget of 8 the policy chooses, before anything is generated, which 8 context frames stay (the
-ar-video-kv-temporal-policy harness generated its first frame from all 36). The session never
-holds more than ``max_frames`` frames, so peak retained memory is a property of the budget and
-policy.
+budget of 8 the policy chooses, before anything is generated, which 8 context frames stay. The
+session never holds more than ``max_frames`` frames, so peak retained memory is a property of
+the budget and policy. After each generation the host's ``attention_mass()`` (if it has one)
+goes onto the frames it attended to, for the next plan's FrameMeta.
+
+**Batches.** :func:`run_rollouts` runs B clips through this loop at once, one *row* each: per
+row and per step the same FrameMeta, policy call, plan and bookkeeping as above (its own
+policy, evictions, actions, poses, attention_mass and noise generator), then one batched host
+call per operation (evict, append, generate) for all rows. :func:`run_rollout`, one clip, is
+a batch of one: there is one loop.
+
+``protocol="harness"`` reproduces the loop of the ar-video-kv-temporal-policy harness instead:
+the first frame is generated from the whole context; afterwards the policy is consulted only
+when the history exceeds the budget (a history within budget keeps every frame); FrameMeta's
+``access_count`` and ``recent_hit_count`` are fixed at 1 and no frame becomes a long-term
+resident (demote_to_long_term counts as keep).
 """
 
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
 
 from pipeline.rollout.api import ACTIONS, FrameInfo, Mode, RolloutHost, RolloutResult, RolloutState
+from pipeline.rollout.batch import start_batch
 from pipeline.rollout.frame_meta import FrameRecord, build_frame_meta
 from pipeline.rollout.policies import policy_origin
 
@@ -101,6 +115,10 @@ def finish_queued_work(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+Protocol = str  # "default" | "harness"
+PROTOCOLS = ("default", "harness")
+
+
 @torch.no_grad()
 def run_rollout(
     host: RolloutHost,
@@ -113,13 +131,141 @@ def run_rollout(
     generator: torch.Generator,
     actions: Sequence[int] | None = None,
     poses: Sequence[Sequence[float]] | None = None,
+    protocol: Protocol = "default",
 ) -> RolloutResult:
     """Generate ``n_predict`` latents after ``context`` (T, C, h, w) under a frame budget.
 
     ``actions[t]`` is the action that led to clip frame t (context first), ``poses[t]`` the
-    pose recorded in it; either may be None (the data has none).
+    pose recorded in it; either may be None (the data has none). ``protocol``: "default" (the
+    policy plans before every frame, the budget holds from the first) or "harness" (the
+    ar-video-kv-temporal-policy loop, see the module docstring). A batch of one of
+    :func:`run_rollouts`.
     """
-    n_ctx = len(context)
+    return run_rollouts(host, policy, [context], n_predict, max_frames=max_frames, mode=mode, generators=[generator],
+                        actions=[actions], poses=[poses], protocol=protocol)[0]
+
+
+@dataclass
+class _Row:
+    """One rollout of a batch: its clip, policy and the loop's bookkeeping."""
+
+    policy: object
+    name: str
+    context: torch.Tensor
+    actions: Sequence[int] | None
+    poses: Sequence[Sequence[float]] | None
+    budget_state: dict
+    kept_lat: list[torch.Tensor] = field(default_factory=list)
+    kept_rec: list[FrameRecord] = field(default_factory=list)
+    new_lat: list[torch.Tensor] = field(default_factory=list)
+    new_rec: list[FrameRecord] = field(default_factory=list)
+    generated: list[torch.Tensor] = field(default_factory=list)
+    result: RolloutResult = field(default_factory=lambda: RolloutResult(generated=torch.empty(0)))
+
+    def info(self, t: int) -> FrameInfo:
+        return FrameInfo(time=t, action=None if self.actions is None else int(self.actions[t]),
+                         pose=None if self.poses is None else tuple(float(v) for v in self.poses[t]))
+
+
+@torch.no_grad()
+def run_rollouts(
+    host: RolloutHost,
+    policy,
+    contexts: Sequence[torch.Tensor],
+    n_predict: int,
+    *,
+    max_frames: int | None,
+    mode: Mode,
+    generators: Sequence[torch.Generator],
+    actions: Sequence[Sequence[int] | None] | None = None,
+    poses: Sequence[Sequence[Sequence[float]] | None] | None = None,
+    protocol: Protocol = "default",
+) -> list[RolloutResult]:
+    """:func:`run_rollout` for B clips at once, one *row* each: ``contexts[b]``, ``generators[b]``,
+    ``actions[b]`` and ``poses[b]`` (each None or per clip frame) are row b's. ``policy`` is one
+    policy or one per row; every row gets its own plans, evictions and FrameMeta, and the host
+    generates every row's next frame in one batched session (``pipeline.rollout.batch``), so a
+    row's result equals its unbatched one (to float rounding; exactly on a host without
+    ``start_batch``). ``seconds`` of each result is its share (1/B) of the batch's wall time.
+    """
+    b = len(contexts)
+    policies = list(policy) if isinstance(policy, (list, tuple)) else [policy] * b
+    actions = [None] * b if actions is None else list(actions)
+    poses = [None] * b if poses is None else list(poses)
+    if not b or not len(policies) == len(generators) == len(actions) == len(poses) == b:
+        raise ValueError(f"{b} contexts, {len(policies)} policies, {len(generators)} generators, {len(actions)} "
+                         f"action and {len(poses)} pose tracks: need one of each per rollout (at least one)")
+    harness = protocol == "harness"
+    rows = []
+    for pol, context, acts, pos in zip(policies, contexts, actions, poses):
+        _check_rollout(len(context), n_predict, max_frames, acts, pos, protocol)
+        context = context.float()
+        ref = context[0]
+        frame_mb = ref.numel() * ref.element_size() / 2**20
+        row = _Row(pol, getattr(pol, "name", type(pol).__name__), context, acts, pos,
+                   {"max_frames": max_frames, "capacity_mb": capacity_mb(max_frames, frame_mb)})
+        row.new_lat = list(context)
+        row.new_rec = [FrameRecord(time=t, pose=row.info(t).pose) for t in range(len(context))]
+        rows.append(row)
+    device = contexts[0].device
+
+    start = time.perf_counter()
+    session = start_batch(host, mode, generators)
+    for step in range(n_predict):
+        finish_queued_work(device)  # else the policy's timer absorbs the last generation
+        evictions, appends = [], []
+        for row in rows:
+            t0 = time.perf_counter()
+            t_new = len(row.context) + step
+            cand_lat, cand_rec = row.kept_lat + row.new_lat, row.kept_rec + row.new_rec
+            over_budget = max_frames is not None and len(cand_lat) > max_frames
+            if harness and (step == 0 or not over_budget):  # the harness consults its policy only when over budget
+                keep, demoted = list(range(len(cand_lat))), set()
+            else:
+                # feature_drift's reference: the clip's first context frame, even once evicted
+                metas = build_frame_meta(torch.stack(cand_lat), row.context[0], cand_rec, step, fixed_access=harness)
+                state = RolloutState(step=step, budget_capacity_mb=row.budget_state["capacity_mb"],
+                                     total_steps=n_predict, target_pose=row.info(t_new).pose)
+                plan = plan_step(row.policy, row.name, metas, state, dict(row.budget_state))
+                keep, demoted = apply_plan(plan, len(cand_lat), max_frames, row.name)
+            row.result.policy_seconds += time.perf_counter() - t0
+
+            n_old = len(row.kept_lat)
+            old_keep = [i for i in keep if i < n_old]
+            evictions.append(old_keep if len(old_keep) < n_old else None)
+            appends.append([(cand_lat[i], row.info(cand_rec[i].time)) for i in keep if i >= n_old])
+            if not harness:  # the harness never marks frames long-term resident
+                for i in demoted:
+                    cand_rec[i].long_term_resident = True
+            row.kept_lat = [cand_lat[i] for i in keep]
+            row.kept_rec = [cand_rec[i] for i in keep]
+            for rec in row.kept_rec:
+                rec.touch(step)
+            row.result.kept_per_step.append(len(keep))
+            row.result.history_per_step.append([rec.time for rec in row.kept_rec])
+        if any(e is not None for e in evictions):
+            session.evict(evictions)
+        session.append(appends)
+        for row, held in zip(rows, session.retained_bytes()):
+            row.result.peak_retained_bytes = max(row.result.peak_retained_bytes, held)
+
+        x = session.generate([row.info(len(row.context) + step) for row in rows]).float()
+        shares = getattr(session, "attention_mass", lambda: None)() or [None] * b
+        for row, x_b, share in zip(rows, x, shares):
+            _record_attention(share, row.kept_rec)
+            row.generated.append(x_b)
+            t_new = len(row.context) + step
+            row.new_lat, row.new_rec = [x_b], [FrameRecord(time=t_new, pose=row.info(t_new).pose)]
+    finish_queued_work(device)
+    seconds = time.perf_counter() - start
+    for row in rows:
+        row.result.generated = torch.stack(row.generated)
+        row.result.seconds = seconds / b
+        row.result.batch_size = b
+    return [row.result for row in rows]
+
+
+def _check_rollout(n_ctx: int, n_predict: int, max_frames: int | None, actions, poses, protocol: str) -> None:
     if n_ctx < 1 or n_predict < 1:
         raise ValueError(f"need at least one context and one predicted frame, got {n_ctx} and {n_predict}")
     for name, values in (("actions", actions), ("poses", poses)):
@@ -127,60 +273,13 @@ def run_rollout(
             raise ValueError(f"{len(values)} {name} for a clip of {n_ctx} + {n_predict} frames")
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"max_frames must be >= 1 or None, got {max_frames}")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
 
-    def info(t: int) -> FrameInfo:
-        return FrameInfo(time=t, action=None if actions is None else int(actions[t]),
-                         pose=None if poses is None else tuple(float(v) for v in poses[t]))
 
-    context = context.float()
-    ref = context[0]  # feature_drift reference: the clip's first context frame, even once evicted
-    frame_mb = ref.numel() * ref.element_size() / 2**20
-    budget_state = {"max_frames": max_frames, "capacity_mb": capacity_mb(max_frames, frame_mb)}
-    name = getattr(policy, "name", type(policy).__name__)
-
-    start = time.perf_counter()
-    policy_seconds = 0.0
-    session = host.start(mode, generator)
-    kept_lat: list[torch.Tensor] = []
-    kept_rec: list[FrameRecord] = []
-    new_lat = list(context)
-    new_rec = [FrameRecord(time=t, pose=info(t).pose) for t in range(n_ctx)]
-    result = RolloutResult(generated=torch.empty(0))
-    generated = []
-    for step in range(n_predict):
-        finish_queued_work(context.device)  # else the policy's timer absorbs the last generation
-        t0 = time.perf_counter()
-        cand_lat, cand_rec = kept_lat + new_lat, kept_rec + new_rec
-        metas = build_frame_meta(torch.stack(cand_lat), ref, cand_rec, step)
-        t_new = n_ctx + step
-        state = RolloutState(step=step, budget_capacity_mb=budget_state["capacity_mb"], total_steps=n_predict,
-                             target_pose=info(t_new).pose)
-        plan = plan_step(policy, name, metas, state, dict(budget_state))
-        keep, demoted = apply_plan(plan, len(cand_lat), max_frames, name)
-        policy_seconds += time.perf_counter() - t0
-
-        n_old = len(kept_lat)
-        old_keep = [i for i in keep if i < n_old]
-        if len(old_keep) < n_old:
-            session.evict(old_keep)
-        for i in keep:
-            if i >= n_old:
-                session.append(cand_lat[i], info(cand_rec[i].time))
-        for i in demoted:
-            cand_rec[i].long_term_resident = True
-        kept_lat = [cand_lat[i] for i in keep]
-        kept_rec = [cand_rec[i] for i in keep]
-        for rec in kept_rec:
-            rec.touch(step)
-        result.kept_per_step.append(len(keep))
-        result.history_per_step.append([rec.time for rec in kept_rec])
-        result.peak_retained_bytes = max(result.peak_retained_bytes, session.retained_bytes())
-
-        x = session.generate(info(t_new)).float()
-        generated.append(x)
-        new_lat, new_rec = [x], [FrameRecord(time=t_new, pose=info(t_new).pose)]
-    result.generated = torch.stack(generated)
-    finish_queued_work(context.device)
-    result.seconds = time.perf_counter() - start
-    result.policy_seconds = policy_seconds
-    return result
+def _record_attention(shares: list[float] | None, kept: list[FrameRecord]) -> None:
+    """The host's attention_mass signal of the generation just done (one row's), onto the frames
+    it attended to (hosts without the signal give None and leave it None)."""
+    if shares is not None:
+        for rec, share in zip(kept, shares):
+            rec.attention_mass = float(share)

@@ -8,10 +8,24 @@ at noise level tau_ctx:
   model from its latents, each at its own time in the clip (one batched pass that the K
   denoising calls share), as the ar-video-kv-temporal-policy harness re-runs its kept latents
   (it re-indexes them 0..n-1; the model here was trained on gapped histories at their own times);
-- ``kv``: each history frame is run once when it enters (``step(..., append=True)`` stores its
-  keys/values), denoising calls only run the new frame against the cache, and eviction removes
-  keys/values (``KVCache.evict``): nothing is recomputed, and the survivors keep their absolute
-  time positions and the keys/values they got while evicted frames were still there.
+- ``kv``: each history frame is run once when it enters (``prefill`` stores its keys/values;
+  the frames one ``append`` adds go through in one pass), denoising calls only run the new frame
+  against the cache, and eviction removes keys/values (``KVCache.evict_rows``): nothing is
+  recomputed, and the survivors keep their absolute time positions and the keys/values they got
+  while evicted frames were still there.
+
+**Batches.** ``start_batch(mode, generators)`` holds B rollouts at once (one row each, see
+``pipeline.rollout.batch``), and ``start`` is a batch of one. Design: *padding with attention
+masks*. The rows share one KVCache whose frame axis is as long as the longest row; each row's
+frames sit left-aligned at their own time positions, poses and noise levels, and every
+temporal attention gathers, per row, [its own frames | the new frames | padding] with a mask
+that hides the padding (``DynamicsTransformer._extend``), so a row's keys are summed in the
+order it would sum them alone and its result equals its unbatched result to float rounding
+(~1e-6: BLAS picks other kernels for other matrix sizes). Rows of equal length take the plain
+path (no mask, no gather).
+Per-clip caches batched at the kernel would avoid the padding but need a varlen attention
+kernel per device; with the explicit soft-capped attention and the float biases (pose distance,
+clean context) that the model uses, a mask is the portable way.
 
 The model is block-causal, so history frames never see the new frame: under full history the two
 modes compute the same thing. Context corruption is drawn once per frame, when it enters the
@@ -30,6 +44,7 @@ from pipeline.networks.dynamics import build_dynamics
 from pipeline.networks.tokenizer import KIND as TOKENIZER_KIND
 from pipeline.networks.tokenizer import build_tokenizer
 from pipeline.rollout.api import FrameInfo, Mode
+from pipeline.rollout.batch import OneRow
 from pipeline.training.checkpoint import load_trained
 
 
@@ -63,111 +78,143 @@ class PipelineHost:
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return self.tokenizer.decode(latents.to(self.device)).float().clamp(0, 1)
 
-    def start(self, mode: Mode, generator: torch.Generator):
-        if mode == "recompute":
-            return RecomputeSession(self, generator)
-        if mode == "kv":
-            return KVSession(self, generator)
-        raise ValueError(f"unknown rollout mode {mode!r} (expected recompute or kv)")
+    def start(self, mode: Mode, generator: torch.Generator) -> OneRow:
+        """One rollout's session: a batch of one (see :meth:`start_batch`)."""
+        return OneRow(self.start_batch(mode, [generator]))
 
-    def action_tensor(self, infos: list[FrameInfo]) -> torch.Tensor | None:
-        """(1, T) long for the model, -1 = no action; None when the model takes no actions."""
+    def start_batch(self, mode: Mode, generators: list[torch.Generator]) -> "PipelineBatchSession":
+        if mode not in ("recompute", "kv"):
+            raise ValueError(f"unknown rollout mode {mode!r} (expected recompute or kv)")
+        return PipelineBatchSession(self, mode, generators)
+
+    def action_tensor(self, rows: list[list[FrameInfo]], length: int | None = None) -> torch.Tensor | None:
+        """(B, T) long for the model, -1 = no action (and padding past a row's frames); None
+        when the model takes no actions."""
         if not self.uses_actions:
             return None
-        return torch.tensor([[-1 if f.action is None else f.action for f in infos]], device=self.device, dtype=torch.long)
+        length = max(map(len, rows)) if length is None else length
+        table = [[-1 if f.action is None else f.action for f in row] + [-1] * (length - len(row)) for row in rows]
+        return torch.tensor(table, device=self.device, dtype=torch.long)
 
-    def pose_tensor(self, infos: list[FrameInfo]) -> torch.Tensor | None:
-        """(1, T, 3) for a pose-conditioned model (NaN rows: no pose); None otherwise."""
+    def pose_tensor(self, rows: list[list[FrameInfo]], length: int | None = None) -> torch.Tensor | None:
+        """(B, T, 3) for a pose-conditioned model (NaN rows: no pose, and padding); None otherwise."""
         if not self.uses_poses:
             return None
+        length = max(map(len, rows)) if length is None else length
         nan = (float("nan"),) * 3
-        return torch.tensor([[nan if f.pose is None else f.pose for f in infos]], device=self.device, dtype=torch.float32)
+        table = [[nan if f.pose is None else f.pose for f in row] + [nan] * (length - len(row)) for row in rows]
+        return torch.tensor(table, device=self.device, dtype=torch.float32)
 
 
-class RecomputeSession:
-    """History kept as (corrupted) latents; every generated frame re-runs them all as context.
+class PipelineBatchSession:
+    """The histories of B rollouts (rows) on one host, in either mode (see the module docstring).
 
-    The context pass is shared by the K denoising calls of one frame: the model is block-causal,
-    so context frames never see the noisy frame and re-running them per call would compute the
-    same keys/values K times (the ar-video-kv-temporal-policy harness did; the result is
-    identical, K times slower).
+    ``recompute``: each row keeps its (corrupted) latents; every generated frame re-runs every
+    row's history in one padded prefill into a fresh cache, shared by the K denoising calls
+    (the model is block-causal: context frames never see the noisy frame, so re-running them per
+    call would compute the same keys/values K times, as the ar-video-kv-temporal-policy harness
+    did). ``kv``: the rows' histories live in one ragged KVCache; appended frames enter it in one
+    padded prefill per ``append`` and eviction removes each row's own keys/values.
+
+    Rows of different lengths are padded and masked (``DynamicsTransformer._extend``); each row
+    draws its context corruption and its sampling noise from its own generator, in the order a
+    one-row session does, so a row's frames equal those it gets alone to float rounding.
     """
 
-    def __init__(self, host: PipelineHost, generator: torch.Generator):
-        self.host, self.generator = host, generator
-        self.latents: list[torch.Tensor] = []
-        self.infos: list[FrameInfo] = []
-
-    def append(self, latent: torch.Tensor, info: FrameInfo) -> None:
-        x = self.host.dynamics.normalize(latent.to(self.host.device, torch.float32))  # the model's latent space
-        self.latents.append(self.host.sampler.corrupt(x, self.generator))
-        self.infos.append(info)
-
-    def evict(self, keep: list[int]) -> None:
-        self.latents = [self.latents[i] for i in keep]
-        self.infos = [self.infos[i] for i in keep]
-
-    @torch.no_grad()
-    def generate(self, info: FrameInfo) -> torch.Tensor:
-        # A fresh cache from the kept latents, at their own times: nothing survives from the
-        # previous frame, so evicted frames leave no trace in the survivors' keys/values.
-        host = self.host
-        context = KVSession(host, self.generator)
-        n = len(self.latents)
-        host.dynamics.prefill(  # one batched pass, the same keys/values as n appends (tested)
-            context.cache, torch.stack(self.latents)[None],
-            torch.full((1, n), host.sampler.tau_ctx, device=host.device),
-            torch.full((1, n), host.d_context, device=host.device),
-            host.action_tensor(self.infos), host.pose_tensor(self.infos), [f.time for f in self.infos],
-        )
-        context.shape = tuple(self.latents[0].shape)
-        return context.generate(info)
-
-    def retained_bytes(self) -> int:
-        return sum(x.numel() * x.element_size() for x in self.latents)
-
-
-class KVSession:
-    """History kept as the dynamics model's KV cache; eviction removes keys/values."""
-
-    def __init__(self, host: PipelineHost, generator: torch.Generator):
-        self.host, self.generator = host, generator
-        self.cache = host.dynamics.new_cache(1)
+    def __init__(self, host: PipelineHost, mode: Mode, generators: list[torch.Generator]):
+        self.host, self.mode, self.generators = host, mode, list(generators)
+        self.rows = len(self.generators)
+        self.cache = host.dynamics.new_cache(self.rows) if mode == "kv" else None
+        self.latents: list[list[torch.Tensor]] = [[] for _ in range(self.rows)]  # recompute: the history, corrupted
+        self.infos: list[list[FrameInfo]] = [[] for _ in range(self.rows)]  # recompute: its frames' infos
         self.shape: tuple[int, ...] = ()  # (C, h, w) of the frames, known once one is appended
+        self.last_attention: list[list[float]] | None = None  # see attention_mass
 
-    def _vec(self, value: float) -> torch.Tensor:
-        return torch.full((1,), value, device=self.host.device)
+    def append(self, frames) -> None:
+        """Add each row's frames (latent, FrameInfo) as clean context: corrupted to tau_ctx with
+        the row's generator, frame by frame; in kv mode run through the model in one prefill."""
+        host = self.host
+        rows = [[(host.sampler.corrupt(host.dynamics.normalize(x.to(host.device, torch.float32)), g), info)
+                 for x, info in row] for row, g in zip(frames, self.generators, strict=True)]
+        if not any(rows):
+            return
+        self.shape = tuple(next(x for row in rows for x, _ in row).shape)
+        if self.cache is None:
+            for b, row in enumerate(rows):
+                self.latents[b].extend(x for x, _ in row)
+                self.infos[b].extend(info for _, info in row)
+        else:
+            self._prefill(self.cache, [[x for x, _ in row] for row in rows], [[i for _, i in row] for row in rows])
 
-    def _conditioning(self, info: FrameInfo) -> dict:
-        """The model's per-frame inputs besides the latent: action, pose, time."""
-        acts, poses = self.host.action_tensor([info]), self.host.pose_tensor([info])
-        return {"action": None if acts is None else acts[0], "pose": None if poses is None else poses[0, 0],
-                "time": info.time}
+    def _prefill(self, cache, latents: list[list[torch.Tensor]], infos: list[list[FrameInfo]]) -> None:
+        """Run each row's frames (already at tau_ctx) as context into ``cache``: one padded pass."""
+        host = self.host
+        counts = [len(row) for row in latents]
+        t = max(counts)
+        padding = torch.zeros(self.shape, device=host.device)
+        x = torch.stack([torch.stack(row + [padding] * (t - len(row))) for row in latents])
+        times = [[f.time for f in row] + [row[-1].time + 1 + j if row else j for j in range(t - len(row))]
+                 for row in infos]
+        host.dynamics.prefill(
+            cache, x, torch.full((self.rows, t), host.sampler.tau_ctx, device=host.device),
+            torch.full((self.rows, t), host.d_context, device=host.device),
+            host.action_tensor(infos, t), host.pose_tensor(infos, t), times,
+            counts=None if len(set(counts)) == 1 else counts,
+        )
 
-    def append(self, latent: torch.Tensor, info: FrameInfo) -> None:
-        x = self.host.dynamics.normalize(latent.to(self.host.device, torch.float32))  # the model's latent space
-        self.append_corrupted(self.host.sampler.corrupt(x, self.generator), info)
+    def evict(self, keep) -> None:
+        keep = [None if k is None else list(k) for k in keep]
+        if self.cache is not None:
+            lengths = self.cache.lengths
+            self.cache.evict_rows([list(range(n)) if k is None else k for k, n in zip(keep, lengths, strict=True)])
+            return
+        for b, k in enumerate(keep):
+            if k is not None:
+                self.latents[b] = [self.latents[b][i] for i in k]
+                self.infos[b] = [self.infos[b][i] for i in k]
 
     @torch.no_grad()
-    def append_corrupted(self, x: torch.Tensor, info: FrameInfo) -> None:
-        """Run one context frame (already at tau_ctx) and keep its keys/values."""
+    def generate(self, infos) -> torch.Tensor:
+        """The next frame of every row (B, C, h, w), K shortcut Euler steps from its history."""
         host = self.host
-        self.shape = tuple(x.shape)
-        host.dynamics.step(self.cache, x[None], self._vec(host.sampler.tau_ctx), self._vec(host.d_context),
-                           append=True, **self._conditioning(info))
+        if self.cache is None:
+            # A fresh cache from the kept latents, at their own times: nothing survives from the
+            # previous frame, so evicted frames leave no trace in the survivors' keys/values.
+            cache = host.dynamics.new_cache(self.rows)
+            self._prefill(cache, self.latents, self.infos)
+        else:
+            cache = self.cache
+        lengths = cache.lengths
+        infos = list(infos)
+        acts, poses = host.action_tensor([[f] for f in infos]), host.pose_tensor([[f] for f in infos])
+        conditioning = {"action": None if acts is None else acts[:, 0], "pose": None if poses is None else poses[:, 0],
+                        "time": [f.time for f in infos]}
+        calls = iter(range(host.sampler.steps, 0, -1))
 
-    def evict(self, keep: list[int]) -> None:
-        self.cache.evict(keep)
-
-    @torch.no_grad()
-    def generate(self, info: FrameInfo) -> torch.Tensor:
-        host = self.host
-        conditioning = self._conditioning(info)
+        def vec(value: float) -> torch.Tensor:
+            return torch.full((self.rows,), value, device=host.device)
 
         def denoise(z: torch.Tensor, tau: float, d: float) -> torch.Tensor:
-            return host.dynamics.step(self.cache, z[None], self._vec(tau), self._vec(d), append=False, **conditioning)[0]
+            final = next(calls) == 1
+            layers = [] if final else None  # where the final call's queries looked, for attention_mass
+            x0 = host.dynamics.step(cache, z, vec(tau), vec(d), append=False, attention=layers, **conditioning)
+            if final:
+                shares = torch.stack(layers).mean(dim=0).cpu()  # mean over layers: (B, keys)
+                self.last_attention = [shares[b, :n].tolist() for b, n in enumerate(lengths)]  # without itself
+            return x0
 
-        return host.dynamics.denormalize(host.sampler.sample(denoise, self.shape, self.generator, host.device))
+        z = host.sampler.sample_rows(denoise, self.shape, self.generators, host.device)
+        return host.dynamics.denormalize(z)
 
-    def retained_bytes(self) -> int:
-        return int(self.cache.nbytes())
+    def attention_mass(self) -> list[list[float] | None]:
+        """Per row, per retained frame (oldest first): the share of the temporal attention of the
+        last generated frame's final denoising call that landed on it, mean over layers and
+        heads (and token positions); the rest went to the new frame itself. None before a
+        generation."""
+        return self.last_attention or [None] * self.rows
+
+    def retained_bytes(self) -> list[int]:
+        """Per row: the latents it keeps (recompute) or its own keys/values (kv)."""
+        if self.cache is not None:
+            return self.cache.row_nbytes()
+        return [sum(x.numel() * x.element_size() for x in row) for row in self.latents]

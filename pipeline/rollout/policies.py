@@ -22,8 +22,9 @@ import inspect
 import os
 import sys
 from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
 
-from pipeline.rollout.api import ChunkDecision, FrameMeta, TemporalCachePlan
+from pipeline.rollout.api import ChunkDecision, FrameMeta, RolloutState, TemporalCachePlan
 from pipeline.rollout.retention import BUDGET_BASELINES, OURS
 
 
@@ -136,6 +137,14 @@ THRESHOLD_BASELINES = (RecentWindow, PackCache, CausalCacheVDM, FlowCache, FullH
 POLICIES = {cls.name: cls for cls in (*THRESHOLD_BASELINES, *BUDGET_BASELINES, *OURS)}  # load_policy's table
 BASELINES: tuple[str, ...] = tuple(cls.name for cls in (*THRESHOLD_BASELINES, *BUDGET_BASELINES))
 
+# A policy file of the ar-video-kv-temporal-policy harness is its VideoTemporalKVPolicy class cut
+# from the harness's own file, where these names were defined: a file loaded by path sees them
+# (its own imports, if any, take precedence).
+HARNESS_GLOBALS = {
+    "ChunkDecision": ChunkDecision, "TemporalCachePlan": TemporalCachePlan, "FrameMeta": FrameMeta,
+    "RolloutState": RolloutState, "Any": Any, "Dict": Dict, "List": List, "Optional": Optional, "Tuple": Tuple,
+}
+
 
 def _import_class(spec: str):
     target, sep, cls_name = spec.rpartition(":")
@@ -151,6 +160,7 @@ def _import_class(spec: str):
         mod_name = f"_user_policy_{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]}"
         loader_spec = importlib.util.spec_from_file_location(mod_name, path)
         module = importlib.util.module_from_spec(loader_spec)
+        module.__dict__.update(HARNESS_GLOBALS)  # files written for the published harness use these unimported
         sys.modules[mod_name] = module  # dataclasses and pickling look modules up here
         try:
             loader_spec.loader.exec_module(module)

@@ -27,7 +27,58 @@ CONFIG_FILE = "config.json"
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint is missing, incomplete, or does not match the model it is loaded into."""
+    """A checkpoint is missing, damaged, or does not match the model it is loaded into; the
+    message names the file and what to do."""
+
+
+class NoCheckpointError(CheckpointError):
+    """No checkpoint in the directory at all (its config.json is absent): nothing was trained yet."""
+
+
+HEADER_KEYS = ("kind", "config", "step", "extra")
+
+
+def redo_advice(directory: str | Path) -> str:
+    return f"delete {directory} and rerun `dvc repro` (the stage that writes it trains it again)"
+
+
+def _damaged(file: Path, reason: str) -> CheckpointError:
+    error = CheckpointError(f"{file}: damaged or truncated checkpoint file ({reason}); {redo_advice(file.parent)}")
+    error.problem = f"{file}: damaged or truncated ({reason})"  # without the advice
+    return error
+
+
+def _missing(file: Path) -> CheckpointError:
+    error = CheckpointError(f"{file}: missing from the checkpoint; {redo_advice(file.parent)}")
+    error.problem = f"{file}: missing"
+    return error
+
+
+def read_tensors(file: str | Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors, or a CheckpointError naming the file if it is missing or
+    unreadable (truncated, not safetensors)."""
+    file = Path(file)
+    if not file.is_file():
+        raise _missing(file)
+    try:
+        return load_file(file)
+    except Exception as exc:  # SafetensorError (a truncated header or data), OSError
+        raise _damaged(file, f"{type(exc).__name__}: {exc}") from exc
+
+
+def read_json(file: str | Path) -> dict:
+    """A checkpoint's JSON object, or a CheckpointError naming the file if it is missing or not
+    a JSON object."""
+    file = Path(file)
+    if not file.is_file():
+        raise _missing(file)
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, ValueError) as exc:  # ValueError: JSONDecodeError, UnicodeDecodeError
+        raise _damaged(file, f"{type(exc).__name__}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise _damaged(file, f"a JSON {type(data).__name__}, not an object")
+    return data
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -91,11 +142,14 @@ def save_checkpoint(
 
 
 def read_config(directory: str | Path, kind: str) -> dict:
-    """The checkpoint's JSON header; fails clearly if absent or of another kind."""
+    """The checkpoint's JSON header; NoCheckpointError if absent, CheckpointError if damaged or
+    of another kind."""
     path = Path(directory) / CONFIG_FILE
     if not path.is_file():
-        raise CheckpointError(f"{path}: no checkpoint here (run the stage that trains it first)")
-    header = json.loads(path.read_text())
+        raise NoCheckpointError(f"{path}: no checkpoint here (run the stage that trains it first: `dvc repro`)")
+    header = read_json(path)
+    if missing := [k for k in HEADER_KEYS if k not in header]:
+        raise _damaged(path, f"no {', '.join(missing)}")
     if header.get("kind") != kind:
         raise CheckpointError(f"{path}: holds a {header.get('kind')!r} checkpoint, expected {kind!r}")
     return header
@@ -127,14 +181,14 @@ def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], source:
 
 
 def load_weights(module: nn.Module, file: str | Path) -> None:
-    """Strict load: every key present, no extras, same shapes, or an error that lists the drift."""
+    """Strict load: every key present, no extras, same shapes, or an error that lists the drift
+    (or names the file if it is missing or damaged)."""
     file = Path(file)
-    if not file.is_file():
-        raise CheckpointError(f"{file}: missing")
-    load_state_strict(module, load_file(file), file, CheckpointError, "does not match the model built from its config")
+    load_state_strict(module, read_tensors(file), file, CheckpointError, "does not match the model built from its config")
 
 
-def load_model(directory: str | Path, kind: str, build: Callable[[dict], nn.Module], *, ema: bool = True) -> tuple[nn.Module, dict]:
+def load_model(directory: str | Path, kind: str, build: Callable[[dict], nn.Module], *,
+               ema: bool = True) -> tuple[nn.Module, dict]:
     """Build the model from the checkpoint's config and load its (EMA) weights strictly."""
     directory = Path(directory)
     header = read_config(directory, kind)
@@ -154,15 +208,30 @@ def load_training_state(
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> tuple[int, dict]:
     """Restore everything needed to continue training; returns (step, extra): the config's
-    extra and the training state's (``train_extra`` of :func:`save_checkpoint`) together."""
+    extra and the training state's (``train_extra`` of :func:`save_checkpoint`) together.
+
+    Every file is read and checked before anything is loaded: a missing, damaged or mismatched
+    file raises CheckpointError naming it, with `model`, `ema` and the optimizer untouched."""
     directory = Path(directory)
     header = read_config(directory, kind)
-    load_weights(model, directory / "model.safetensors")
+    weights = {"model.safetensors": (model, read_tensors(directory / "model.safetensors"))}
     if ema is not None:
-        load_weights(ema, directory / "ema.safetensors")
-    tensors = load_file(directory / "train_state.safetensors")
-    meta = json.loads((directory / "train_state.json").read_text())
-    _restore_optimizer(optimizer, tensors, meta)
+        weights["ema.safetensors"] = (ema, read_tensors(directory / "ema.safetensors"))
+    state_file, meta_file = directory / "train_state.safetensors", directory / "train_state.json"
+    tensors, meta = read_tensors(state_file), read_json(meta_file)
+    if "rng.torch" not in tensors:
+        raise _damaged(state_file, "no rng.torch")
+    if not isinstance(meta.get("param_groups"), list) or not isinstance(meta.get("scalars"), dict):
+        raise _damaged(meta_file, "no param_groups or scalars")
+    for name, (module, state) in weights.items():
+        if drift := state_dict_drift(module, state):
+            raise CheckpointError(f"{directory / name}: does not match the model built from its config: " + "; ".join(drift))
+    try:
+        _restore_optimizer(optimizer, tensors, meta)
+    except (KeyError, ValueError, TypeError) as exc:  # torch's own check of the param groups
+        raise CheckpointError(f"{state_file}: the optimizer state does not fit ({exc}); {redo_advice(directory)}") from exc
+    for module, state in weights.values():
+        module.load_state_dict(state, strict=True)
     if scheduler is not None and meta.get("scheduler") is not None:
         scheduler.load_state_dict(meta["scheduler"])
     torch.set_rng_state(tensors["rng.torch"])

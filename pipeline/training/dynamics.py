@@ -43,8 +43,8 @@ from pipeline.networks.dynamics import (
     config_dict,
     dynamics_config,
 )
+from pipeline.runtime.distributed import Dist, all_reduce_sum, init_distributed, shard
 from pipeline.training.device import autocast
-from pipeline.training.distributed import Dist, all_reduce_sum, init_distributed, shard
 from pipeline.training.optim import Optimization, check_finite
 from pipeline.training.run import TrainingRun, run_fingerprint
 from pipeline.training.seeding import seed_everything, seeded_generator

@@ -19,12 +19,13 @@ A loop reads top to bottom with it::
 Resume: the checkpoint directory persists across runs (``persist: true`` in dvc.yaml). A run
 continues from it only if its fingerprint (the params the run reads and the identity of its
 input store) equals the current one and it has not reached the last step; otherwise training
-starts fresh and the DVCLive directory is cleared. A checkpoint holds the optimizer, schedule,
-EMA and RNG state, so a resumed run follows the same trajectory as an uninterrupted one and
-ends with byte-identical checkpoint files: the steps a run resumed from go to the metrics
+starts fresh and the DVCLive directory is cleared (a damaged checkpoint, e.g. a truncated file,
+too: with a warning that names the file). A checkpoint holds the optimizer, schedule, EMA and RNG
+state, so a resumed run follows the same trajectory as an uninterrupted one and ends with
+byte-identical checkpoint files: the steps a run resumed from go to the metrics
 (``resumed_from``) and to unfinished checkpoints' training state, never into the last one.
 
-With several processes (:mod:`pipeline.training.distributed`) rank 0 alone logs and writes.
+With several processes (:mod:`pipeline.runtime.distributed`) rank 0 alone logs and writes.
 """
 
 from __future__ import annotations
@@ -34,19 +35,21 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from torch import nn
 
 from pipeline.atomic import remove_stale_tmp, write_json
+from pipeline.runtime.distributed import Dist, barrier
 from pipeline.training.checkpoint import (
     CheckpointError,
+    NoCheckpointError,
     load_training_state,
     read_config,
     save_checkpoint,
 )
-from pipeline.training.distributed import Dist, barrier
 from pipeline.training.optim import Optimization
 
 if TYPE_CHECKING:
@@ -68,14 +71,15 @@ class TrainingRun:
     """
 
     def __init__(self, kind: str, *, loop: TrainingLoopParams, fingerprint: str, out_dir: str | Path,
-                 live_dir: str | Path, metrics_path: str | Path, dist: Dist = Dist()):  # fmt: skip
+                 live_dir: str | Path, metrics_path: str | Path, dist: Dist = Dist()):  # noqa: B008 # fmt: skip
         self.kind, self.steps, self.fingerprint = kind, loop.steps, fingerprint
         self.out_dir, self.live_dir, self.metrics_path = Path(out_dir), Path(live_dir), Path(metrics_path)
         self.dist, self.device = dist, dist.device
         self.resumed_from: list[int] = []  # checkpoint steps this run's result continued from
         self.live = None
-        if dist.main:
-            remove_stale_tmp(self.out_dir.parent, self.out_dir.name)  # leftovers of a killed save
+        if dist.main:  # leftovers of a run killed while saving a checkpoint or writing its metrics
+            remove_stale_tmp(self.out_dir.parent, self.out_dir.name)
+            remove_stale_tmp(self.metrics_path.parent, self.metrics_path.name)
 
     @property
     def main(self) -> bool:
@@ -83,15 +87,20 @@ class TrainingRun:
 
     def resume(self, model: nn.Module, opt: Optimization) -> tuple[int, dict]:
         """Load the checkpoint in out_dir into `model` and `opt` if it is this run's (same
-        fingerprint) and unfinished: (its step, its extra). Otherwise (0, {}): a fresh run."""
+        fingerprint), unfinished and readable: (its step, its extra). Otherwise (0, {}): a fresh
+        run (a damaged checkpoint with a warning; `model` and `opt` are left as they are)."""
         try:
             header = read_config(self.out_dir, self.kind)
-        except CheckpointError:
+            if header["extra"].get("fingerprint") != self.fingerprint or header["step"] >= self.steps:
+                return 0, {}
+            step, extra = load_training_state(self.out_dir, kind=self.kind, model=model, ema=opt.ema,
+                                              optimizer=opt.optimizer, scheduler=opt.scheduler)
+        except NoCheckpointError:
             return 0, {}
-        if header["extra"].get("fingerprint") != self.fingerprint or header["step"] >= self.steps:
+        except CheckpointError as exc:  # damaged, or another network's: nothing to resume
+            if self.main:
+                print(f"{self.kind}: not resuming, training from step 0: {getattr(exc, 'problem', exc)}", file=sys.stderr)
             return 0, {}
-        step, extra = load_training_state(self.out_dir, kind=self.kind, model=model, ema=opt.ema,
-                                          optimizer=opt.optimizer, scheduler=opt.scheduler)
         self.resumed_from = [*extra.pop("resumed_from", []), step]
         if self.main:
             print(f"{self.kind}: resuming from step {step}/{self.steps} ({self.out_dir})")

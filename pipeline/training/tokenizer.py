@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from pipeline.config import TokenizerParams
 from pipeline.data.pixels import to_pixels
-from pipeline.data.stores import StoreError, list_videos, open_store, store_identity
+from pipeline.data.stores import StoreError, list_videos, read_array, store_identity
 from pipeline.metrics import LPIPS, psnr, ssim
 from pipeline.networks.tokenizer import (
     KIND,
@@ -48,8 +48,7 @@ def load_split(store: str | Path, split: str) -> list[np.ndarray]:
     videos = list_videos(store, split=split)
     if not videos:
         raise StoreError(f"{store}: no {split!r} videos (check extract.splits; the tokenizer needs train and val videos)")
-    root = open_store(store)
-    return [np.asarray(root[v.id]["frames"][:]) for v in videos]
+    return [read_array(store, v.id, "frames") for v in videos]
 
 
 def val_pairs(videos: list[np.ndarray], n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -56,3 +56,94 @@ def test_policies_that_may_read_the_budget_are_always_rerun(stores, scorer, tmp_
     )
     result = run(stores, scorer, bench_params(policies=[f"{path}:MyWindow"], modes=["kv"]))
     assert not any(r.reused for r in result.records)
+
+
+HARNESS_STYLE_POLICY = '''
+class VideoTemporalKVPolicy:
+    """recent_window's rule, written as for the published harness: its names are not imported."""
+
+    def build_temporal_cache_plan(self, chunk_meta_list: List[FrameMeta], rollout_state, budget_state) -> TemporalCachePlan:
+        decisions = [ChunkDecision(chunk_id=m.chunk_id, action="keep" if m.recentness >= 0.34 else "drop",
+                                   priority=m.recentness) for m in chunk_meta_list]
+        return TemporalCachePlan(chunk_decisions=decisions, retention_family="recency")
+'''
+
+
+def test_a_harness_style_policy_file_loads_unchanged_and_scores_what_the_same_builtin_rule_scores(stores, scorer, tmp_path):
+    path = tmp_path / "custom_policy.py"
+    path.write_text(HARNESS_STYLE_POLICY)
+    bench = bench_params(policies=["recent_window", f"{path}:VideoTemporalKVPolicy"], modes=["recompute", "kv"],
+                         protocol="harness")
+    records = run(stores, scorer, bench).records
+    by_policy = {}
+    for r in records:
+        by_policy.setdefault(r.cell.policy, []).append((r.cell.workload, r.cell.budget, r.cell.mode, r.clip,
+                                                         r.per_frame, r.kept_per_step))
+    assert by_policy["recent_window"] == by_policy["VideoTemporalKVPolicy"]
+    assert by_policy["recent_window"][0][-1][0] > 2  # the harness: the first frame from the whole context
+
+
+TIMINGS = ("fps", "policy_time_share", "seconds")
+
+
+def metrics_without_timings(run_) -> dict:
+    """The metrics JSON of a run, minus what measures time."""
+    from pipeline.benchmark.outputs import metrics_json
+    from pipeline.benchmark.summary import summarize_references
+
+    data = metrics_json(summarize(run_), summarize_references(run_), {})
+    for modes in (m for b in data["rollouts"].values() for p in b.values() for m in p.values()):
+        for entry in modes.values():
+            for key in TIMINGS:
+                entry.pop(key, None)
+    return data
+
+
+def test_the_metrics_do_not_depend_on_the_batch_size_or_the_sharding(stores, scorer):
+    from pipeline.benchmark.run import merge_runs
+
+    bench = bench_params(n_clips=3, batch_size=1)
+    one = run(stores, scorer, bench)
+    four = run(stores, scorer, bench.model_copy(update={"batch_size": 4}))
+    assert metrics_without_timings(four) == metrics_without_timings(one)  # exactly
+    assert [(r.cell, r.clip, r.per_frame, r.kept_per_step, r.reused) for r in four.records] == \
+        [(r.cell, r.clip, r.per_frame, r.kept_per_step, r.reused) for r in one.records]  # same order too
+    for a, b in zip(one.records, four.records):
+        assert (a.pixels is None) == (b.pixels is None) and (a.pixels is None or torch.equal(a.pixels, b.pixels))
+
+    frames, latents = stores
+    from pipeline.benchmark.clips import select_clips
+    from pipeline.benchmark.run import run_benchmark
+    from tests.rollout.toy_host import ToyHost
+
+    clips = {name: select_clips(frames, latents, w.context, w.predict, bench.n_clips, 0)
+             for name, w in bench.workloads.items()}
+    shares = [run_benchmark(ToyHost(), bench, clips, seed=0, media_clips=bench.media_clips, scorer=scorer,
+                            progress=False, batch_size=2, shard=(rank, 2)).share() for rank in (0, 1)]
+    merged = merge_runs(shares, clips, bench.budgets)
+    assert metrics_without_timings(merged) == metrics_without_timings(one)
+    assert [r.per_frame for r in merged.records] == [r.per_frame for r in one.records]
+    assert len({r.clip for r in shares[0]["records"]}) == 2 and {r.clip for r in shares[1]["records"]} == {1}
+
+
+def test_frame_scores_do_not_depend_on_which_rollouts_share_a_chunk(scorer):
+    """Decoded and scored in chunks of one size across rollouts: a frame's numbers are the same
+    whatever came before it (oneDNN convolutions otherwise pick algorithms by batch size)."""
+    from pipeline.benchmark.run import FrameScorer
+    from tests.rollout.toy_host import ToyHost
+
+    g = torch.Generator().manual_seed(0)
+    videos = [(torch.rand(n, 3, 32, 32, generator=g), torch.rand(n, 3, 64, 64, generator=g)) for n in (5, 11, 3, 9, 14)]
+
+    def scores(order, chunk):
+        out = {}
+        frames = FrameScorer(ToyHost(), scorer, chunk=chunk)
+        for i in order:
+            frames.put(*videos[i], lambda px, s, i=i: out.__setitem__(i, (px, s)))
+        frames.flush()
+        return out
+
+    a, b = scores([0, 1, 2, 3, 4], 16), scores([3, 4, 2, 1, 0], 16)
+    assert a.keys() == b.keys() == {0, 1, 2, 3, 4}
+    for i in a:
+        assert a[i][1] == b[i][1] and torch.equal(a[i][0], b[i][0]) and len(a[i][1]["lpips"]) == len(videos[i][0])

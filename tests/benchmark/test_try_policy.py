@@ -18,7 +18,7 @@ from pipeline.data.stores import ShardedArrayWriter
 from pipeline.networks.dynamics import build_dynamics, config_dict
 from pipeline.networks.tokenizer import build_tokenizer, tokenizer_config
 from pipeline.training.checkpoint import save_checkpoint
-from tests.builders import dynamics_config
+from tests.builders import default_raw_params, dynamics_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("project")
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = default_raw_params()  # params.yaml + settings.yaml, written here as one params.yaml
     params["benchmark"].update(
         policies=["recent_window", "full_history"], modes=["kv"], workloads={"short": {"context": 3, "predict": 3}},
         budgets={"full": None, "tight": 2}, n_clips=1, seeds=[0], sampling_steps=2, media_clips=1,

@@ -19,6 +19,7 @@ from pipeline.config import ExtractParams
 from pipeline.data.extract import ExtractError, extract_all
 from pipeline.data.stores import list_videos, read_actions, read_array, read_poses, verify_store
 from pipeline.data.video.ffmpeg import ffmpeg_exe
+from tests.builders import default_raw_params
 from tests.data.video.synth import decode_native, make_index_video, make_video
 
 REPO = Path(__file__).resolve().parents[2]
@@ -31,7 +32,8 @@ def pool_always(monkeypatch):
 
 
 def params(**kw) -> ExtractParams:
-    base = dict(size=32, chunk_frames=8, shard_frames=32, workers=1)
+    base = dict(size=32, chunk_frames=8, shard_frames=32, workers=1, fps=20.0,
+                splits={"train": 0.7, "val": 0.15, "test": 0.15})  # fixed here, whatever params.yaml says
     return ExtractParams(**(base | kw))
 
 
@@ -212,7 +214,7 @@ def _stage_dir(tmp_path, clip) -> Path:
     (work / "data" / "raw").mkdir(parents=True)
     for vid in ("a", "b", "c"):
         (work / "data" / "raw" / f"{vid}.mp4").write_bytes(clip.read_bytes())
-    p = yaml.safe_load((REPO / "params.yaml").read_text())
+    p = default_raw_params()  # params.yaml + settings.yaml, written here as one params.yaml
     p["extract"].update(size=16, workers=1)
     (work / "params.yaml").write_text(yaml.safe_dump(p))
     return work

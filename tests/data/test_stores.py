@@ -139,18 +139,18 @@ def test_inspect_json_is_machine_readable(tmp_path, capsys):
     assert [v["actions"] for v in data["videos"]] == [False, False, False]
 
 
-def damage(shard: Path) -> None:
-    """Overwrite 16 bytes of a real shard file, as a bad disk or a torn copy would: here the header
-    of its first compressed chunk (damage inside the compressed data can go unnoticed by zstd)."""
+def damage(shard: Path, at: int = 8) -> None:
+    """Overwrite 16 bytes of a real shard file, as a bad disk or a torn copy would (by default the
+    header of its first compressed chunk)."""
     data = bytearray(shard.read_bytes())
-    data[8:24] = b"\xff" * 16
+    data[at : at + 16] = b"\xff" * 16
     shard.write_bytes(bytes(data))
 
 
 def test_a_damaged_latents_shard_is_named_with_what_to_do(latents_store):
     shard = latents_store / "v1" / "latents" / "c" / "1" / "0" / "0" / "0"
     damage(shard)
-    with pytest.raises(RuntimeError, match="blosc"):  # what zarr alone says: no store, no video, no file
+    with pytest.raises(ValueError, match="checksum"):  # what zarr alone says: no store, no video, no file
         zarr.open_group(str(latents_store), mode="r")["v1"]["latents"][:]
 
     with pytest.raises(StoreError) as exc:
@@ -160,6 +160,14 @@ def test_a_damaged_latents_shard_is_named_with_what_to_do(latents_store):
     assert f"python -m pipeline.data.stores verify {latents_store}" in message and "dvc repro -f tokenize" in message
     assert read_array(latents_store, "v1", "latents", 0, 32).shape == (32, 4, 8, 8)  # the sound shard still reads
     assert any(str(shard) in p for p in verify_store(latents_store))
+
+
+def test_damage_inside_the_compressed_data_is_named_too(latents_store):
+    # zstd alone decodes some damaged data without complaint: each chunk carries a CRC-32C
+    shard = latents_store / "v1" / "latents" / "c" / "1" / "0" / "0" / "0"
+    damage(shard, at=shard.stat().st_size // 3)
+    with pytest.raises(StoreError, match=f"shard file {shard} .*is damaged .*checksum"):
+        read_array(latents_store, "v1", "latents")
 
 
 @pytest.mark.parametrize("name, reader", [("actions", read_actions), ("poses", read_poses)])

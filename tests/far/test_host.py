@@ -7,7 +7,7 @@ import torch
 
 from pipeline.config import FarParams
 from pipeline.far.data import dmlab_clips, read_dmlab_episode
-from pipeline.far.host import FarHost, FarSession, load_far_host
+from pipeline.far.host import FarBatchSession, FarHost, load_far_host
 from pipeline.far.model import FAR, FARConfig
 from pipeline.far.weights import FarVariant, MissingFarWeightError
 from pipeline.rollout.api import ChunkDecision, FrameInfo, TemporalCachePlan
@@ -170,11 +170,11 @@ def test_model_kv_cache_refuses_frames_that_need_the_long_term_path(long_host):
 
 def test_loop_gives_the_host_the_actions_of_the_frames_it_actually_keeps(long_host, monkeypatch):
     seen = []
-    original = FarSession.generate
+    original = FarBatchSession.generate
 
-    def recording(self, info, noise=None):
-        seen.append((list(self.actions), info.action))
-        return original(self, info, noise)
+    def recording(self, infos, noise=None):
+        seen.append((list(self.actions[0]), infos[0].action))
+        return original(self, infos, noise)
 
     class OldestAndNewest:  # keeps a gap in the history, so a slice from the clip start would be wrong
         name = "oldest_and_newest"
@@ -184,7 +184,7 @@ def test_loop_gives_the_host_the_actions_of_the_frames_it_actually_keeps(long_ho
             return TemporalCachePlan([ChunkDecision(m.chunk_id, "keep" if m.chunk_id in (0, n - 2, n - 1) else "drop")
                                       for m in metas])
 
-    monkeypatch.setattr(FarSession, "generate", recording)
+    monkeypatch.setattr(FarBatchSession, "generate", recording)
     context, actions = latents(6), [0, 1, 2, 3, 0, 1, 2, 3, 0, 1]
     result = run_rollout(long_host, OldestAndNewest(), context, 4, max_frames=3, mode="kv",
                          generator=torch.Generator().manual_seed(0), actions=actions)

@@ -76,6 +76,19 @@ def test_checkpoints_are_read_plain_or_wrapped_and_non_tensors_are_refused(tmp_p
         read_state_dict(put(tmp_path, "x.pth", {"a": [1, 2]}))
 
 
+@pytest.mark.parametrize("name", ["w.pth", "w.safetensors"])
+def test_a_truncated_checkpoint_is_a_checkpoint_error_naming_the_file(tmp_path, name):
+    from safetensors.torch import save_file
+
+    from pipeline.training.checkpoint import CheckpointError
+
+    path = tmp_path / name
+    save_file({"a": torch.ones(64)}, path) if name.endswith(".safetensors") else torch.save({"a": torch.ones(64)}, path)
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(CheckpointError, match=f"^{path}: damaged or truncated FAR checkpoint .*; delete it and put"):
+        read_state_dict(path)
+
+
 def test_bf16_on_cuda_fp32_on_cpu():
     assert weights_dtype("cuda") == torch.bfloat16 and weights_dtype("cpu") == torch.float32
 

@@ -292,3 +292,35 @@ def test_the_clean_bias_makes_heads_prefer_clean_context_over_noisy_frames():
 def test_temporal_first_puts_a_temporal_block_first():
     assert [b.temporal for b in tiny(temporal_first=True).blocks] == [True, False, True, False]
     assert [b.temporal for b in tiny(temporal_first=False).blocks] == [False, True, False, True]
+
+
+@pytest.mark.parametrize("softcap", [0.0, 50.0])
+def test_a_ragged_cache_gives_each_row_what_its_own_cache_gives(softcap):
+    """Rows with their own histories (different frames, counts, times and evictions) in one
+    cache: each row's keys/values, positions and step predictions are those of a one-row cache."""
+    model = tiny(logit_softcap=softcap)
+    x, tau, d, actions = inputs(b=3, t=6)
+    counts, times = [4, 2, 3], [[0, 1, 2, 3], [5, 8, 0, 0], [1, 4, 6, 0]]
+    keeps = [[0, 2, 3], [1], [0, 1, 2]]
+    cache = model.new_cache(3)
+    model.prefill(cache, x[:, :4], tau[:, :4], d[:, :4], actions[:, :4], times=times, counts=counts)
+    cache.evict_rows(keeps)
+    assert cache.lengths == [3, 1, 3] and cache.ragged and cache.row_positions[1] == [8]
+    steps = model.step(cache, x[:, 5], tau[:, 5], d[:, 5], actions[:, 5], append=True, time=[9, 10, 11])
+    out = model.step(cache, x[:, 4], 0.5, 0.25, actions[:, 4], append=False, time=12)
+    with pytest.raises(ValueError, match="rows hold different frames"):
+        cache.positions  # noqa: B018
+    for b in range(3):
+        alone = model.new_cache(1)
+        model.prefill(alone, x[b:b + 1, :counts[b]], tau[b:b + 1, :counts[b]], d[b:b + 1, :counts[b]],
+                      actions[b:b + 1, :counts[b]], times=times[b][:counts[b]])
+        alone.evict(keeps[b])
+        step = model.step(alone, x[b:b + 1, 5], tau[b:b + 1, 5], d[b:b + 1, 5], actions[b:b + 1, 5], append=True,
+                          time=9 + b)
+        torch.testing.assert_close(steps[b:b + 1], step, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(out[b:b + 1], model.step(alone, x[b:b + 1, 4], 0.5, 0.25, actions[b:b + 1, 4],
+                                                            append=False, time=12), atol=1e-5, rtol=1e-4)
+        assert cache.row_positions[b] == alone.positions and cache.row_nbytes()[b] == alone.nbytes()
+        n = len(alone)
+        torch.testing.assert_close(cache.keys[1].view(3, -1, *cache.keys[1].shape[1:])[b, :, :, :n],
+                                   alone.keys[1], atol=1e-5, rtol=1e-4)

@@ -184,3 +184,69 @@ def test_bad_arguments_are_rejected():
         rollout("full_history", max_frames=0)
     with pytest.raises(ValueError, match="actions"):
         rollout("full_history", max_frames=None, actions=[0, 1])
+
+
+# ------------------------------------------------------------------ the harness protocol
+class Recording:
+    """Keeps the two newest frames, demoting the oldest; remembers what it was shown."""
+
+    name = "recording"
+
+    def __init__(self):
+        self.calls = []
+
+    def build_temporal_cache_plan(self, metas, state, budget):
+        self.calls.append((state.step, len(metas), [(m.access_count, m.recent_hit_count, m.long_term_resident) for m in metas]))
+        actions = ["demote_to_long_term"] + ["drop"] * (len(metas) - 3) + ["keep", "keep"]
+        return TemporalCachePlan([ChunkDecision(m.chunk_id, a) for m, a in zip(metas, actions)])
+
+
+def harness_rollout(policy, max_frames, n_ctx=6, n_predict=5):
+    return run_rollout(ToyHost(), policy, clip(n_ctx), n_predict, max_frames=max_frames, mode="recompute",
+                       generator=torch.Generator().manual_seed(0), protocol="harness")
+
+
+def test_the_harness_generates_the_first_frame_from_the_whole_context_then_consults_the_policy_when_over_budget():
+    policy = Recording()
+    result = harness_rollout(policy, max_frames=3)
+    assert result.kept_per_step[0] == 6  # the whole context, whatever the budget
+    assert [step for step, *_ in policy.calls] == [1, 2, 3, 4]  # only when the history exceeds 3
+    assert result.kept_per_step[1:] == [3, 3, 3, 3]
+    for _, _, meta in policy.calls:  # fixed access counters, no long-term residents
+        assert all(access == recent == 1 and not resident for access, recent, resident in meta)
+
+
+def test_the_harness_never_consults_the_policy_within_budget():
+    policy = Recording()
+    result = harness_rollout(policy, max_frames=None)
+    assert policy.calls == [] and result.kept_per_step == [6, 7, 8, 9, 10]
+
+
+def test_an_unknown_protocol_is_rejected():
+    with pytest.raises(ValueError, match="protocol must be one of default, harness"):
+        run_rollout(ToyHost(), Recording(), clip(), 2, max_frames=3, mode="kv", generator=torch.Generator(), protocol="mls")
+
+
+class AttentionHost(ToyHost):
+    """The toy host with an attention signal: the newest frame gets everything."""
+
+    def start(self, mode, generator):
+        session = super().start(mode, generator)
+        session.attention_mass = lambda: [0.0] * (len(session.latents or session.cache) - 1) + [1.0]
+        return session
+
+
+def test_the_hosts_attention_mass_reaches_the_next_plans_frame_meta():
+    seen = []
+
+    class Reader:
+        name = "reader"
+
+        def build_temporal_cache_plan(self, metas, state, budget):
+            seen.append([m.attention_mass for m in metas])
+            return TemporalCachePlan([ChunkDecision(m.chunk_id, "keep") for m in metas])
+
+    run_rollout(AttentionHost(), Reader(), clip(4), 3, max_frames=None, mode="recompute",
+                generator=torch.Generator().manual_seed(0))
+    assert seen[0] == [None] * 4  # nothing generated yet
+    assert seen[1] == [0.0, 0.0, 0.0, 1.0, None]  # the frame just generated was not attended to yet

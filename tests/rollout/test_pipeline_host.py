@@ -152,3 +152,27 @@ def test_recompute_runs_the_kept_frames_at_their_own_times(posed_host):
         session.append(context()[t], FrameInfo(i, 0, poses[t]))
     reindexed = session.generate(FrameInfo(3, 1, poses[5]))
     assert not torch.allclose(gapped, reindexed, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["recompute", "kv"])
+def test_attention_mass_is_each_retained_frames_share_of_the_final_call(posed_host, mode):
+    session = posed_host.start(mode, torch.Generator().manual_seed(0))
+    assert session.attention_mass() is None
+    poses = [(0.0, 0.0, 0.0), (0.0, 0.0, 180.0), (0.0, 0.0, 90.0)]
+    for t in range(3):
+        session.append(context()[t], FrameInfo(t, 0, poses[t]))
+    session.generate(FrameInfo(3, 1, (0.0, 0.0, 180.0)))
+    shares = session.attention_mass()
+    assert len(shares) == 3 and all(0 <= s <= 1 for s in shares) and sum(shares) < 1  # the rest: itself
+    assert shares[1] > shares[0] and shares[1] > shares[2]  # the frame seen from the same pose
+
+
+def test_the_two_modes_report_the_same_attention_mass_under_full_history(posed_host):
+    reports = []
+    for mode in ("recompute", "kv"):
+        session = posed_host.start(mode, torch.Generator().manual_seed(0))
+        for t in range(3):
+            session.append(context()[t], FrameInfo(t, 0, (float(t), 0.0, 0.0)))
+        session.generate(FrameInfo(3, 1, (3.0, 0.0, 0.0)))
+        reports.append(session.attention_mass())
+    assert reports[0] == pytest.approx(reports[1], abs=1e-5)

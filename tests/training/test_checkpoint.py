@@ -77,6 +77,46 @@ def test_wrong_kind_or_missing_checkpoint_is_a_clear_error(tmp_path):
         read_config(tmp_path / "nothing", "toy")
 
 
+def full_checkpoint(directory):
+    model = build({"width": 8})
+    ema, opt = EMA(model, 0.9), build_optimizer(model, 1e-2, 0.01)
+    sched = warmup_cosine(opt, 2, 10)
+    _train_steps(model, opt, sched, ema, 2)
+    save_checkpoint(directory, kind="toy", config={"width": 8}, model=model, ema=ema, optimizer=opt, scheduler=sched, step=2)
+
+
+def damage(file, how: str) -> None:
+    data = file.read_bytes()
+    file.write_bytes({"truncated": data[: len(data) // 2], "empty": b"", "garbage": b"\x00\xff" * 64}[how])
+
+
+@pytest.mark.parametrize("name", ["config.json", "model.safetensors", "ema.safetensors", "train_state.safetensors",
+                                  "train_state.json"])
+@pytest.mark.parametrize("how", ["truncated", "empty", "garbage"])
+def test_a_damaged_checkpoint_file_is_named_with_what_to_do_and_nothing_is_loaded(tmp_path, name, how):
+    full_checkpoint(tmp_path / "ck")
+    damage(tmp_path / "ck" / name, how)
+    model = build({"width": 8})
+    ema, opt = EMA(model, 0.9), build_optimizer(model, 1e-2, 0.01)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(CheckpointError) as info:
+        load_training_state(tmp_path / "ck", kind="toy", model=model, ema=ema, optimizer=opt)
+    assert str(info.value).startswith(f"{tmp_path / 'ck' / name}: damaged or truncated checkpoint file (")
+    assert str(info.value).endswith(f"delete {tmp_path / 'ck'} and rerun `dvc repro` (the stage that writes it trains it again)")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()) and not opt.state_dict()["state"]
+    if name in ("config.json", "ema.safetensors"):  # what inference reads
+        with pytest.raises(CheckpointError, match=f"^{tmp_path / 'ck' / name}: damaged or truncated"):
+            load_model(tmp_path / "ck", "toy", build)
+
+
+def test_a_missing_checkpoint_file_is_named(tmp_path):
+    full_checkpoint(tmp_path / "ck")
+    (tmp_path / "ck" / "train_state.json").unlink()
+    model = build({"width": 8})
+    with pytest.raises(CheckpointError, match=r"train_state.json: missing from the checkpoint; delete .* rerun `dvc repro`"):
+        load_training_state(tmp_path / "ck", kind="toy", model=model, ema=None, optimizer=build_optimizer(model, 1e-2, 0.01))
+
+
 def test_checkpoint_hash_changes_with_weights(tmp_path):
     save_checkpoint(tmp_path / "a", kind="toy", config={"width": 8}, model=build({"width": 8}))
     save_checkpoint(tmp_path / "b", kind="toy", config={"width": 8}, model=build({"width": 8}))

@@ -17,16 +17,16 @@ import pipeline.training.run as training_run
 from pipeline.config import parse_params
 from pipeline.data.latent_windows import AlternatingBatches, LatentVideos, WindowError
 from pipeline.networks.dynamics import DynamicsTransformer, dynamics_config
+from pipeline.runtime.distributed import Dist, shard
 from pipeline.training.checkpoint import read_config
-from pipeline.training.distributed import Dist, shard
 from pipeline.training.optim import NonFiniteLossError
-from tests.builders import write_latents_store
+from tests.builders import default_raw_params, write_latents_store
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def tiny_raw(**train):
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw = default_raw_params()  # params.yaml + settings.yaml
     raw["model"].update(dim=32, depth=2, heads=2, kv_heads=1, patch_size=2, num_registers=1, temporal_every=2, k_max=8)
     raw["train"].update(steps=20, seq_len_short=8, seq_len_long=16, batch_size_short=4, batch_size_long=2,
                         long_ratio=0.2, stride=2, lr=3e-3, warmup_steps=10, log_every=5, val_every=1000,
@@ -79,7 +79,7 @@ def test_the_model_normalises_latents_by_the_train_split_statistics(tmp):
 
 def test_console_shows_step_kind_length_loss_tau_range_and_rate(tmp, capsys):
     run(tmp, tiny_params(steps=5, log_every=5))
-    line = [l for l in capsys.readouterr().out.splitlines() if l.startswith("step 5/5")][0]
+    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("step 5/5")][0]
     assert __import__("re").fullmatch(r"step 5/5 [SL] T=(8|16) loss \d+\.\d{4} Tau: \[0\.\d\d-1\.00\] [\d.]+ batch/s", line)
 
 
@@ -143,6 +143,21 @@ def test_a_run_killed_twice_ends_with_the_checkpoint_and_plots_of_an_uninterrupt
     assert not any(b"\r" in content for content in plots.values())
     timing = "train/batches_per_s.tsv"
     assert {k: v for k, v in plots.items() if k != timing} == {k: v for k, v in whole_plots.items() if k != timing}
+
+
+def test_a_damaged_checkpoint_is_not_resumed_the_run_starts_fresh_naming_the_file(tmp, monkeypatch, capsys):
+    params = tiny_params()
+    whole, _ = run(tmp, params, "whole")
+    with monkeypatch.context() as m:
+        m.setattr(training_run, "save_checkpoint", save_then_die_at(10)(training_run.save_checkpoint))
+        with pytest.raises(KeyboardInterrupt):
+            run(tmp, params, "killed")
+    ema = tmp / "killed/models/dynamics/ema.safetensors"
+    ema.write_bytes(ema.read_bytes()[:100])
+    killed, resumed = run(tmp, params, "killed")
+    assert f"dynamics: not resuming, training from step 0: {ema}: damaged or truncated" in capsys.readouterr().err
+    assert resumed["resumed_from"] == []
+    assert files(killed / "models/dynamics") == files(whole / "models/dynamics")
 
 
 def test_a_kill_between_checkpoints_leaves_no_duplicate_plot_rows(tmp, monkeypatch):

@@ -32,6 +32,17 @@ def test_truncating_the_plots_keeps_the_rows_up_to_the_checkpoint_with_dvclive_l
     assert (tsv.parent / "empty.tsv").read_bytes() == b""
 
 
+def test_a_run_sweeps_what_a_killed_run_left_beside_its_checkpoint_and_metrics_only(tmp_path):
+    left = ["models/dynamics.tmp-4242-0badf00d/model.safetensors", "metrics/train.json.tmp-4242-0badf00d"]
+    foreign = ["models/tokenizer.tmp-4242-0badf00d/model.safetensors", "metrics/tokenizer.json.tmp-4242-0badf00d"]
+    for name in left + foreign:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("partial")
+    TrainingRun("toy", loop=params_section("train", steps=4), fingerprint="f", out_dir=tmp_path / "models/dynamics",
+                live_dir=tmp_path / "live", metrics_path=tmp_path / "metrics/train.json")
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()) == sorted(foreign)
+
+
 def test_a_seeded_generator_depends_on_its_keys_only():
     torch.rand(5)  # the global generator's state does not matter
     a = torch.rand(4, generator=seeded_generator(0, 7, 2))

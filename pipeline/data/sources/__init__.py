@@ -53,6 +53,10 @@ class SourceError(ValueError):
     """A download.sources entry is malformed, or names a game or scenario no recorder has."""
 
 
+class MissingCookiesFile(SourceError, FileNotFoundError):
+    """download.cookies_file names a file that does not exist."""
+
+
 @dataclass(frozen=True)
 class Source:
     spec: str  # as written in params.yaml; entries in the manifest name it
@@ -141,7 +145,7 @@ def download(p: DownloadParams, seed: int, out_dir: str | Path) -> list[VideoEnt
     staging = out_dir.parent / f".{out_dir.name}-partial"  # yt-dlp's resumable .part files
     sources = check_sources(p.sources)
     if p.cookies_file and not Path(p.cookies_file).is_file():
-        raise FileNotFoundError(f"download.cookies_file: {p.cookies_file!r} does not exist")
+        raise MissingCookiesFile(f"download.cookies_file: {p.cookies_file!r} does not exist")
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_tmp(out_dir)  # leftovers of a crashed run never look like videos
     previous = load_manifest(out_dir)

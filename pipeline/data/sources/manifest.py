@@ -29,6 +29,10 @@ Status = Literal["ok", "failed", "skipped"]
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
+class ManifestError(ValueError):
+    """data/raw/manifest.json is not a manifest this pipeline wrote (damaged, edited)."""
+
+
 def safe_id(raw_id: str) -> str:
     """A file-name-safe video id: [A-Za-z0-9_-] only, unique per raw id.
 
@@ -111,7 +115,7 @@ def load_manifest(out_dir: Path) -> dict[str, VideoEntry]:
         videos = json.loads(path.read_text())["videos"]
         return {d["id"]: VideoEntry.from_json(d) for d in videos}
     except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{path}: not a manifest this pipeline wrote ({exc!r}); delete it to start over") from None
+        raise ManifestError(f"{path}: not a manifest this pipeline wrote ({exc!r}); delete it to start over") from None
 
 
 def write_manifest(out_dir: Path, entries: dict[str, VideoEntry], sources: list[str]) -> Path:

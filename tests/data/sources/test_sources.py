@@ -94,6 +94,7 @@ def test_the_stage_names_an_unknown_source_in_one_line_without_a_traceback(tmp_p
     params = (REPO / "params.yaml").read_text().replace("    - vizdoom:my_way_home", "    - atari:NoSuchGame")
     assert "atari:NoSuchGame" in params
     (tmp_path / "params.yaml").write_text(params)
+    (tmp_path / "settings.yaml").write_text((REPO / "settings.yaml").read_text())
     before = fake_recordings(tmp_path / "data" / "raw")
     proc = subprocess.run([sys.executable, "-m", "stages.download"], cwd=tmp_path, capture_output=True, text=True,
                           env={"PYTHONPATH": str(REPO), "PATH": ""}, timeout=120)  # fmt: skip

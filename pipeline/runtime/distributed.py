@@ -60,3 +60,29 @@ def barrier(d: Dist) -> None:
     """Wait for every rank (e.g. until rank 0 has written a checkpoint)."""
     if d.world > 1:
         dist.barrier()
+
+
+def gather_to_main(obj, d: Dist) -> list | None:
+    """Every rank's ``obj`` (picklable), in rank order, on rank 0; None on the other ranks
+    (``[obj]`` for a single process)."""
+    if d.world == 1:
+        return [obj]
+    out = [None] * d.world if d.main else None
+    dist.gather_object(obj, out, dst=0)
+    return out
+
+
+def broadcast_from_main(obj, d: Dist):
+    """Rank 0's ``obj`` (picklable) on every rank."""
+    if d.world == 1:
+        return obj
+    box = [obj if d.main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def close_distributed(d: Dist) -> None:
+    """Leave the process group (after a last barrier, so no rank exits while another still talks)."""
+    if d.world > 1 and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

@@ -1,0 +1,55 @@
+"""How the stages and command-line tools end on a user's mistake.
+
+A user's error -- params a stage cannot use, an input that is missing or damaged (a store, a
+checkpoint, the raw videos' manifest), a source that cannot be fetched, a policy that raises or
+breaks the rollout API -- ends the command with exit status 1 and a message on stderr that names
+the key, file, URL or policy and what to do, without a traceback. ``--debug`` or
+``PIPELINE_DEBUG=1`` shows the traceback. Any other exception is a bug and keeps its traceback.
+
+Each command says which exception types are its users' errors and what follows the message: a
+line of advice and how to see the traceback; "": how to see the traceback only (the message says
+what to do); None: nothing (a one-line message).
+This module imports nothing of the pipeline, so every layer and every stage can use it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from typing import Iterator, Mapping
+
+DEBUG_ENV = "PIPELINE_DEBUG"
+DEBUG_HINT = f"traceback: --debug or {DEBUG_ENV}=1"
+
+
+def debug_requested(flag: bool = False) -> bool:
+    return flag or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def add_debug_flag(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--debug", action="store_true", help=f"show the traceback of a user's error (or {DEBUG_ENV}=1)")
+    return parser
+
+
+def advice_for(exc: BaseException, advice: Mapping[type[BaseException], str | None]) -> str | None:
+    """The advice of the first (most specific first) type `exc` is an instance of."""
+    return next((text for kind, text in advice.items() if isinstance(exc, kind)), None)
+
+
+@contextlib.contextmanager
+def user_errors(prog: str, advice: Mapping[type[BaseException], str | None], debug: bool = False) -> Iterator[None]:
+    """Around a command: an exception of a type in `advice` prints its message (and, unless its
+    advice is None, a line with the advice and how to see the traceback) to stderr and exits with
+    status 1."""
+    try:
+        yield
+    except tuple(advice) as exc:
+        if debug_requested(debug):
+            raise
+        text = advice_for(exc, advice)
+        print(f"{prog}: {exc}", file=sys.stderr)
+        if text is not None:
+            print(f"{prog}: {text} ({DEBUG_HINT})" if text else f"{prog}: ({DEBUG_HINT})", file=sys.stderr)
+        raise SystemExit(1) from None
