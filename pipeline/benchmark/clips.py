@@ -41,31 +41,31 @@ class Clip:
     poses: np.ndarray | None = None  # (context + predict, 3) float: the pose recorded in each frame
 
 
-def eligible_videos(frames_path: str | Path, context: int, predict: int) -> list:
-    """The test-split videos long enough for a ``context -> predict`` workload; BenchmarkError
-    when there is none."""
+def eligible_videos(frames_path: str | Path, context: int, predict: int, split: str = "test") -> list:
+    """The videos of a split (the benchmark's: test) long enough for a ``context -> predict``
+    workload; BenchmarkError when there is none."""
     length = context + predict
-    videos = list_videos(frames_path, split="test")
+    videos = list_videos(frames_path, split=split)
     if not videos:
-        raise BenchmarkError(f"{frames_path}: no video in the test split (extract.splits.test)")
+        raise BenchmarkError(f"{frames_path}: no video in the {split} split (extract.splits.{split})")
     eligible = [v for v in videos if v.n_frames >= length]
     if not eligible:
         have = ", ".join(f"{v.id}: {v.n_frames}" for v in videos)
         raise BenchmarkError(
-            f"{frames_path}: no test video has the {length} frames a {context} -> {predict} workload needs ({have})"
+            f"{frames_path}: no {split} video has the {length} frames a {context} -> {predict} workload needs ({have})"
         )
     return eligible
 
 
 def select_clips(frames_path: str | Path, latents_path: str | Path | None, context: int, predict: int,
-                 n_clips: int, seed: int) -> list[Clip]:
-    """``n_clips`` windows of ``context + predict`` frames from test-split videos, deterministic.
+                 n_clips: int, seed: int, split: str = "test") -> list[Clip]:
+    """``n_clips`` windows of ``context + predict`` frames from the split's videos, deterministic.
 
     Videos are visited in a seeded order, round robin, each window's start drawn from the same
     seeded generator, so a clip set depends only on (seed, context, predict, n_clips, data).
     """
     length = context + predict
-    eligible = eligible_videos(frames_path, context, predict)
+    eligible = eligible_videos(frames_path, context, predict, split)
     latents_root = open_store(latents_path) if latents_path is not None else None
     rng = np.random.default_rng([seed, context, predict])
     order = [eligible[i] for i in rng.permutation(len(eligible))]
@@ -76,7 +76,7 @@ def select_clips(frames_path: str | Path, latents_path: str | Path | None, conte
         latents = None
         if latents_root is not None:
             if video.id not in latents_root:
-                raise StoreError(f"{latents_path}: no latents for test video {video.id!r} (rerun the tokenize stage)")
+                raise StoreError(f"{latents_path}: no latents for {split} video {video.id!r} (rerun the tokenize stage)")
             latents = torch.from_numpy(read_array(latents_path, video.id, "latents", start, start + context)).float()
         pixels = to_pixels(read_array(frames_path, video.id, "frames", start, start + length))
         poses = read_poses(frames_path, video.id, start, start + length) if video.has_poses else None
@@ -93,10 +93,11 @@ def conditioning_actions(frames_path, video, start: int, length: int) -> np.ndar
     return np.concatenate([[-1], recorded]) if start == 0 else recorded
 
 
-def workload_clips(params, workloads: Iterable[str] | None = None) -> dict[str, list[Clip]]:
+def workload_clips(params, workloads: Iterable[str] | None = None, split: str = "test") -> dict[str, list[Clip]]:
     """Clips of each workload: test-split videos of this pipeline's stores (context latents from
     data/latents.zarr for the pipeline host; the FAR host encodes pixels itself), or FAR's DMLab
-    episodes when ``benchmark.far.dmlab_npz`` is set."""
+    episodes when ``benchmark.far.dmlab_npz`` is set. ``split="val"``: validation videos instead,
+    to design a policy without looking at the test clips (try_policy --split val)."""
     bench = params.benchmark
     names = list(workloads if workloads is not None else bench.workloads)
     clips = {}
@@ -113,5 +114,5 @@ def workload_clips(params, workloads: Iterable[str] | None = None) -> dict[str, 
             ]
         else:
             latents = LATENTS if bench.host == "pipeline" else None
-            clips[name] = select_clips(FRAMES, latents, w.context, w.predict, bench.n_clips, params.seed)
+            clips[name] = select_clips(FRAMES, latents, w.context, w.predict, bench.n_clips, params.seed, split)
     return clips

@@ -25,6 +25,7 @@ from pipeline.benchmark.summary import (
     summarize_references,
     summary_table,
 )
+from pipeline.rollout.policies import BASELINES
 
 EVAL_MODE = "real_rollout"
 LINE_KEYS = ("temporal_quality_main", "psnr", "ssim", "lpips", "peak_kv_memory_mb", "fps", "n_frames_kept")
@@ -80,7 +81,9 @@ def metrics_json(summary: dict, references: dict, info: dict) -> dict:
             k: e[k] for k in JSON_KEYS if k in e
         }
     refs = {w: {n: {k: e[k] for k in REFERENCE_KEYS} for n, e in r.items()} for w, r in references.items()}
-    return {"eval_mode": EVAL_MODE, **info, "references": refs, "rollouts": rollouts}
+    policies = dict.fromkeys(policy for _, _, policy, _ in summary)
+    baselines = [p for p in policies if p in BASELINES]  # published rules (and full_history); the rest are candidates
+    return {"eval_mode": EVAL_MODE, **info, "baselines": baselines, "references": refs, "rollouts": rollouts}
 
 
 def _curves(table: pd.DataFrame) -> pd.DataFrame:

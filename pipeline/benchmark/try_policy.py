@@ -59,10 +59,11 @@ def baseline_rows(path: Path, workload: str, budget: str, modes: list[str], info
         print(f"(no {path}: run `dvc repro benchmark` for the baselines' results)")
         return [], {}
     data = json.loads(path.read_text())
-    mismatch = [k for k in ("host", "sampling_steps", "n_clips", "n_seeds", "checkpoints")
-                if k in data and data[k] != info.get(k)]
+    stage = {"split": "test", **data}  # the stage scores the test clips
+    mismatch = [k for k in ("host", "sampling_steps", "n_clips", "n_seeds", "checkpoints", "split")
+                if k in stage and stage[k] != info.get(k)]
     if mismatch:
-        print(f"note: {path} was made with other settings ({', '.join(f'{k}={data[k]}' for k in mismatch)}): "
+        print(f"note: {path} was made with other settings ({', '.join(f'{k}={stage[k]}' for k in mismatch)}): "
               "not a paired comparison")
     cells = data.get("rollouts", {}).get(workload, {}).get(budget, {})
     rows = [(policy, mode, e) for policy, by_mode in cells.items() for mode, e in by_mode.items() if mode in modes]
@@ -77,6 +78,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--budget", default="medium", help="a name of benchmark.budgets or a frame count (default medium)")
     ap.add_argument("--mode", action="append", choices=["recompute", "kv"], help="default: benchmark.modes")
     ap.add_argument("--clips", type=positive_int, help="override benchmark.n_clips (then not paired with the stage)")
+    ap.add_argument("--split", choices=["test", "val"], default="test",
+                    help="clips from the test videos (the stage's, paired with it) or the validation videos: design a "
+                         "policy on val, then score it once on test")
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--baselines", default=str(paths.BENCHMARK_METRICS), help="results to compare with")
     ap.add_argument("--debug", action="store_true", help="show the traceback of a policy's error")
@@ -112,12 +116,12 @@ def try_policies(args) -> None:
     seed_everything(params.seed)
     device = benchmark_device(params)
     host = build_host(params, device)
-    clips = workload_clips(params, [args.workload])
+    clips = workload_clips(params, [args.workload], split=args.split)
     run = run_benchmark(host, bench, clips, seed=params.seed, policies=args.policy, budgets={budget: max_frames},
                         modes=modes, scorer=Scorer(device))
     summary, refs = summarize(run), summarize_references(run)
     print("\n".join(metrics_lines(summary, refs)))
-    print_table(summary, refs, args, budget, max_frames, modes, run_info(params, device))
+    print_table(summary, refs, args, budget, max_frames, modes, {**run_info(params, device), "split": args.split})
     if any(e[GAP_KEY] is not None for e in summary.values()):
         print("\n" + "\n".join(ranking_lines(summary)))
 

@@ -6,8 +6,11 @@ rollout_state, budget_state) -> TemporalCachePlan`` (see ``pipeline.rollout.api`
 enforces the budget on top of the plan, so the baselines below only say what they would like.
 Thresholds are those of ar-video-kv-temporal-policy's baselines; priorities are informational.
 
-``load_policy`` accepts a baseline name (``packcache``), an importable ``module:Class`` or a
-``path/to/file.py:Class``; the class is instantiated without arguments.
+``load_policy`` accepts a built-in policy's name (``packcache``, ``pose_retrieval``: the
+``POLICIES`` table), an importable ``module:Class`` or a ``path/to/file.py:Class``; the class is
+instantiated without arguments. ``BASELINES`` names the built-in policies that are baselines
+(published rules and full_history); the others are this project's own
+(``pipeline.rollout.retention``).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from pipeline.rollout.api import ChunkDecision, FrameMeta, RolloutState, TemporalCachePlan
+from pipeline.rollout.retention import BUDGET_BASELINES, OURS
 
 
 class PolicyLoadError(ValueError):
@@ -129,7 +133,9 @@ class FlowCache(Baseline):
         )
 
 
-BASELINES = {cls.name: cls for cls in (RecentWindow, PackCache, CausalCacheVDM, FlowCache, FullHistory)}
+THRESHOLD_BASELINES = (RecentWindow, PackCache, CausalCacheVDM, FlowCache, FullHistory)  # ar-video-kv-temporal-policy's
+POLICIES = {cls.name: cls for cls in (*THRESHOLD_BASELINES, *BUDGET_BASELINES, *OURS)}  # load_policy's table
+BASELINES: tuple[str, ...] = tuple(cls.name for cls in (*THRESHOLD_BASELINES, *BUDGET_BASELINES))
 
 # A policy file of the ar-video-kv-temporal-policy harness is its VideoTemporalKVPolicy class cut
 # from the harness's own file, where these names were defined: a file loaded by path sees them
@@ -144,7 +150,8 @@ def _import_class(spec: str):
     target, sep, cls_name = spec.rpartition(":")
     if not sep or not target or not cls_name:
         raise PolicyLoadError(
-            f"policy {spec!r}: not a baseline ({', '.join(BASELINES)}) and not module:Class or path/file.py:Class"
+            f"policy {spec!r}: not a baseline or built-in policy ({', '.join(POLICIES)}) "
+            "and not module:Class or path/file.py:Class"
         )
     if target.endswith(".py"):
         path = Path(target)
@@ -184,8 +191,9 @@ def policy_origin(policy) -> str:
 
 
 def load_policy(spec: str):
-    """A policy instance from a baseline name, ``module:Class`` or ``path/to/file.py:Class``."""
-    cls = BASELINES.get(spec) or _import_class(spec)
+    """A policy instance from a built-in policy's name (POLICIES), ``module:Class`` or
+    ``path/to/file.py:Class``."""
+    cls = POLICIES.get(spec) or _import_class(spec)
     try:
         policy = cls()
     except Exception as exc:
@@ -193,7 +201,7 @@ def load_policy(spec: str):
     if not callable(getattr(policy, "build_temporal_cache_plan", None)):
         raise PolicyLoadError(f"policy {spec!r}: {cls.__name__} has no build_temporal_cache_plan method")
     if not isinstance(getattr(policy, "name", None), str):
-        policy.name = spec if spec in BASELINES else cls.__name__
+        policy.name = spec if spec in POLICIES else cls.__name__
     return policy
 
 

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from pipeline.benchmark.outputs import JSON_KEYS, write_outputs
+from pipeline.benchmark.outputs import JSON_KEYS, metrics_json, write_outputs
 from tests.benchmark.toy import run
 
 
@@ -18,6 +18,7 @@ def test_benchmark_runs_every_cell_and_writes_stable_outputs(stores, scorer, tmp
                                             tmp_path / "h.csv", tmp_path / "bud.csv")
     data = json.loads((tmp_path / "b.json").read_text())
     assert data["eval_mode"] == "real_rollout"
+    assert sorted(data["baselines"]) == ["full_history", "recent_window"]
     cell = data["rollouts"]["short"]["tight"]["recent_window"]["kv"]
     assert set(cell) == set(JSON_KEYS) - {"memory_gain", "memory_gain_ci95"}  # those: full_history under a budget
     gain = data["rollouts"]["long"]["tight"]["full_history"]["recompute"]
@@ -45,3 +46,9 @@ def test_benchmark_runs_every_cell_and_writes_stable_outputs(stores, scorer, tmp
         (b, m) for b in ("full", "tight") for m in ("recompute", "kv")}
     budget_rows = list(csv.DictReader(open(tmp_path / "bud.csv")))
     assert len(budget_rows) == 16 and {r["max_frames"] for r in budget_rows} == {"full", "2"}
+
+
+def test_the_metrics_list_the_baselines_among_the_policies_run_and_not_the_candidates():
+    cell = {"psnr": 20.0}
+    summary = {("long", "tight", policy, "kv"): cell for policy in ("fifo", "pose_retrieval", "zoo.py:Mine", "full_history")}
+    assert metrics_json(summary, {}, {})["baselines"] == ["fifo", "full_history"]

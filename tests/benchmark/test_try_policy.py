@@ -47,7 +47,7 @@ def project(tmp_path_factory):
     frames_root = zarr.open_group(str(root / "data/frames.zarr"), mode="w")
     latents_root = zarr.open_group(str(root / "data/latents.zarr"), mode="w")
     rng = np.random.default_rng(0)
-    for vid, split in (("v_train", "train"), ("v_test", "test")):
+    for vid, split in (("v_train", "train"), ("v_test", "test"), ("v_val", "val")):
         frames = rng.integers(0, 255, (20, 64, 64, 3), dtype=np.uint8)
         for r in (frames_root, latents_root):
             r.create_group(vid).attrs.update({"split": split, "fps": 20.0})
@@ -225,8 +225,8 @@ def test_the_stage_names_a_policy_that_raises_and_shows_the_traceback_only_in_de
 
 @pytest.mark.parametrize("benchmark, message", [
     ({"policies": ["recent_window", "full_history", "packcash"]},
-     "benchmark: benchmark.policies[2]: policy 'packcash': not a baseline (recent_window, packcache, causalcache_vdm, "
-     "flowcache, full_history)"),
+     "benchmark: benchmark.policies[2]: policy 'packcash': not a baseline or built-in policy (recent_window, packcache, "
+     "causalcache_vdm, flowcache, full_history, fifo, sink_recent, h2o, tova, rkv, pose_retrieval)"),
     ({"policies": ["my_policy.py:Mine"]}, "benchmark: benchmark.policies[0]: policy 'my_policy.py:Mine': file "
      "my_policy.py not found"),
     ({"workloads": {"short": {"context": 3, "predict": 3}, "long": {"context": 12, "predict": 12}}},
@@ -245,3 +245,18 @@ def test_the_stage_checks_policies_and_workloads_before_loading_models_or_touchi
     assert info.value.code == 1
     assert capsys.readouterr().err.startswith(message)
     assert not (root / "metrics").exists() and not (root / "reports").exists()
+
+
+def test_try_policy_on_the_val_split_scores_other_clips_and_says_it_is_not_paired(project, stage_output, monkeypatch,
+                                                                                   capsys):
+    from pipeline.benchmark import try_policy
+
+    monkeypatch.chdir(project)
+    assert try_policy.main(["--policy", "full_history", "--budget", "tight", "--clips", "3"]) == 0
+    test_out = capsys.readouterr().out
+    assert try_policy.main(["--policy", "full_history", "--budget", "tight", "--clips", "3", "--split", "val"]) == 0
+    val_out = capsys.readouterr().out
+    line = "TEST_METRICS: workload=short budget=tight policy=full_history mode=kv"
+    psnr = [re.search(re.escape(line) + r".* psnr=(\S+)", out).group(1) for out in (test_out, val_out)]
+    assert psnr[0] != psnr[1]  # other videos
+    assert "split=test" in val_out and "not a paired comparison" in val_out
