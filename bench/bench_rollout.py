@@ -3,7 +3,10 @@
 1. ``kv`` vs ``recompute`` generation speed (frames/s) under full history and a medium budget;
 2. K = benchmark.sampling_steps vs the finest K the model was trained for (min(64, k_max)) Euler steps: speed and the quality difference (PSNR/LPIPS vs ground
    truth when a test clip exists, else the PSNR between the two samples' decoded frames);
-3. policy bookkeeping (FrameMeta + policy + plan application) as a share of step time.
+3. policy bookkeeping (FrameMeta + policy + plan application) as a share of step time;
+4. the host signals' cost: step time with and without ``attention_mass`` (the final denoising
+   call's attention weights), under the policy that reads it and the pose signals (pose_retrieval
+   falls back to them: here rkv, tova and pose_retrieval).
 
 Uses models/tokenizer and models/dynamics when they exist; otherwise randomly initialised models
 of the default params size (it says so: then speed is meaningful, quality is not).
@@ -46,11 +49,11 @@ def make_host(params, steps: int, device, models):
     return PipelineHost(tok, dyn, ShortcutEulerSampler(steps, params.benchmark.tau_ctx), device)
 
 
-def timed(host, policy, context, n_predict, max_frames, mode, actions, repeats, seed=0):
+def timed(host, policy, context, n_predict, max_frames, mode, actions, repeats, seed=0, poses=None):
     best = None
     for _ in range(repeats):  # best of N: the least disturbed by the other processes on the machine
         r = run_rollout(host, load_policy(policy), context, n_predict, max_frames=max_frames, mode=mode,
-                        generator=torch.Generator().manual_seed(seed), actions=actions)
+                        generator=torch.Generator().manual_seed(seed), actions=actions, poses=poses)
         if best is None or r.seconds < best.seconds:
             best = r
     return best
@@ -84,21 +87,22 @@ def main() -> None:
     clip = None
     if Path(paths.FRAMES).exists() and Path(paths.LATENTS).exists() and trained:
         clip = select_clips(paths.FRAMES, paths.LATENTS, args.context, args.predict, 1, params.seed)[0]
-        context, actions = clip.context_latents.to(device), clip.actions
+        context, actions, poses = clip.context_latents.to(device), clip.actions, clip.poses
     else:
         g = torch.Generator().manual_seed(0)
         context = torch.randn(args.context, *models[0].latent_shape, generator=g).tanh().to(device)
         actions = [0] * (args.context + args.predict) if models[1].config.n_actions else None
+        poses = None
 
     k_fast, k_slow = params.benchmark.sampling_steps, min(64, models[1].config.k_max)
     host = loaded if trained else make_host(params, k_fast, device, models)
-    timed(host, "full_history", context, 2, None, "kv", actions, 1)  # warm-up
+    timed(host, "full_history", context, 2, None, "kv", actions, 1, poses=poses)  # warm-up
 
     print(f"\n1. kv vs recompute (K = {k_fast}, full_history policy)")
     rows = {}
     for budget, max_frames in (("full", None), (f"medium({args.medium})", args.medium)):
         for mode in ("recompute", "kv"):
-            r = timed(host, "full_history", context, args.predict, max_frames, mode, actions, args.repeats)
+            r = timed(host, "full_history", context, args.predict, max_frames, mode, actions, args.repeats, poses=poses)
             rows[(budget, mode)] = r
             print(f"   {budget:>10} {mode:>9}: {args.predict / r.seconds:7.2f} frames/s, peak retained "
                   f"{r.peak_retained_bytes / 2**20:.3f} MiB, history <= {max(r.kept_per_step)} frames")
@@ -109,7 +113,7 @@ def main() -> None:
     print(f"\n2. K = {k_fast} vs K = {k_slow} (kv mode, full history)")
     slow_host = make_host(params, k_slow, device, models)
     fast = rows[("full", "kv")]  # section 1's run: same host, policy, clip, noise and repeats
-    slow = timed(slow_host, "full_history", context, args.predict, None, "kv", actions, args.repeats)
+    slow = timed(slow_host, "full_history", context, args.predict, None, "kv", actions, args.repeats, poses=poses)
     print(f"   K={k_fast}: {args.predict / fast.seconds:.2f} frames/s   K={k_slow}: {args.predict / slow.seconds:.2f} "
           f"frames/s   speed-up x{slow.seconds / fast.seconds:.2f}")
     scorer = Scorer(device)
@@ -126,9 +130,18 @@ def main() -> None:
     print("\n3. policy bookkeeping share of step time (kv mode, medium budget)")
     for policy in BASELINES:
         r = (rows[(f"medium({args.medium})", "kv")] if policy == "full_history"  # section 1 ran it
-             else timed(host, policy, context, args.predict, args.medium, "kv", actions, args.repeats))
+             else timed(host, policy, context, args.predict, args.medium, "kv", actions, args.repeats, poses=poses))
         print(f"   {policy:>16}: {1e3 * r.policy_seconds / args.predict:6.3f} ms/step of {1e3 * r.seconds / args.predict:7.2f} "
               f"ms/step = {100 * r.policy_seconds / r.seconds:5.2f} %")
+
+    print(f"\n4. host signals: step time with attention_mass recorded vs without (kv mode, budget {args.medium})")
+    quiet = PipelineHost(host.tokenizer, host.dynamics, host.sampler, device, attention_signal=False)
+    timed(quiet, "full_history", context, 2, None, "kv", actions, 1, poses=poses)  # warm-up
+    for policy in ("full_history", "tova", "pose_retrieval"):
+        with_signal = timed(host, policy, context, args.predict, args.medium, "kv", actions, args.repeats, poses=poses)
+        without = timed(quiet, policy, context, args.predict, args.medium, "kv", actions, args.repeats, poses=poses)
+        print(f"   {policy:>16}: {1e3 * with_signal.seconds / args.predict:7.2f} vs {1e3 * without.seconds / args.predict:7.2f} "
+              f"ms/step: signals cost {100 * (with_signal.seconds / without.seconds - 1):+5.1f} %")
 
 
 if __name__ == "__main__":

@@ -51,7 +51,8 @@ from pipeline.training.checkpoint import load_trained
 class PipelineHost:
     """``RolloutHost`` over a tokenizer (encode/decode) and a DynamicsTransformer."""
 
-    def __init__(self, tokenizer, dynamics, sampler: ShortcutEulerSampler, device: torch.device | str = "cpu"):
+    def __init__(self, tokenizer, dynamics, sampler: ShortcutEulerSampler, device: torch.device | str = "cpu",
+                 attention_signal: bool = True):
         self.tokenizer = tokenizer.eval()
         self.dynamics = dynamics.eval()
         self.sampler = sampler
@@ -62,6 +63,7 @@ class PipelineHost:
         self.d_context = 1.0 / k_max  # context frames are (nearly) clean: the finest step size
         self.uses_actions = int(getattr(dynamics.config, "n_actions", 0) or 0) > 0
         self.uses_poses = bool(getattr(dynamics.config, "pose_conditioning", False))
+        self.attention_signal = attention_signal  # False: no attention_mass (bench/bench_rollout.py measures its cost)
 
     @classmethod
     def load(cls, tokenizer_dir: str | Path, dynamics_dir: str | Path, sampling_steps: int, tau_ctx: float,
@@ -195,7 +197,7 @@ class PipelineBatchSession:
             return torch.full((self.rows,), value, device=host.device)
 
         def denoise(z: torch.Tensor, tau: float, d: float) -> torch.Tensor:
-            final = next(calls) == 1
+            final = next(calls) == 1 and host.attention_signal
             layers = [] if final else None  # where the final call's queries looked, for attention_mass
             x0 = host.dynamics.step(cache, z, vec(tau), vec(d), append=False, attention=layers, **conditioning)
             if final:

@@ -176,3 +176,16 @@ def test_the_two_modes_report_the_same_attention_mass_under_full_history(posed_h
         session.generate(FrameInfo(3, 1, (3.0, 0.0, 0.0)))
         reports.append(session.attention_mass())
     assert reports[0] == pytest.approx(reports[1], abs=1e-5)
+
+
+def test_without_the_attention_signal_the_host_reports_none_and_generates_the_same_frame(posed_host):
+    quiet = PipelineHost(posed_host.tokenizer, posed_host.dynamics, posed_host.sampler, attention_signal=False)
+    frames = []
+    for host in (posed_host, quiet):
+        session = host.start("kv", torch.Generator().manual_seed(0))
+        for t in range(3):
+            session.append(context()[t], FrameInfo(t, 0, (float(t), 0.0, 0.0)))
+        frames.append(session.generate(FrameInfo(3, 1, (3.0, 0.0, 0.0))))
+        reported = session.attention_mass()
+    assert reported is None
+    assert torch.allclose(frames[0], frames[1], atol=1e-5)
