@@ -42,7 +42,8 @@ from pipeline.data.video.probe import probe_video  # noqa: E402
 def make_input(path: Path, width: int, height: int, fps: int, seconds: float) -> Path:
     if not path.exists():
         print(f"generating {width}x{height} {fps} fps {seconds:g} s testsrc2 -> {path}", flush=True)
-        subprocess.run([ffmpeg_exe(), "-v", "error", "-y", "-f", "lavfi", "-i", f"testsrc2=s={width}x{height}:r={fps}:d={seconds}",
+        subprocess.run([ffmpeg_exe(), "-v", "error", "-y", "-f", "lavfi",
+                        "-i", f"testsrc2=s={width}x{height}:r={fps}:d={seconds}",
                         "-c:v", "libx264", "-preset", "veryfast", "-crf", "23", "-pix_fmt", "yuv420p", str(path)], check=True)
     return path
 
@@ -134,7 +135,8 @@ def main() -> None:
     for s in starts:
         arr[s : s + args.window]
     dt = time.perf_counter() - t0
-    print(f"random windows of {args.window}: {args.windows / dt:8.1f} windows/s = {args.windows * args.window / dt:8.1f} frames/s "
+    print(f"random windows of {args.window}: {args.windows / dt:8.1f} windows/s = "
+          f"{args.windows * args.window / dt:8.1f} frames/s "
           f"(chunk {cfg.chunk_frames} frames)")
     t0 = time.perf_counter()
     whole = read_array(store, "bench", "frames")

@@ -1,8 +1,9 @@
 """Rollout speed, measured side by side in one run:
 
 1. ``kv`` vs ``recompute`` generation speed (frames/s) under full history and a medium budget;
-2. K = benchmark.sampling_steps vs the finest K the model was trained for (min(64, k_max)) Euler steps: speed and the quality difference (PSNR/LPIPS vs ground
-   truth when a test clip exists, else the PSNR between the two samples' decoded frames);
+2. K = benchmark.sampling_steps vs the finest K the model was trained for (min(64, k_max)) Euler steps:
+   speed and the quality difference (PSNR/LPIPS vs ground truth when a test clip exists, else the PSNR
+   between the two samples' decoded frames);
 3. policy bookkeeping (FrameMeta + policy + plan application) as a share of step time;
 4. the host signals' cost: step time with and without ``attention_mass`` (the final denoising
    call's attention weights), under the policy that reads it and the pose signals (pose_retrieval
@@ -122,7 +123,8 @@ def main() -> None:
         target = clip.pixels[args.context:]
         for name, pred in ((f"K={k_fast}", pf), (f"K={k_slow}", ps)):
             m = scorer(pred, target)
-            print(f"   {name}: PSNR {sum(m['psnr']) / len(m['psnr']):.2f} dB, LPIPS {sum(m['lpips']) / len(m['lpips']):.4f} vs ground truth")
+            print(f"   {name}: PSNR {sum(m['psnr']) / len(m['psnr']):.2f} dB, "
+                  f"LPIPS {sum(m['lpips']) / len(m['lpips']):.4f} vs ground truth")
     else:
         m = scorer(pf, ps)
         print(f"   no test clip: PSNR between the K={k_fast} and K={k_slow} samples {sum(m['psnr']) / len(m['psnr']):.2f} dB")

@@ -48,7 +48,8 @@ def synthetic_clips(n: int, length: int, size: int, n_actions: int, seed: int = 
     yy, xx = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")
     clips = []
     for i in range(n):
-        centre, velocity, colour = torch.rand(2, generator=g), 0.02 * torch.randn(2, generator=g), torch.rand(3, 1, 1, generator=g)
+        centre, velocity, colour = (torch.rand(2, generator=g), 0.02 * torch.randn(2, generator=g),
+                                    torch.rand(3, 1, 1, generator=g))
         frames = []
         for t in range(length):
             cy, cx = (centre + t * velocity).remainder(1.0)

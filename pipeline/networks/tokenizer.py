@@ -93,7 +93,8 @@ class ConvDecoder(nn.Module):
         chs = [base_channels * 2**i for i in range(levels + 1)][::-1]
         layers: list[nn.Module] = [nn.Conv2d(latent_channels, chs[0], 3, padding=1), ResBlock(chs[0])]
         for i in range(levels):
-            layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(chs[i], chs[i + 1], 3, padding=1), ResBlock(chs[i + 1])]
+            layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(chs[i], chs[i + 1], 3, padding=1),
+                       ResBlock(chs[i + 1])]
         layers += [_norm(chs[-1]), nn.SiLU(), nn.Conv2d(chs[-1], 3, 3, padding=1)]
         self.net = nn.Sequential(*layers)
 
@@ -213,7 +214,8 @@ class Tokenizer(nn.Module):
 
     def _check_pixels(self, pixels: torch.Tensor) -> None:
         if pixels.ndim != 4 or tuple(pixels.shape[1:]) != (3, *self.image_size):
-            raise ValueError(f"tokenizer expects pixels (B, 3, {self.image_size[0]}, {self.image_size[1]}), got {tuple(pixels.shape)}")
+            raise ValueError(f"tokenizer expects pixels (B, 3, {self.image_size[0]}, {self.image_size[1]}), "
+                             f"got {tuple(pixels.shape)}")
 
     def encode(self, pixels: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Latents in [-1, 1]; `mask` (B, gh, gw) bool hides patches (training only)."""
@@ -231,7 +233,8 @@ class Tokenizer(nn.Module):
     def decode_raw(self, latents: torch.Tensor) -> torch.Tensor:
         """Unclamped reconstruction (what the training loss sees)."""
         if tuple(latents.shape[1:]) != self.latent_shape:
-            raise ValueError(f"tokenizer expects latents (B, {', '.join(map(str, self.latent_shape))}), got {tuple(latents.shape)}")
+            raise ValueError(f"tokenizer expects latents (B, {', '.join(map(str, self.latent_shape))}), "
+                             f"got {tuple(latents.shape)}")
         z = latents if self.arch == "conv" else rearrange(latents, "b c h w -> b (h w) c")
         return self.decoder(z) * 0.5 + 0.5
 
@@ -260,7 +263,8 @@ def build_tokenizer(config: dict) -> Tokenizer:
     d, p = config["downsample"], config["patch_size"]
     expected = [config["latent_channels"], h // d, w // d]
     if h % d or w % d or list(config["latent_shape"]) != expected:
-        raise ValueError(f"tokenizer config: latent_shape {config['latent_shape']} does not follow from image_size {[h, w]} / downsample {d} (expected {expected})")
+        raise ValueError(f"tokenizer config: latent_shape {config['latent_shape']} does not follow from image_size {[h, w]} "
+                         f"/ downsample {d} (expected {expected})")
     if h % p or w % p:
         raise ValueError(f"tokenizer config: patch_size {p} does not divide image_size {[h, w]}")
     return Tokenizer(config)

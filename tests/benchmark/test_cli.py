@@ -37,5 +37,5 @@ def test_debug_shows_the_users_error_itself(monkeypatch):
 
 def test_a_bug_keeps_its_exception(capsys):
     with pytest.raises(ZeroDivisionError), user_errors("benchmark"):
-        1 / 0
+        _ = 1 / 0
     assert capsys.readouterr().err == ""

@@ -42,7 +42,8 @@ def test_a_rollout_within_a_smaller_budget_is_reused_and_identical(stores, score
     # recent_window keeps 2 frames: the tight (2) rollouts are those of the full budget
     assert reused == {("short", "tight", "recent_window"), ("long", "tight", "recent_window")}
     alone = run(stores, scorer, bench_params(policies=["recent_window"], modes=["kv"], budgets={"tight": 2}))
-    key = lambda rs: [(r.cell.workload, r.clip, r.per_frame) for r in rs if r.cell.budget == "tight" and r.cell.policy == "recent_window"]  # noqa: E731
+    key = lambda rs: [(r.cell.workload, r.clip, r.per_frame) for r in rs  # noqa: E731
+                      if r.cell.budget == "tight" and r.cell.policy == "recent_window"]
     assert key(both.records) == key(alone.records)
 
 

@@ -22,7 +22,8 @@ def test_each_policy_gets_a_standard_error_and_a_paired_gap_to_full_history(stor
         recs = [r for r in result.records if (r.cell.workload, r.cell.budget, r.cell.policy, r.cell.mode)
                 == (workload, budget, policy, mode)]  # fmt: skip
         base = {(r.clip, r.seed): np.mean(r.per_frame["psnr"]) for r in result.records
-                if (r.cell.workload, r.cell.budget, r.cell.policy, r.cell.mode) == (workload, budget, "full_history", mode)}  # fmt: skip
+                if (r.cell.workload, r.cell.budget, r.cell.policy, r.cell.mode)
+                == (workload, budget, "full_history", mode)}  # fmt: skip
         gaps = [np.mean(r.per_frame["psnr"]) - base[(r.clip, r.seed)] for r in recs]
         assert e["psnr_vs_full_history"] == pytest.approx(np.mean(gaps))
         assert e["psnr_sem"] == pytest.approx(np.std([np.mean(r.per_frame["psnr"]) for r in recs], ddof=1) / np.sqrt(2))

@@ -35,7 +35,8 @@ def test_adding_videos_moves_only_a_few_existing_ones():
     assert moved <= 20  # only videos near the borders of the hash order move
 
 
-@pytest.mark.parametrize("n, counts", [(1, (1, 0, 0)), (2, (2, 0, 0)), (3, (1, 1, 1)), (6, (4, 1, 1)), (10, (7, 2, 1)), (20, (14, 3, 3))])
+@pytest.mark.parametrize("n, counts", [(1, (1, 0, 0)), (2, (2, 0, 0)), (3, (1, 1, 1)),
+                                       (6, (4, 1, 1)), (10, (7, 2, 1)), (20, (14, 3, 3))])
 def test_counts_follow_the_ratios(n, counts):
     assert tuple(split_counts(n, RATIOS)[s] for s in SPLITS) == counts
     splits = list(assign_splits([f"v{i}" for i in range(n)], RATIOS, 0).values())

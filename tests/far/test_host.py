@@ -100,7 +100,8 @@ def test_kv_and_recompute_generate_the_same_frame_from_the_same_history(short_ho
     hist = latents(5)
     noise = torch.randn(8, 4, 4)
     kv, rc = fill(short_host, "kv", hist), fill(short_host, "recompute", hist)
-    torch.testing.assert_close(kv.generate(FrameInfo(0, None), noise=noise), rc.generate(FrameInfo(0, None), noise=noise), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(kv.generate(FrameInfo(0, None), noise=noise), rc.generate(FrameInfo(0, None), noise=noise),
+                               atol=1e-5, rtol=1e-5)
 
 
 def test_kv_evicting_the_newest_frames_equals_never_having_seen_them(short_host):
@@ -110,7 +111,8 @@ def test_kv_evicting_the_newest_frames_equals_never_having_seen_them(short_host)
     kv.generate(FrameInfo(0, None), noise=noise)  # caches all 5
     kv.evict([0, 1, 2])
     ref = fill(short_host, "recompute", hist[:3])
-    torch.testing.assert_close(kv.generate(FrameInfo(0, None), noise=noise), ref.generate(FrameInfo(0, None), noise=noise), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(kv.generate(FrameInfo(0, None), noise=noise), ref.generate(FrameInfo(0, None), noise=noise),
+                               atol=1e-5, rtol=1e-5)
 
 
 def test_kv_evicting_old_frames_differs_from_recompute_because_nothing_is_recomputed(short_host):
@@ -148,7 +150,8 @@ def test_far_long_kv_cache_is_exact_inside_the_window_and_falls_back_beyond_it(l
     noise = torch.randn(8, 4, 4)
     inside = latents(5)  # 5 + new frame = window 6: cached
     kv, rc = fill(long_host, "kv", inside, [1] * 5), fill(long_host, "recompute", inside, [1] * 5)
-    torch.testing.assert_close(kv.generate(FrameInfo(0, 2), noise=noise), rc.generate(FrameInfo(0, 2), noise=noise), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(kv.generate(FrameInfo(0, 2), noise=noise), rc.generate(FrameInfo(0, 2), noise=noise),
+                               atol=1e-5, rtol=1e-5)
     assert kv.cache.n_frames == 5
     beyond = latents(7)  # the 2 oldest go through the long-term path: recomputed, with a warning
     kv, rc = fill(long_host, "kv", beyond, [1] * 7), fill(long_host, "recompute", beyond, [1] * 7)

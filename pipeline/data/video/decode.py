@@ -80,7 +80,8 @@ class FrameWindow:
     expected: int        # frames the window should yield, from the probed duration
 
 
-def frame_window(info: VideoInfo, fps: float, skip_start_s: float = 0.0, skip_end_s: float = 0.0, max_frames: int = 0) -> FrameWindow:
+def frame_window(info: VideoInfo, fps: float, skip_start_s: float = 0.0, skip_end_s: float = 0.0,
+                 max_frames: int = 0) -> FrameWindow:
     total = round(info.duration * fps)
     start = round(skip_start_s * fps)
     stop = total - round(skip_end_s * fps)
@@ -196,7 +197,8 @@ class FrameStream:
             self._queue.put(None)
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        self._proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
+        self._proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      bufsize=0)
         _widen_pipe(self._proc.stdout)
         threads = [threading.Thread(target=f, daemon=True) for f in (self._read, self._drain_stderr)]
         for t in threads:
