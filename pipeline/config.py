@@ -338,7 +338,8 @@ class BenchmarkParams(Section):
     protocol: Literal["default", "harness"] = Field(
         "default", description="default: plan before every frame | harness: the published task's loop")
     policies: list[str] = Field(
-        default_factory=lambda: ["recent_window", "packcache", "causalcache_vdm", "flowcache", "full_history"],
+        default_factory=lambda: ["recent_window", "packcache", "causalcache_vdm", "flowcache", "full_history",
+                                 "sink_recent", "h2o", "tova", "rkv", "pose_retrieval"],
         min_length=1,
     )
     modes: list[Literal["recompute", "kv"]] = Field(default_factory=lambda: ["recompute", "kv"], min_length=1)
