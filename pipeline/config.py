@@ -360,7 +360,7 @@ class BenchmarkParams(Section):
     sampling_steps: int = Field(4, ge=1)
     tau_ctx: float = Field(0.1, ge=0, lt=1)
     media_clips: int = Field(2, ge=0)
-    cpu_threads: int = Field(1, ge=0, description="torch threads on CPU; 0 = torch's default")
+    cpu_threads: int = Field(0, ge=0, description="torch threads on CPU; 0 = torch's default")
     batch_size: int = Field(16, ge=1, description="clips of one cell per host call (1: one rollout at a time)")
     nproc_per_node: int = Field(1, ge=1, description="> 1: the stage relaunches itself under torchrun, clips sharded by rank")
     far: FarParams = FarParams()
