@@ -66,7 +66,7 @@ def pipeline_host(params, device, preset: str, sampling_steps: int):
     if preset == "default" and trained:
         host = PipelineHost.load(paths.TOKENIZER, paths.DYNAMICS, sampling_steps, params.benchmark.tau_ctx, device)
         return host, params.extract.size, host.dynamics.config.n_actions, "trained checkpoints"
-    from bench.bench_rollout import random_models
+    from bench_rollout import random_models  # the sibling script: `python bench/<script>.py` puts bench/ first on sys.path
 
     if preset == "gpu":
         params = params.model_copy(update={
