@@ -47,6 +47,11 @@ STAGES: dict[str, tuple[str, tuple[str, ...]]] = {
 
 OUT_DIR = paths.FINGERPRINTS
 
+# The FAR host's code and settings (benchmark.far) count for the benchmark only when params.yaml
+# selects that host (benchmark.host: far); otherwise the stage never imports them (the host is
+# built lazily), and an edit of pipeline/far/ must not rerun it.
+FAR_CODE = "pipeline/far/"
+
 
 def module_path(module: str, root: Path) -> Path | None:
     """The file of a dotted module name under `root` (a module file or a package's __init__.py)."""
@@ -78,31 +83,41 @@ def imported_modules(path: Path, root: Path, seen: set[str] | None = None) -> se
     return seen
 
 
-def code_of(stage: str, root: Path = Path(".")) -> list[str]:
+def code_of(stage: str, root: Path = Path("."), host: str = "pipeline") -> list[str]:
     """The files a stage runs: its stages/ module and every library module that imports, except
-    the shared modules; sorted."""
+    the shared modules (and the FAR host's unless ``host`` is "far"); sorted."""
     module = module_path(STAGES[stage][0], root)
     if module is None:
         raise FileNotFoundError(f"stage {stage}: no module {STAGES[stage][0]} under {root}")
-    return sorted({module.relative_to(root).as_posix()} | (imported_modules(module, root) - SHARED_MODULES))
+    files = {module.relative_to(root).as_posix()} | (imported_modules(module, root) - SHARED_MODULES)
+    return sorted(f for f in files if host == "far" or not f.startswith(FAR_CODE))
 
 
-def fingerprint(stage: str, settings: dict, root: Path = Path(".")) -> str:
+def stage_settings(stage: str, settings: dict, host: str = "pipeline") -> dict:
+    """The settings.yaml sections a stage reads (benchmark.far only with the FAR host)."""
+    out = {section: settings[section] for section in STAGES[stage][1] if section in settings}
+    if host != "far" and isinstance(out.get("benchmark"), dict):
+        out["benchmark"] = {k: v for k, v in out["benchmark"].items() if k != "far"}
+    return out
+
+
+def fingerprint(stage: str, settings: dict, root: Path = Path("."), host: str = "pipeline") -> str:
     """The text of fingerprints/<stage>.txt: one line per code file (sha256 of its bytes) and per
     settings section (its values as canonical JSON), so that a diff of two fingerprints says
     what changed."""
     lines = [f"# stage {stage}: the code it runs and its settings.yaml sections (written by stage fingerprint)"]
-    for rel in code_of(stage, root):
+    for rel in code_of(stage, root, host):
         lines.append(f"code {rel} {hashlib.sha256((root / rel).read_bytes()).hexdigest()}")
-    for section in STAGES[stage][1]:
-        if section in settings:
-            lines.append(f"settings {section} {json.dumps(settings[section], sort_keys=True)}")
+    for section, values in stage_settings(stage, settings, host).items():
+        lines.append(f"settings {section} {json.dumps(values, sort_keys=True)}")
     return "\n".join(lines) + "\n"
 
 
-def write_fingerprints(settings: dict, out_dir: str | Path = OUT_DIR, root: Path = Path(".")) -> dict[str, str]:
-    """Write fingerprints/<stage>.txt for every stage (atomically, as one directory); returns them."""
-    texts = {stage: fingerprint(stage, settings, root) for stage in STAGES}
+def write_fingerprints(settings: dict, out_dir: str | Path = OUT_DIR, root: Path = Path("."),
+                       host: str = "pipeline") -> dict[str, str]:
+    """Write fingerprints/<stage>.txt for every stage (atomically, as one directory); returns them.
+    ``host``: params.yaml's benchmark.host."""
+    texts = {stage: fingerprint(stage, settings, root, host) for stage in STAGES}
     with atomic_dir(out_dir) as tmp:
         for stage, text in texts.items():
             (tmp / f"{stage}.txt").write_text(text)

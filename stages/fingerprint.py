@@ -6,8 +6,8 @@ from pipeline.fingerprint import OUT_DIR, settings_tree, write_fingerprints
 
 
 def main() -> None:
-    load_params_or_exit()  # a bad params.yaml or settings.yaml fails here, before any stage
-    texts = write_fingerprints(settings_tree(), OUT_DIR)
+    params = load_params_or_exit()  # a bad params.yaml or settings.yaml fails here, before any stage
+    texts = write_fingerprints(settings_tree(), OUT_DIR, host=params.benchmark.host)
     print(f"fingerprint: {len(texts)} stages -> {OUT_DIR}/")
 
 

@@ -141,10 +141,24 @@ def test_a_setting_changes_the_fingerprints_of_exactly_the_stages_that_read_its_
     settings = yaml.safe_load((PROJECT_ROOT / SETTINGS_FILE).read_text())
     before = {s: fingerprint(s, settings, PROJECT_ROOT) for s in STAGES}
     settings["download"]["recorder"]["crf"] = 23
-    settings["benchmark"]["far"]["sampling_steps"] = 10
+    settings["benchmark"]["tau_ctx"] = 0.2
     after = {s: fingerprint(s, settings, PROJECT_ROOT) for s in STAGES}
     assert sorted(s for s in STAGES if before[s] != after[s]) == ["benchmark", "download"]
     assert '"crf": 23' in after["download"]
+
+
+def test_the_far_host_code_and_settings_rerun_the_benchmark_only_when_it_is_the_host(tmp_path):
+    root = copy_code(tmp_path)
+    settings = yaml.safe_load((PROJECT_ROOT / SETTINGS_FILE).read_text())
+    before = {host: {s: fingerprint(s, settings, root, host) for s in STAGES} for host in ("pipeline", "far")}
+    assert "pipeline/far/host.py" in code_of("benchmark", root, "far")
+    assert not [f for f in code_of("benchmark", root) if f.startswith("pipeline/far/")]
+    with open(root / "pipeline/far/host.py", "a") as f:
+        f.write("\n# an edit\n")
+    settings["benchmark"]["far"]["sampling_steps"] = 10
+    after = {host: {s: fingerprint(s, settings, root, host) for s in STAGES} for host in ("pipeline", "far")}
+    assert after["pipeline"] == before["pipeline"]
+    assert sorted(s for s in STAGES if before["far"][s] != after["far"][s]) == ["benchmark"]
 
 
 def test_the_fingerprint_stage_writes_one_file_per_stage(tmp_path):
