@@ -161,17 +161,11 @@ def attention_shares(metas: Sequence[FrameMeta], target: Pose | None) -> tuple[l
 
 # ------------------------------------------------------------------------------------------- similarity
 def similarity_matrix(metas: Sequence[FrameMeta]) -> list[list[float]]:
-    """Cosine similarity of every pair of frames' latents.
-
-    Exact when FrameMeta carries ``latent_similarity`` (cos to every candidate, in list order;
-    proposed, not yet in the API). Otherwise approximated from ``temporal_similarity`` (the
-    exact cosine to the previous kept frame): the similarity of frames i < j is the product of
-    the adjacent similarities between them, exact for neighbours and decaying across every
-    scene change in between."""
+    """Cosine similarity of every pair of frames' latents, from FrameMeta's
+    ``temporal_similarity`` (the exact cosine to the previous kept frame): the similarity of
+    frames i < j is the product of the adjacent similarities between them, exact for neighbours
+    and decaying across every scene change in between."""
     n = len(metas)
-    rows = [getattr(m, "latent_similarity", None) for m in metas]
-    if all(r is not None and len(r) == n for r in rows):
-        return [[float(v) for v in r] for r in rows]
     adjacent = [max(0.0, min(1.0, float(m.temporal_similarity))) for m in metas]
     sim = [[1.0] * n for _ in range(n)]
     for i in range(n):
@@ -255,12 +249,11 @@ class H2O(BudgetPolicy):
 
     Frame level: H2O sums, per token, the attention every later query gave it, and splits the
     budget evenly between heavy hitters and recent tokens. Here a frame's accumulated attention
-    is ``attention_mass_total`` when FrameMeta carries it (proposed: the loop's running sum of
-    ``attention_mass``), else ``attention_mass * access_count`` (the sum if the frame's share
-    had been constant while it was retained); frames never attended and rollouts without
-    attention use :func:`attention_prior` times the steps retained. Cannot: H2O's per-token,
-    per-head, per-layer selection (one frame-level decision for all layers), and an exact sum
-    without the proposed field (the policy keeps no state across calls)."""
+    is estimated as ``attention_mass * access_count`` (the sum if the frame's share had been
+    constant while it was retained); frames never attended and rollouts without attention use
+    :func:`attention_prior` times the steps retained. Cannot: H2O's per-token, per-head,
+    per-layer selection (one frame-level decision for all layers), and an exact running sum (the
+    policy keeps no state across calls, so that one instance serves many clips)."""
 
     name = "h2o"
     family = "heavy_hitters"
@@ -272,8 +265,7 @@ class H2O(BudgetPolicy):
         shares, _ = attention_shares(metas, state.target_pose)
         scores = {}
         for i in range(n - n_recent):
-            total = getattr(metas[i], "attention_mass_total", None)
-            scores[i] = float(total) if total is not None else shares[i] * max(1, metas[i].access_count)
+            scores[i] = shares[i] * max(1, metas[i].access_count)
         keep = recent + top_k(scores, budget - n_recent)
         return sorted(keep), {i: scores.get(i, 1.0) for i in keep}
 
@@ -301,18 +293,18 @@ class TOVA(BudgetPolicy):
 
 
 class RKV(BudgetPolicy):
-    """Redundancy-aware eviction (R-KV, arXiv:2505.24133; FlowCache's released ``kvcompress``,
-    arXiv:2602.10825): score = lambda * importance - (1 - lambda) * redundancy, keep the newest
+    """Redundancy-aware eviction (R-KV, arXiv:2505.24133; FlowCache's released ``kvcompress``):
+    score = lambda * importance - (1 - lambda) * redundancy, keep the newest
     frame and the top ``max_frames - 1``.
 
     As the released code computes it per token, here per frame: importance = the attention share
     from the newest query (``attention_mass``, else :func:`attention_prior`); redundancy = the
     softmax over frames of each frame's mean cosine similarity to the other candidates (the
-    diagonal zeroed, as ``cal_similarity``), from :func:`similarity_matrix` (exact with the
-    proposed ``latent_similarity`` field, otherwise chained ``temporal_similarity``); lambda =
-    0.07 (``mix_lambda`` of both releases). Cannot: per-token / per-head selection and the max
-    pooling over neighbouring tokens (a frame is one unit), and true latent similarities between
-    non-adjacent frames without the proposed field."""
+    diagonal zeroed, as ``cal_similarity``), from :func:`similarity_matrix` (chained
+    ``temporal_similarity``); lambda = 0.07 (``mix_lambda`` of both releases). Cannot:
+    per-token / per-head selection and the max pooling over neighbouring tokens (a frame is one
+    unit), and exact latent similarities between non-adjacent frames (FrameMeta has only each
+    frame's similarity to the previous kept one)."""
 
     name = "rkv"
     family = "importance-redundancy"
