@@ -19,21 +19,17 @@ import argparse
 import time
 
 import torch
+from bench_rollout import make_host  # the sibling script: `python bench/<script>.py` puts bench/ first on sys.path
 
 from pipeline import paths
 from pipeline.benchmark.clips import workload_clips
 from pipeline.benchmark.hosts import benchmark_device
 from pipeline.benchmark.run import Scorer, run_benchmark
 from pipeline.benchmark.stats import paired_difference
-from pipeline.benchmark.summary import summarize
+from pipeline.benchmark.summary import rollout_table, summarize
 from pipeline.config import load_params
 from pipeline.rollout.loop import finish_queued_work
 from pipeline.rollout.pipeline_host import PipelineHost
-
-
-def per_rollout_psnr(run) -> list[float]:
-    """Mean PSNR over the predicted frames of each rollout, in the run's (clip, seed) order."""
-    return [sum(r.per_frame["psnr"]) / len(r.per_frame["psnr"]) for r in run.records]
 
 
 def main() -> None:
@@ -54,8 +50,9 @@ def main() -> None:
     params = params.model_copy(update={"benchmark": bench})
     clips = workload_clips(params)
     scorer = Scorer(device)
-    host = PipelineHost.load(paths.TOKENIZER, paths.DYNAMICS, 1, bench.tau_ctx, device)
-    k_max = host.dynamics.config.k_max
+    trained = PipelineHost.load(paths.TOKENIZER, paths.DYNAMICS, 1, bench.tau_ctx, device)
+    models = (trained.tokenizer, trained.dynamics)
+    k_max = trained.dynamics.config.k_max
     ks = [k for k in args.ks if k <= k_max]
     if skipped := [k for k in args.ks if k > k_max]:
         print(f"skipping K = {skipped}: the model was trained down to steps of 1/{k_max}")
@@ -65,15 +62,14 @@ def main() -> None:
 
     results = {}
     for k in ks:
-        host = PipelineHost.load(paths.TOKENIZER, paths.DYNAMICS, k, bench.tau_ctx, device)
         finish_queued_work(device)
-        run = run_benchmark(host, bench.model_copy(update={"sampling_steps": k}), clips, seed=params.seed,
-                            scorer=scorer, progress=False, batch_size=args.batch)
+        run = run_benchmark(make_host(params, k, device, models), bench, clips, seed=params.seed, scorer=scorer,
+                            progress=False, batch_size=args.batch)
         finish_queued_work(device)
         loop_seconds = sum(r.seconds for r in run.records)
         n_frames = sum(r.n_predict for r in run.records)
         (cell,) = summarize(run).values()
-        results[k] = (n_frames / loop_seconds, cell, per_rollout_psnr(run))
+        results[k] = (n_frames / loop_seconds, cell, rollout_table(run)["psnr_rollout"].tolist())
 
     finest = max(ks)
     print(f"\n{'K':>4} {'frames/s':>9} {'x vs K=' + str(finest):>10} {'PSNR':>7} {'SSIM':>7} {'LPIPS':>7}  "

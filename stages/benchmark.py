@@ -32,6 +32,7 @@ from pipeline.benchmark.run import Scorer, merge_runs, run_benchmark
 from pipeline.benchmark.validate import validate_benchmark
 from pipeline.config import load_params_or_exit
 from pipeline.runtime.distributed import close_distributed, gather_to_main, init_distributed
+from pipeline.runtime.errors import add_debug_flag
 from pipeline.runtime.launch import relaunch_under_torchrun
 from pipeline.training.seeding import seed_everything
 
@@ -72,7 +73,7 @@ def benchmark(params) -> None:
 
 def main(argv: Sequence[str] = ()) -> int:
     ap = argparse.ArgumentParser(prog="python -m stages.benchmark", description=__doc__)
-    ap.add_argument("--debug", action="store_true", help="show the traceback of a policy's or a setting's error")
+    add_debug_flag(ap)
     args = ap.parse_args(argv)
     params = load_params_or_exit()
     relaunch_under_torchrun(params.benchmark.nproc_per_node, "stages.benchmark", argv)

@@ -18,11 +18,11 @@ from pipeline.data.stores import StoreError
 from pipeline.metrics.lpips_weights import LPIPSWeightsError
 from pipeline.rollout.loop import PlanError, PolicyError
 from pipeline.rollout.policies import PolicyLoadError
-from pipeline.runtime.errors import DEBUG_ENV, advice_for, debug_requested
+from pipeline.runtime.errors import DEBUG_ENV
 from pipeline.runtime.errors import user_errors as _user_errors
 from pipeline.training.checkpoint import CheckpointError
 
-__all__ = ["ADVICE", "DEBUG_ENV", "USER_ERRORS", "advice", "debug_requested", "user_errors"]
+__all__ = ["ADVICE", "DEBUG_ENV", "user_errors"]
 
 TRY_POLICY = "python -m pipeline.benchmark.try_policy --policy <spec>"
 ADVICE = {  # most specific first
@@ -34,11 +34,6 @@ ADVICE = {  # most specific first
     StoreError: "",
     LPIPSWeightsError: "",
 }
-USER_ERRORS = tuple(ADVICE)
-
-
-def advice(exc: BaseException) -> str | None:
-    return advice_for(exc, ADVICE)
 
 
 @contextlib.contextmanager

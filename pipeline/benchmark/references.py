@@ -45,18 +45,34 @@ def memory_reference_names(budgets: dict[str, int | None]) -> list[str]:
     return ["memory_all_past", *(f"memory_last_{k}" for k in sizes)]
 
 
+class CopyOracle:
+    """The copy oracle of one clip (pixels (T, 3, H, W), the first ``n_ctx`` context): the PSNR of
+    every predicted frame against every earlier frame, computed once, so that the memory
+    references and every rollout's ``memory_oracle_psnr`` only look values up."""
+
+    def __init__(self, pixels: torch.Tensor, n_ctx: int):
+        self.pixels = pixels
+        # per predicted frame t = n_ctx + i: (t,) PSNRs against frames 0..t-1
+        self.table = [psnr(pixels[:t], pixels[t].expand(t, *pixels.shape[1:])) for t in range(n_ctx, len(pixels))]
+
+    def best(self, candidates: Sequence[Sequence[int]]) -> tuple[list[int], list[float]]:
+        """For each predicted frame i, the frame among ``candidates[i]`` (clip times before it)
+        that matches it best: (their times, their capped PSNRs)."""
+        times, scores = [], []
+        for row, allowed in zip(self.table, candidates, strict=True):
+            values = row[list(allowed)]
+            best = int(values.argmax())
+            times.append(allowed[best])
+            scores.append(min(float(values[best]), COPY_PSNR_CAP))
+        return times, scores
+
+
 def copy_oracle(pixels: torch.Tensor, n_ctx: int, candidates: Sequence[Sequence[int]]) -> tuple[torch.Tensor, list[float]]:
     """For each predicted frame t = n_ctx + i of a clip (pixels (T, 3, H, W)), the frame among
     ``candidates[i]`` (clip times before t) that matches it best: (its pixels (n_predict, 3, H, W),
-    their capped PSNRs)."""
-    chosen, scores = [], []
-    for i, times in enumerate(candidates):
-        target = pixels[n_ctx + i]
-        values = psnr(pixels[list(times)], target.expand(len(times), *target.shape))
-        best = int(values.argmax())
-        chosen.append(pixels[times[best]])
-        scores.append(min(float(values[best]), COPY_PSNR_CAP))
-    return torch.stack(chosen), scores
+    their capped PSNRs). One clip's several queries: :class:`CopyOracle`."""
+    times, scores = CopyOracle(pixels, n_ctx).best(candidates)
+    return pixels[times], scores
 
 
 def memory_candidates(name: str, n_ctx: int, n_predict: int) -> list[list[int]]:

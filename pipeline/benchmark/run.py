@@ -24,7 +24,7 @@ import itertools
 import math
 import time
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -33,7 +33,7 @@ from tqdm import tqdm
 from pipeline.benchmark.clips import Clip
 from pipeline.benchmark.references import (
     REFERENCES,
-    copy_oracle,
+    CopyOracle,
     memory_candidates,
     memory_reference_names,
     persistence,
@@ -193,21 +193,6 @@ def largest_first(budgets: dict[str, int | None]) -> list[tuple[str, int | None]
     return sorted(budgets.items(), key=lambda kv: -math.inf if kv[1] is None else -kv[1])
 
 
-def budget_rollouts(policy, cell: Cell, budgets: dict[str, int | None],
-                    rollout: Callable[[Cell, int | None], RolloutRecord]) -> Iterator[RolloutRecord]:
-    """The records of one (workload, policy, mode, clip, seed) under every budget, largest first:
-    ``rollout(cell, max_frames)`` runs one, unless the last one is also this budget's rollout."""
-    previous: RolloutRecord | None = None
-    for budget, max_frames in largest_first(budgets):
-        budget_cell = replace(cell, budget=budget)
-        if previous is not None and unchanged_under(policy, previous, max_frames):
-            record = replace(previous, cell=budget_cell, reused=True)
-        else:
-            record = rollout(budget_cell, max_frames)
-        yield record
-        previous = record
-
-
 def batches(items: list, size: int) -> list[list]:
     """``items`` in consecutive groups of at most ``size``."""
     return [items[i : i + size] for i in range(0, len(items), size)]
@@ -240,11 +225,12 @@ def run_benchmark(host, bench, clips: dict[str, list[Clip]], *, seed: int, polic
     with tqdm(total=total, desc="benchmark rollouts", unit="rollout", disable=not progress) as bar:  # closed on errors too
         for wi, (workload, wclips) in enumerate(clips.items()):
             n_ctx, n_pred = bench.workloads[workload].context, bench.workloads[workload].predict
-            contexts = {}
+            contexts, oracles = {}, {}
             for ci in mine[workload]:
                 clip = wclips[ci]
-                _score_references(run, host, scorer, wi, workload, clip, ci, n_ctx, keep_pixels=ci < media_clips,
-                                  memory=memory_reference_names(budgets))
+                oracles[ci] = CopyOracle(clip.pixels, n_ctx)
+                _score_references(run, host, scorer, wi, workload, clip, ci, n_ctx, oracles[ci],
+                                  keep_pixels=ci < media_clips, memory=memory_reference_names(budgets))
                 context = clip.context_latents if clip.context_latents is not None else host.encode(clip.pixels[:n_ctx])
                 contexts[ci] = context.to(getattr(host, "device", "cpu"))
             for group in batches(mine[workload], batch_size):
@@ -256,8 +242,8 @@ def run_benchmark(host, bench, clips: dict[str, list[Clip]], *, seed: int, polic
                         rerun = [ci for ci in group
                                  if ci not in previous or not unchanged_under(policy, previous[ci], max_frames)]
                         media = {ci for ci in rerun if ci < media_clips and si == 0}
-                        fresh = _rollouts(host, policy, frames, wclips, rerun, seed, sample_seed, contexts, n_pred,
-                                          cell, max_frames, media, protocol=bench.protocol)
+                        fresh = _rollouts(host, policy, frames, wclips, rerun, seed, sample_seed, contexts, oracles,
+                                          n_pred, cell, max_frames, media, protocol=bench.protocol)
                         for ci in group:
                             if ci in fresh:
                                 record = fresh[ci]
@@ -287,7 +273,8 @@ def merge_runs(shares: list[dict], clips: dict[str, list[Clip]], budgets: dict[s
 
 
 def _rollouts(host, policy, frames: FrameScorer, clips: list[Clip], rows: list[int], seed: int, sample_seed: int,
-              contexts: dict[int, torch.Tensor], n_pred: int, cell: Cell, max_frames: int | None,
+              contexts: dict[int, torch.Tensor], oracles: dict[int, CopyOracle], n_pred: int, cell: Cell,
+              max_frames: int | None,
               media: set[int], protocol: str) -> dict[int, RolloutRecord]:
     """The rollouts of ``policy`` on the clips ``rows`` in one batch (each with its own copy of
     the policy and its own noise); their records, scored once ``frames`` has decoded them (the
@@ -307,7 +294,7 @@ def _rollouts(host, policy, frames: FrameScorer, clips: list[Clip], rows: list[i
             n_predict=n_pred, seconds=result.seconds, policy_seconds=result.policy_seconds,
             peak_retained_bytes=result.peak_retained_bytes, kept_per_step=result.kept_per_step,
         )
-        oracle = copy_oracle(clip.pixels, n_ctx, result.history_per_step)[1]
+        oracle = oracles[ci].best(result.history_per_step)[1]
 
         def done(pixels, scores, record=record, oracle=oracle, keep_pixels=ci in media):
             record.per_frame.update(scores)  # in place: a reused record shares the dict
@@ -329,7 +316,7 @@ def _own_copy(policy):
 
 
 def _score_references(run: BenchmarkRun, host, scorer: Scorer, wi: int, workload: str, clip: Clip, ci: int,
-                      n_ctx: int, keep_pixels: bool, memory: list[str]) -> None:
+                      n_ctx: int, oracle: CopyOracle, keep_pixels: bool, memory: list[str]) -> None:
     """Persistence, the tokenizer ceiling and the copy oracles of one clip (their PSNR capped,
     see pipeline.benchmark.references)."""
     target = clip.pixels[n_ctx:]
@@ -339,7 +326,8 @@ def _score_references(run: BenchmarkRun, host, scorer: Scorer, wi: int, workload
     predictions = {"persistence": (persistence(clip.pixels[:n_ctx], len(target)), None),
                    "tokenizer_ceiling": (tokenizer_ceiling(host, target).cpu(), None)}
     for name in memory:
-        predictions[name] = copy_oracle(clip.pixels, n_ctx, memory_candidates(name, n_ctx, len(target)))
+        times, capped = oracle.best(memory_candidates(name, n_ctx, len(target)))
+        predictions[name] = (clip.pixels[times], capped)
     for name in names:
         pred, capped_psnr = predictions[name]
         values[name] = {metric: (capped_psnr if metric == "psnr" and capped_psnr is not None else v)

@@ -29,6 +29,7 @@ from pipeline.benchmark.run import Scorer, run_benchmark
 from pipeline.benchmark.summary import GAP_KEY, summarize, summarize_references
 from pipeline.benchmark.validate import validate_benchmark
 from pipeline.config import load_params
+from pipeline.runtime.errors import add_debug_flag
 from pipeline.training.seeding import seed_everything
 
 COLUMNS = {"temporal_quality_main": "tq_main", "psnr": "psnr", "ssim": "ssim", "lpips": "lpips", "fps": "fps",
@@ -83,7 +84,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          "policy on val, then score it once on test")
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--baselines", default=str(paths.BENCHMARK_METRICS), help="results to compare with")
-    ap.add_argument("--debug", action="store_true", help="show the traceback of a policy's error")
+    add_debug_flag(ap)
     return ap.parse_args(argv)
 
 

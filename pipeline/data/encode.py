@@ -98,11 +98,11 @@ def _encode_video(frames: Path, source, v, root, model, batch_size: int, device,
     # `with`: on a crash the write in flight finishes before atomic_dir removes the tmp store
     with ShardedArrayWriter(group, "latents", model.latent_shape, np.float16, chunk, shard) as writer:
         for start in range(0, v.n_frames, batch_size):
-            batch = read_array(frames, v.id, "frames", start, start + batch_size)
+            batch = read_array(frames, v.id, "frames", start, start + batch_size, group=source)
             writer.append(encode_frames(model, batch, device))
             bar.update(len(batch))
     for name in (a for a in SIDE_ARRAYS if a in source):  # actions, poses: copied as they are
         side = source[name]
         side_chunk, side_shard = _layout(side)
         with ShardedArrayWriter(group, name, side.shape[1:], side.dtype, side_chunk, side_shard) as writer:
-            writer.append(read_array(frames, v.id, name))
+            writer.append(read_array(frames, v.id, name, group=source))

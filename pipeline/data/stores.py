@@ -242,12 +242,15 @@ def _read_slice(path: Path, video_id: str, group: zarr.Group, name: str, start: 
     step = (array.shards or array.chunks)[0]
     shards = range(lo // step, -(-hi // step)) if hi > lo else range(0)
     where = f"{path}: video {video_id!r}, array {name!r}"
-    advice = _advice(path, WRITTEN_BY.get(_data_array(group)))
+
+    def advice() -> str:  # only for an error: it looks the store's data array up again
+        return _advice(path, WRITTEN_BY.get(_data_array(group)))
+
     # zarr reads a missing shard as fill values without complaint: look for the files first.
     for shard in shards:
         file = _shard_path(path, video_id, name, array, shard)
         if not file.is_file():
-            raise StoreError(f"{where}: shard file {file} (frames from {shard * step}) is missing; {advice}")
+            raise StoreError(f"{where}: shard file {file} (frames from {shard * step}) is missing; {advice()}")
     try:
         return array[lo:hi]
     except Exception as exc:  # a codec or IO failure: find the shard it comes from
@@ -257,13 +260,16 @@ def _read_slice(path: Path, video_id: str, group: zarr.Group, name: str, start: 
             except Exception as shard_exc:
                 file = _shard_path(path, video_id, name, array, shard)
                 raise StoreError(f"{where}: shard file {file} (frames from {shard * step}) is damaged "
-                                 f"({type(shard_exc).__name__}: {shard_exc}); {advice}") from exc  # fmt: skip
-        raise StoreError(f"{where}: frames [{lo}:{hi}] unreadable ({type(exc).__name__}: {exc}); {advice}") from exc
+                                 f"({type(shard_exc).__name__}: {shard_exc}); {advice()}") from exc  # fmt: skip
+        raise StoreError(f"{where}: frames [{lo}:{hi}] unreadable ({type(exc).__name__}: {exc}); {advice()}") from exc
 
 
-def read_array(path: str | Path, video_id: str, array: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+def read_array(path: str | Path, video_id: str, array: str, start: int = 0, stop: int | None = None,
+               group: zarr.Group | None = None) -> np.ndarray:
+    """``array[start:stop]`` of a video; ``group``: its group when the caller holds it open (each
+    lookup otherwise re-reads the store's metadata)."""
     path = Path(path)
-    group = _video_group(path, open_store(path), video_id)
+    group = _video_group(path, open_store(path), video_id) if group is None else group
     if array not in group:
         raise StoreError(f"{path}: video {video_id!r} has no {array!r} array")
     return _read_slice(path, video_id, group, array, start, stop)

@@ -129,9 +129,10 @@ def gapped_history(t: int, generator: torch.Generator) -> torch.Tensor:
 
 def sample_visibility(b: int, t: int, independent: torch.Tensor, history_dropout: float,
                       generator: torch.Generator) -> torch.Tensor:
-    """(B, T, T): causal; single-frame rows see themselves; history-dropout rows a gapped past."""
+    """(B, T, T): causal; single-frame rows see themselves; history-dropout rows a gapped past.
+    Without history dropout it draws nothing, so that plans without it stay as they were."""
     visible = causal_visibility(b, t)
-    dropout = torch.rand(b, generator=generator) < history_dropout
+    dropout = torch.rand(b, generator=generator) < history_dropout if history_dropout > 0 else torch.zeros(b, dtype=torch.bool)
     for row in range(b):
         if independent[row]:
             visible[row] = torch.eye(t, dtype=torch.bool)
@@ -165,8 +166,7 @@ def sample_plan(
     if context_fraction > 0:  # drawn only when asked for, so that plans without it stay as they were
         context = ~bootstrap[:, None] & (torch.rand((b, t), generator=generator) < context_fraction)
         tau = torch.where(context, torch.randint(1, 3, (b, t), generator=generator).float() / k_max, tau)
-    visible = sample_visibility(b, t, independent, history_dropout, generator) if history_dropout > 0 else \
-        torch.where(independent[:, None, None], torch.eye(t, dtype=torch.bool), causal_visibility(b, t))
+    visible = sample_visibility(b, t, independent, history_dropout, generator)
     return NoisePlan(tau, d, eps, bootstrap, independent, visible)
 
 

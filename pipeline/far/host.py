@@ -241,7 +241,9 @@ class FarBatchSession:
         copies = 2 if cfg_batch else 1  # CFG: each row runs [null actions, actions], adjacent
         g = len(members)
         z = noise.reshape(g, 1, *self.frame_shape).to(dev, host.dtype)
-        cache = FarKVCache.stack([self.caches[b] for b in members], copies) if use_cache else None
+        cache = None
+        if use_cache:  # one row updates its own cache in place; several share a stacked copy
+            cache = self.caches[members[0]] if g == 1 else FarKVCache.stack([self.caches[b] for b in members], copies)
         n_cached = [self.caches[b].n_frames for b in members] if use_cache else [0] * g
         actions = [self.actions[b] + [self._action(infos[b].action)] for b in members]
         null = self.cfg.null_action if host.uses_actions else 0
@@ -288,7 +290,7 @@ class FarBatchSession:
                 v = v[:, 0] + host.guidance_scale * (v[:, 1] - v[:, 0])
             z = scheduler.step(v.to(z.dtype), t, z).prev_sample
         if use_cache:
-            for b, mine in zip(members, cache.split([copies] * g)):
+            for b, mine in zip(members, [cache] if g == 1 else cache.split([copies] * g)):
                 self.caches[b] = mine
                 if not self.cfg.is_long:
                     # cached frames live on as keys/values only (FAR_Long keeps latents for its fallback)

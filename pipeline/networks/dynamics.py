@@ -116,6 +116,7 @@ class DynamicsConfig:
 
 POSE_FEATURES = 32  # 6 octaves of sin/cos for x and y, 4 harmonics of the heading
 POSE_BIAS_STEPS = 8.0  # the pose bias measures distance in units of 8 typical steps
+STILL_MOVE = 1e-3  # a move shorter than this (per frame) is standing still: not a typical step
 
 
 def pose_features(poses: torch.Tensor, center, step: float) -> torch.Tensor:
@@ -265,12 +266,6 @@ class KVCache:
         if any(p != self.row_positions[0] for p in self.row_positions):
             raise ValueError("KVCache.positions: the rows hold different frames (see row_positions)")
         return list(self.row_positions[0])
-
-    @property
-    def next_position(self) -> int:
-        if len(set(self.next_positions)) > 1:
-            raise ValueError("KVCache.next_position: the rows differ (see next_positions)")
-        return self.next_positions[0]
 
     def append(self, kvs: list[tuple[torch.Tensor, torch.Tensor]], positions: int | list,
                poses: torch.Tensor | None = None, taus: torch.Tensor | None = None,

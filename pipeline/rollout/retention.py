@@ -27,14 +27,14 @@ Signals, all optional (each policy says what it falls back to without them):
 from __future__ import annotations
 
 import math
+import statistics
 from typing import Sequence
 
+from pipeline.networks.dynamics import POSE_BIAS_STEPS, STILL_MOVE
 from pipeline.rollout.api import ChunkDecision, FrameMeta, RolloutState, TemporalCachePlan
 
 Pose = tuple[float, float, float]
 
-POSE_BIAS_STEPS = 8.0  # as pipeline.networks.dynamics: position distance in units of 8 typical steps
-STILL = 1e-3  # moves shorter than this are standing still (as pose_stats in pipeline.training.dynamics)
 PRIOR_RATE = 50.0  # the dynamics model's initial pose-bias rate (model.pose_bias): the attention prior's sharpness
 
 
@@ -46,7 +46,7 @@ def max_frames_of(budget_state: dict | None) -> int | None:
 
 
 def keep_plan(metas: Sequence[FrameMeta], keep: set[int] | Sequence[int], family: str,
-              priority: dict[int, float] | None = None, **info) -> TemporalCachePlan:
+              priority: dict[int, float] | None = None) -> TemporalCachePlan:
     """A plan that keeps exactly the frames at list positions ``keep`` (the newest always) and
     drops the others; ``priority`` (informational) per position."""
     keep = set(keep) | {len(metas) - 1}
@@ -55,7 +55,6 @@ def keep_plan(metas: Sequence[FrameMeta], keep: set[int] | Sequence[int], family
         chunk_decisions=[ChunkDecision(m.chunk_id, "keep" if i in keep else "drop", priority=float(priority.get(i, 0.0)))
                          for i, m in enumerate(metas)],
         retention_family=family,
-        **info,
     )
 
 
@@ -103,13 +102,9 @@ def typical_step(metas: Sequence[FrameMeta], poses: Sequence[Pose | None] | None
         if pa is None or pb is None or gap <= 0:
             continue
         d = math.hypot(pb[0] - pa[0], pb[1] - pa[1]) / gap
-        if d > STILL:
+        if d > STILL_MOVE:
             moves.append(d)
-    if not moves:
-        return default
-    moves.sort()
-    mid = len(moves) // 2
-    return moves[mid] if len(moves) % 2 else 0.5 * (moves[mid - 1] + moves[mid])
+    return statistics.median(moves) if moves else default
 
 
 def pose_distance(p: Pose, q: Pose, step: float) -> float:
@@ -260,7 +255,7 @@ class H2O(BudgetPolicy):
 
     def select(self, metas, state, budget):
         n = len(metas)
-        n_recent = max(1, math.ceil(budget / 2))
+        n_recent = math.ceil(budget / 2)  # budget >= 1
         recent = newest(n, n_recent)
         shares, _ = attention_shares(metas, state.target_pose)
         scores = {}
@@ -380,12 +375,10 @@ class PoseRetrieval(BudgetPolicy):
         return sorted(chosen), {i: -rank.get(i, 0.0) for i in chosen}
 
     def fallback(self, metas, state, budget):
-        n = len(metas)
-        _, measured = attention_shares(metas, None)
-        if not measured:
-            keep = newest(n, budget)
+        if all(getattr(m, "attention_mass", None) is None for m in metas):
+            keep = newest(len(metas), budget)
             return keep, {i: metas[i].recentness for i in keep}
-        return RKV().select(metas, RolloutState(state.step, state.budget_capacity_mb, state.total_steps), budget)
+        return RKV().select(metas, state, budget)
 
 
 BUDGET_BASELINES = (FIFO, SinkRecent, H2O, TOVA, RKV)

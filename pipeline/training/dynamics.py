@@ -38,6 +38,7 @@ from pipeline.diffusion.objective import (
 from pipeline.metrics import pooled_psnr
 from pipeline.networks.dynamics import (
     KIND,
+    STILL_MOVE,
     DynamicsTransformer,
     PoseStats,
     config_dict,
@@ -77,13 +78,13 @@ def latent_stats(videos: LatentVideos) -> tuple[float, float]:
 
 def pose_stats(videos: LatentVideos) -> PoseStats | None:
     """Centre of the recorded positions and the median distance of the frames' moves (the
-    typical step; moves of less than 1e-3 are standing still), or None without poses."""
+    typical step; moves shorter than STILL_MOVE are standing still), or None without poses."""
     known = [p for p in videos.poses if p is not None]
     if not known:
         return None
     xy = np.concatenate([p[:, :2] for p in known]).astype(np.float64)
     moves = np.concatenate([np.linalg.norm(np.diff(p[:, :2].astype(np.float64), axis=0), axis=1) for p in known])
-    moves = moves[moves > 1e-3]
+    moves = moves[moves > STILL_MOVE]
     step = float(np.median(moves)) if len(moves) else 1.0
     return PoseStats(center=(float(xy[:, 0].mean()), float(xy[:, 1].mean())), step=step)
 

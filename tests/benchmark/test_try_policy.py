@@ -154,7 +154,7 @@ def test_the_stage_sweeps_the_temporary_outputs_a_killed_run_left(project, stage
 
 
 @pytest.mark.parametrize("clips", ["-1", "0", "two"])
-def test_try_policy_rejects_a_clip_count_below_one_naming_the_flag(clips, capsys):
+def test_try_policy_rejects_a_clip_count_that_is_not_a_positive_integer_naming_the_flag(clips, capsys):
     from pipeline.benchmark import try_policy
 
     with pytest.raises(SystemExit) as info:

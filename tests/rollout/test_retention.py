@@ -32,17 +32,13 @@ from tests.rollout.toy_host import ToyHost
 BUDGET_POLICIES = ["fifo", "sink_recent", "h2o", "tova", "rkv", "pose_retrieval"]
 
 
-def meta(i, n, *, time=None, pose=None, attention=None, sim=1.0, access=0, **extra) -> FrameMeta:
+def meta(i, n, *, time=None, pose=None, attention=None, sim=1.0, access=0) -> FrameMeta:
     """Frame i of n (oldest first); age counts from the newest; time defaults to i."""
     age = n - 1 - i
-    m = FrameMeta(chunk_id=i, age=age, dynamic_age=age, recentness=1 / (1 + age), size_mb=0.01,
-                  boundary_score=0.0, feature_drift=0.0, temporal_similarity=sim, motion_strength=0.0,
-                  keyframe_score=0.0, access_count=access, time=i if time is None else time, pose=pose)
-    if attention is not None:
-        m.attention_mass = attention  # the field the hosts are getting; read with getattr
-    for key, value in extra.items():
-        setattr(m, key, value)
-    return m
+    return FrameMeta(chunk_id=i, age=age, dynamic_age=age, recentness=1 / (1 + age), size_mb=0.01,
+                     boundary_score=0.0, feature_drift=0.0, temporal_similarity=sim, motion_strength=0.0,
+                     keyframe_score=0.0, access_count=access, time=i if time is None else time, pose=pose,
+                     attention_mass=attention)
 
 
 def frames(n, *, poses=None, attention=None, sims=None, times=None, access=None):
@@ -197,7 +193,7 @@ def test_attention_falls_back_to_the_model_prior():
 
 
 # ------------------------------------------------------------------ helpers
-def test_pose_distance_mirrors_the_model_bias():
+def test_pose_distance_is_0_for_one_pose_and_1_for_a_quarter_turn_or_8_typical_steps():
     assert pose_distance((0.0, 0.0, 10.0), (0.0, 0.0, 10.0), 2.0) == 0.0
     assert math.isclose(pose_distance((0.0, 0.0, 0.0), (0.0, 0.0, 90.0), 2.0), 1.0)
     assert math.isclose(pose_distance((0.0, 0.0, 0.0), (16.0, 0.0, 360.0), 2.0), 1.0)  # 8 steps of 2, full turn

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from skimage.metrics import peak_signal_noise_ratio as psnr
 
 from pipeline.config import RecorderParams, VizdoomRecorderParams
 from pipeline.data.sources import recording, vizdoom
 from pipeline.data.sources.vizdoom_agents import ACTION_MEANINGS, TURN_LEFT, TURN_RIGHT
-from tests.data.video.synth import decode_native
+from tests.data.sources.recorded import assert_a_revisited_pose_shows_the_same_frame, read_recording
 
 REVISIT = RecorderParams(episodes=1, max_frames=120)
 
@@ -19,8 +18,7 @@ def recorded(tmp_path_factory):
     """One 120-frame explorer episode: its entry, frames (decoded mp4), actions and poses."""
     out = tmp_path_factory.mktemp("vizdoom")
     (entry,) = recording.record(vizdoom, "my_way_home", "vizdoom:my_way_home", 0, REVISIT, 1, out)
-    return (entry, decode_native(out / entry.file_name), np.load(out / entry.extra["actions_file"]),
-            np.load(out / entry.extra["pose_file"]))  # fmt: skip
+    return (entry, *read_recording(out, entry))
 
 
 def test_actions_and_poses_line_up_one_to_one_with_the_frames_at_17_5_fps(recorded):
@@ -47,14 +45,7 @@ def test_a_turn_changes_the_heading_by_exactly_22_5_degrees(recorded):
 
 def test_the_explorer_returns_to_earlier_poses_and_sees_the_same_frame_again(recorded):
     _, frames, _, poses = recorded
-    revisits = [(t, s) for t in range(len(poses)) for s in range(t - 4)
-                if np.array_equal(poses[t], poses[s])]  # fmt: skip
-    assert revisits, "no frame repeats a pose held more than 4 frames earlier"
-    # The same pose shows the same view: equal up to x264's quantisation (the engine renders it bit-exactly).
-    again = [psnr(frames[t], frames[s]) for t, s in revisits]
-    assert np.median(again) > 35, again
-    step = [psnr(frames[t], frames[t + 1]) for t in range(len(frames) - 1)]
-    assert np.median(again) > np.median(step) + 8  # while from one frame to the next the view changes
+    assert_a_revisited_pose_shows_the_same_frame(frames, poses)
 
 
 def test_the_random_agent_can_be_chosen():
