@@ -36,7 +36,7 @@ from diffusers.models.embeddings import (
 from diffusers.models.transformers.transformer_flux import FluxPosEmbed
 from torch import nn
 
-from pipeline.networks.layers import pack, unpack
+from pipeline.networks.layers import append_index, pack, unpack
 
 
 @dataclass(frozen=True)
@@ -524,9 +524,7 @@ class FAR(nn.Module):
             temb = temb + self.label_embedder(labels).unsqueeze(1)
 
         width = width_c + t  # key frames: [cached | new], gathered per row
-        slots = torch.arange(width, device=dev)[None]
-        frame_order = torch.where(slots < c[:, None], slots,
-                                  torch.where(slots < c[:, None] + t, width_c + slots - c[:, None], 0))
+        frame_order = append_index(held, [t] * b, width_c, width)[0].to(dev)
         key_order = (frame_order[:, :, None] * tpf + torch.arange(tpf, device=dev)).flatten(1)
         key_frame = torch.arange(width, device=dev).repeat_interleave(tpf)  # after the gather: its frame index
         q_frame = (c[:, None] + torch.arange(t, device=dev)[None]).repeat_interleave(tpf, dim=1)

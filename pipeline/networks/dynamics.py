@@ -63,6 +63,7 @@ from pipeline.networks.layers import (
     Attention,
     RMSNorm,
     SwiGLU,
+    append_index,
     pack,
     rope_1d,
     rope_2d,
@@ -279,7 +280,7 @@ class KVCache:
         counts = [t] * self.batch_size if counts is None else list(counts)
         lengths = self.lengths
         plain = not self.ragged and all(c == t for c in counts)
-        index = None if plain else _append_index(lengths, counts, len(self))  # over [held | new]
+        index = None if plain else append_index(lengths, counts, len(self))  # over [held | new]
         for i, (k, v) in enumerate(kvs):
             k_all = k if self.keys[i] is None else torch.cat([self.keys[i], k], dim=2)
             v_all = v if self.values[i] is None else torch.cat([self.values[i], v], dim=2)
@@ -355,17 +356,6 @@ def _row_lists(positions, batch: int, t: int) -> list[list[int]]:
     return [[int(p) for p in positions]] * batch
 
 
-def _append_index(lengths: list[int], counts: list[int], held: int, width: int | None = None):
-    """(indices, valid), both (B, width), into [held frames | new frames] that put each row's
-    ``counts[b]`` new frames right after its ``lengths[b]`` frames; padding points at slot 0.
-    ``width`` defaults to the longest row."""
-    width = max(n + c for n, c in zip(lengths, counts)) if width is None else width
-    slots = torch.arange(width)[None]
-    n, c = torch.tensor(lengths)[:, None], torch.tensor(counts)[:, None]
-    index = torch.where(slots < n, slots, torch.where(slots < n + c, held + slots - n, 0))
-    return index, slots < n + c
-
-
 def _gather_frames(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """t (B * N, H, F, D) -> (B * N, H, F', D): row b's frames ``index[b]`` (B, F')."""
     rows = index.shape[0]
@@ -387,7 +377,7 @@ def _gather_rows(t: torch.Tensor | None, index: torch.Tensor, valid: torch.Tenso
 def _extended(held: torch.Tensor | None, new: torch.Tensor | None,
               index: tuple[torch.Tensor, torch.Tensor] | None = None, pad: float = 0.0) -> torch.Tensor | None:
     """Per-frame values (B, F, ...) of the held frames followed by the new ones; with ``index``
-    = (indices, valid) of :func:`_append_index`, each row's frames then its new ones, ``pad``
+    = (indices, valid) of :func:`append_index`, each row's frames then its new ones, ``pad``
     in the padding."""
     out = new if held is None else held if new is None else torch.cat([held, new], dim=1)
     if out is None or index is None:
@@ -627,7 +617,7 @@ class DynamicsTransformer(nn.Module):
             tau_k = _extended(cache.taus, tau.float())
         else:
             lengths = torch.tensor(cache.lengths, device=x.device)
-            index, _ = _append_index(cache.lengths, [t] * b, held, held + t)  # [own frames | new frames | padding]
+            index, _ = append_index(cache.lengths, [t] * b, held, held + t)  # [own frames | new frames | padding]
             index = index.to(x.device)
             order = repeat(index, "b w -> (b n) 1 w 1", n=n)
             sees = torch.arange(held + t, device=x.device)[None, None] <= (lengths[:, None, None]

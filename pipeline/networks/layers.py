@@ -142,3 +142,15 @@ class Attention(nn.Module):
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None)
         return self.out(rearrange(out, "n h l hd -> n l (h hd)"))  # (N, Lq, D)
+
+
+def append_index(lengths: list[int], counts: list[int], held: int, width: int | None = None):
+    """Ragged batches of histories (one per row, left-aligned, padded): (indices, valid), both
+    (B, width), into [held frames | new frames] that put each row's ``counts[b]`` new frames right
+    after its ``lengths[b]`` frames; padding points at slot 0. ``width`` defaults to the longest
+    row."""
+    width = max(n + c for n, c in zip(lengths, counts)) if width is None else width
+    slots = torch.arange(width)[None]
+    n, c = torch.tensor(lengths)[:, None], torch.tensor(counts)[:, None]
+    index = torch.where(slots < n, slots, torch.where(slots < n + c, held + slots - n, 0))
+    return index, slots < n + c
