@@ -171,12 +171,13 @@ def sample_plan(
 
 
 @torch.no_grad()
-def bootstrap_target(model, z, tau, d, actions=None, poses=None, visible=None, space: str = "velocity") -> torch.Tensor:
+def bootstrap_target(model, z, tau, d, actions=None, poses=None, visible=None, space: str = "velocity",
+                     memory=None) -> torch.Tensor:
     """The x target of a step of size d from two half steps of the model (stop-gradient)."""
     half = d / 2
-    x1 = model(z, tau, half, actions, poses, visible)
+    x1 = model(z, tau, half, actions, poses, visible, memory)
     z_mid = shortcut_step(z, x1, tau, half)
-    x2 = model(z_mid, tau - half, half, actions, poses, visible)
+    x2 = model(z_mid, tau - half, half, actions, poses, visible, memory)
     if space == "x":
         return (x1 + x2) / 2
     if space != "velocity":
@@ -190,6 +191,9 @@ def bootstrap_target(model, z, tau, d, actions=None, poses=None, visible=None, s
 def shortcut_forcing_loss(model, x0, actions, plan: NoisePlan, bootstrap_space: str = "velocity", poses=None):
     """Weighted x-space loss of one batch. Returns (loss, per-frame squared errors (B, T)).
 
+    The clean latents x0 are also the model's ``memory``: a pose-recall model recalls an earlier
+    frame as it will at inference, where earlier frames are clean context or finished frames.
+
     The mean runs over every frame of the batch with equal weight, so DDP's gradient average
     over equal shards equals the gradient of the global batch.
     """
@@ -200,11 +204,11 @@ def shortcut_forcing_loss(model, x0, actions, plan: NoisePlan, bootstrap_space: 
         a = None if actions is None else actions[rows]
         p = None if poses is None else poses[rows]
         teacher = bootstrap_target(
-            model, z[rows], plan.tau[rows], plan.d[rows], a, p, plan.visible[rows], bootstrap_space
+            model, z[rows], plan.tau[rows], plan.d[rows], a, p, plan.visible[rows], bootstrap_space, x0[rows]
         )
         target = x0.clone()
         target[rows] = teacher.to(target.dtype)
-    pred = model(z, plan.tau, plan.d, actions, poses, plan.visible)
+    pred = model(z, plan.tau, plan.d, actions, poses, plan.visible, x0)
     err = (pred.float() - target.float()).pow(2).mean(dim=(2, 3, 4))  # (B, T)
     loss = (ramp_weight(plan.tau) * err).mean()
     return loss, err.detach()

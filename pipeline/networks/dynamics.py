@@ -26,6 +26,17 @@ learned biases on the temporal attention logits make that cheap (:class:`Tempora
 
 Both start at `model.pose_bias` and `model.clean_bias` (0 disables either) and are learned.
 
+*Pose recall* (`model.pose_recall`, with poses): attention per token position can only find a
+view again slowly, so each frame is also handed the view it is seen from, recalled outright
+(:class:`PoseRecall`): the clean latents of the earlier frames it may see, averaged with weights
+``softmax(-(a |dxy / s|^2 + b (1 - cos dheading)))``. The recalled latent is an input beside the
+frame's own noisy latent, and the output blends it in through a learned gate per patch (a copy
+mechanism, as pointer-generator networks copy words): ``x0 = (1 - g) head(h) + g recalled`` with
+``g = sigmoid(gate(h))``, starting at 0.88. Where the view was seen before, the model copies it
+sharp; where it was not, the gate closes and the head generates.
+Only retained frames can be recalled, so what a retention policy keeps decides what the model
+can copy (WorldMem and Context-as-Memory condition on frames retrieved by camera pose).
+
 Conventions: tau = 0 clean, tau = 1 pure noise, z_tau = (1 - tau) x0 + tau eps;
 d is the shortcut step size in (0, 1]. ``actions[:, t]`` is the action *that led to frame t*
 (recorded at frame t-1); a negative value, or ``actions=None``, means "no action" and uses a
@@ -104,6 +115,7 @@ class DynamicsConfig:
     pose_step: float  # the typical distance the agent moves between frames (median of the moves)
     pose_bias: float  # initial rates of the pose bias (0: none)
     clean_bias: float  # initial rate of the clean-context bias (0: none)
+    pose_recall: bool  # frames get the earlier view recalled by pose, as an input and a gated copy (needs poses)
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -158,9 +170,8 @@ class TemporalBias(nn.Module):
         bias = None
         if self.pose_rate is not None and pose_q is not None:
             a, b = F.softplus(self.pose_rate).unbind(-1)  # (H,), (H,)
-            dxy = (pose_q[:, :, None, :2] - pose_k[:, None, :, :2]).float() / self.scale
-            turn = 1 - torch.cos(torch.deg2rad(pose_q[:, :, None, 2] - pose_k[:, None, :, 2]).float())
-            pose = -(a[:, None, None] * dxy.pow(2).sum(-1)[:, None] + b[:, None, None] * turn[:, None])
+            dist, turn = pose_distance(pose_q, pose_k, self.scale)  # (B, Tq, Tk) each
+            pose = -(a[:, None, None] * dist[:, None] + b[:, None, None] * turn[:, None])
             bias = torch.nan_to_num(pose, nan=0.0)  # frames without a pose: no pose bias
         if self.clean_rate is not None:
             clean = -(F.softplus(self.clean_rate)[:, None, None] * tau_k.float()[:, None, None, :])
@@ -168,8 +179,41 @@ class TemporalBias(nn.Module):
         return bias
 
 
+def pose_distance(pose_q: torch.Tensor, pose_k: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, Tq, 3), (B, Tk, 3) -> the squared position distance in units of `scale` and 1 - cos of
+    the heading difference, each (B, Tq, Tk); NaN where a pose is unknown."""
+    dxy = (pose_q[:, :, None, :2] - pose_k[:, None, :, :2]).float() / scale
+    turn = 1 - torch.cos(torch.deg2rad(pose_q[:, :, None, 2] - pose_k[:, None, :, 2]).float())
+    return dxy.pow(2).sum(-1), turn
+
+
+class PoseRecall(nn.Module):
+    """The view a frame is seen from, recalled from the clean latents of the earlier frames it
+    may see: their average with weights ``softmax(-(a |dxy / s|^2 + b (1 - cos dheading)))`` (a, b
+    learned, starting at `model.pose_bias`; s as in :class:`TemporalBias`). A frame with nothing
+    to recall (the first one, or no pose) recalls zeros. The rates are learned as logarithms:
+    an optimiser's steps then change them by a factor, so a few hundred steps can sharpen or
+    soften the recall (a softplus pre-activation of 50 would barely move)."""
+
+    def __init__(self, cfg: DynamicsConfig):
+        super().__init__()
+        self.scale = POSE_BIAS_STEPS * cfg.pose_step
+        self.log_rate = nn.Parameter(torch.full((2,), math.log(max(cfg.pose_bias, 1.0))))
+
+    def forward(self, memory, pose_q, pose_k, allowed):
+        """memory (B, Tk, C, h, w), pose_q (B, Tq, 3), pose_k (B, Tk, 3), allowed (B, Tq, Tk) bool
+        -> recalled (B, Tq, C, h, w)."""
+        a, b = self.log_rate.exp()
+        dist, turn = pose_distance(pose_q, pose_k, self.scale)
+        logits = -(a * dist + b * turn)
+        allowed = allowed & ~torch.isnan(logits)  # frames without a pose recall nothing, and are not recalled
+        weights = torch.nan_to_num(logits.masked_fill(~allowed, float("-inf")).softmax(dim=-1))  # none allowed: 0
+        return torch.einsum("bqk,bkchw->bqchw", weights.to(memory.dtype), memory)
+
+
 def _inverse_softplus(rate: torch.Tensor) -> torch.Tensor:
-    return torch.log(torch.expm1(rate.clamp(min=1e-4)))
+    rate = rate.clamp(min=1e-4)
+    return rate + torch.log(-torch.expm1(-rate))  # log(exp(rate) - 1), finite for large rates too
 
 
 def _fourier(values: torch.Tensor, dim: int, scale: float) -> torch.Tensor:
@@ -228,7 +272,8 @@ class Block(nn.Module):
 
 class KVCache:
     """Keys and values of the temporal layers for the frames appended so far, and the pose and
-    noise level of each frame (the memory biases of later frames read them).
+    noise level of each frame (the memory biases of later frames read them), and with pose
+    recall each frame's clean latent (what later frames recall).
 
     Per temporal layer k, v have shape (B * N, kv_heads, frames, head_dim), already rotated at
     their absolute time positions, so evicting frames never changes the survivors.
@@ -247,6 +292,7 @@ class KVCache:
         self.next_positions: list[int] = [0] * batch_size  # per row: after the newest frame ever appended
         self.poses: torch.Tensor | None = None  # (B, frames, 3)
         self.taus: torch.Tensor | None = None  # (B, frames)
+        self.memory: torch.Tensor | None = None  # (B, frames, C, h, w): pose recall only
 
     def __len__(self) -> int:
         """The frame axis: the longest row."""
@@ -270,11 +316,12 @@ class KVCache:
 
     def append(self, kvs: list[tuple[torch.Tensor, torch.Tensor]], positions: int | list,
                poses: torch.Tensor | None = None, taus: torch.Tensor | None = None,
-               counts: list[int] | None = None) -> None:
+               counts: list[int] | None = None, memory: torch.Tensor | None = None) -> None:
         """Add the keys/values of T frames per row (B * N, kv_heads, T, head_dim), with their
-        poses (B, T, 3) and noise levels (B, T). ``positions``: an int (one frame), a list of T
-        ints (every row) or B lists (per row); ``counts[b]``: how many of the T frames are real
-        in row b (the rest are padding and are not kept; default all)."""
+        poses (B, T, 3), noise levels (B, T) and clean latents (B, T, C, h, w) or None.
+        ``positions``: an int (one frame), a list of T ints (every row) or B lists (per row);
+        ``counts[b]``: how many of the T frames are real in row b (the rest are padding and are
+        not kept; default all)."""
         t = kvs[0][0].shape[2] if kvs else len(positions) if isinstance(positions, list) else 1
         rows = _row_lists(positions, self.batch_size, t)
         counts = [t] * self.batch_size if counts is None else list(counts)
@@ -289,6 +336,7 @@ class KVCache:
             self.keys[i], self.values[i] = k_all, v_all
         self.poses = _extended(self.poses, poses, index, float("nan"))
         self.taus = _extended(self.taus, taus, index, 0.0)
+        self.memory = _extended(self.memory, memory, index, 0.0)
         for b, (row, c) in enumerate(zip(rows, counts)):
             if c:
                 self.row_positions[b].extend(row[:c])
@@ -313,7 +361,7 @@ class KVCache:
         if width == 0:
             self.keys = [None] * len(self.keys)
             self.values = [None] * len(self.values)
-            self.poses = self.taus = None
+            self.poses = self.taus = self.memory = None
         elif not self.ragged and all(k == keeps[0] for k in keeps):  # every row alike: one index
             index = torch.tensor(keeps[0], dtype=torch.long)
             for i, k in enumerate(self.keys):
@@ -322,6 +370,7 @@ class KVCache:
                     self.values[i] = self.values[i].index_select(2, index.to(k.device))
             self.poses = None if self.poses is None else self.poses[:, index.to(self.poses.device)]
             self.taus = None if self.taus is None else self.taus[:, index.to(self.taus.device)]
+            self.memory = None if self.memory is None else self.memory[:, index.to(self.memory.device)]
         else:
             index = torch.tensor([k + [0] * (width - len(k)) for k in keeps], dtype=torch.long)
             valid = torch.arange(width)[None] < torch.tensor([len(k) for k in keeps])[:, None]
@@ -331,16 +380,19 @@ class KVCache:
                     self.values[i] = _gather_frames(self.values[i], index)
             self.poses = _gather_rows(self.poses, index, valid, float("nan"))  # padding: no pose, tau 0
             self.taus = _gather_rows(self.taus, index, valid, 0.0)
+            self.memory = _gather_rows(self.memory, index, valid, 0.0)
         self.row_positions = [[p[i] for i in keep] for p, keep in zip(self.row_positions, keeps)]
 
     def nbytes(self) -> int:
-        """Bytes the cache holds, padding included."""
-        return sum(t.numel() * t.element_size() for t in self.keys + self.values if t is not None)
+        """Bytes the cache holds (keys, values and recall latents), padding included."""
+        return sum(t.numel() * t.element_size() for t in [*self.keys, *self.values, self.memory] if t is not None)
 
     def row_nbytes(self) -> list[int]:
         """Per row: the bytes of its own frames (what the row would hold alone, padding excluded)."""
         per_frame = sum(t.numel() * t.element_size() // t.shape[2] // self.batch_size
                         for t in self.keys + self.values if t is not None and t.shape[2])
+        if self.memory is not None and self.memory.shape[1]:
+            per_frame += self.memory[0, 0].numel() * self.memory.element_size()
         return [n * per_frame for n in self.lengths]
 
 
@@ -405,7 +457,8 @@ def dynamics_config(model: ModelParams, latent_shape, *, n_actions: int, latent_
     return DynamicsConfig(latent_channels=c, latent_height=h, latent_width=w, n_actions=n_actions,
                           latent_mean=latent_mean, latent_std=latent_std,
                           pose_conditioning=bool(wants_pose and poses is not None),
-                          pose_center=tuple(stats.center), pose_step=stats.step, **section)
+                          pose_center=tuple(stats.center), pose_step=stats.step,
+                          pose_recall=bool(section.pop("pose_recall") and wants_pose and poses is not None), **section)
 
 
 def _check_shapes(cfg: DynamicsConfig) -> None:
@@ -425,7 +478,8 @@ class DynamicsTransformer(nn.Module):
         _check_shapes(config)
         self.config = cfg = config
         patch_dim = cfg.latent_channels * cfg.patch_size**2
-        self.patch_in = nn.Linear(patch_dim, cfg.dim)
+        self.recall = PoseRecall(cfg) if cfg.pose_recall else None
+        self.patch_in = nn.Linear(patch_dim * (2 if self.recall else 1), cfg.dim)  # [own | recalled] patches
         self.registers = nn.Parameter(torch.randn(cfg.num_registers, cfg.dim) * 0.02)
         self.noise_embed = nn.Sequential(nn.Linear(2 * 64, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim))
         self.action_embed = nn.Embedding(cfg.n_actions + 1, cfg.dim)  # last row = "no action"
@@ -438,6 +492,7 @@ class DynamicsTransformer(nn.Module):
         )
         self.out_norm = RMSNorm(cfg.dim)
         self.patch_out = nn.Linear(cfg.dim, patch_dim)
+        self.copy_gate = nn.Linear(cfg.dim, 1) if self.recall else None  # per patch: copy the recalled view
         self._space_rope_tables: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}  # not state
         self._init_weights()
 
@@ -456,6 +511,8 @@ class DynamicsTransformer(nn.Module):
             nn.init.normal_(block.mlp.down.weight, std=0.02 / math.sqrt(2 * self.config.depth))
         nn.init.zeros_(self.patch_out.weight)
         nn.init.zeros_(self.patch_out.bias)
+        if self.copy_gate is not None:  # the untrained model mostly copies the recalled view (gate 0.88)
+            nn.init.constant_(self.copy_gate.bias, 2.0)
 
     def normalize(self, latents: torch.Tensor) -> torch.Tensor:
         """Tokenizer latents -> the model's unit-scale latent space."""
@@ -482,9 +539,9 @@ class DynamicsTransformer(nn.Module):
             self._space_rope_tables[device] = table
         return table
 
-    def _tokens(self, x, tau, d, actions, poses):
-        """x (B, T, C, h, w), tau/d (B, T), actions (B, T) or None, poses (B, T, 3) or None
-        -> (B, T, N, D)."""
+    def _tokens(self, x, tau, d, actions, poses, recalled=None):
+        """x (B, T, C, h, w), tau/d (B, T), actions (B, T) or None, poses (B, T, 3) or None,
+        recalled (B, T, C, h, w) with pose recall -> (B, T, N, D)."""
         cfg = self.config
         b, t, c, hh, ww = x.shape
         if (c, hh, ww) != (cfg.latent_channels, cfg.latent_height, cfg.latent_width):
@@ -492,6 +549,8 @@ class DynamicsTransformer(nn.Module):
                 f"latent frames of shape {(c, hh, ww)}, model built for "
                 f"{(cfg.latent_channels, cfg.latent_height, cfg.latent_width)}"
             )
+        if self.recall is not None:
+            x = torch.cat([x, recalled.to(x.dtype)], dim=2)  # (B, T, 2C, h, w)
         patches = rearrange(pack(x, cfg.patch_size), "b (t s) e -> b t s e", t=t)  # (B, T, S, C*p*p)
         spatial = self.patch_in(patches.to(self.patch_in.weight.dtype))  # (B, T, S, D)
         registers = repeat(self.registers, "r d -> b t r d", b=b, t=t)  # (B, T, R, D)
@@ -516,21 +575,34 @@ class DynamicsTransformer(nn.Module):
             raise ValueError(f"action {int(actions.max())} out of range: the model knows {n} actions (n_actions)")
         return torch.where(actions < 0, torch.full_like(actions, n), actions)
 
-    def _frames(self, h):
-        """(B, T, N, D) -> x0 prediction (B, T, C, h, w) from the spatial tokens."""
+    def _frames(self, h, recalled=None):
+        """(B, T, N, D) -> x0 prediction (B, T, C, h, w) from the spatial tokens; with pose recall,
+        blended with the recalled view (B, T, C, h, w) by each patch's copy gate."""
         cfg = self.config
         t, (gh, gw) = h.shape[1], cfg.grid
-        out = self.patch_out(self.out_norm(h[:, :, : gh * gw]))  # (B, T, S, C*p*p)
+        spatial = self.out_norm(h[:, :, : gh * gw])
+        out = self.patch_out(spatial)  # (B, T, S, C*p*p)
+        if self.recall is not None:
+            copied = rearrange(pack(recalled, cfg.patch_size), "b (t s) e -> b t s e", t=t)  # (B, T, S, C*p*p)
+            gate = torch.sigmoid(self.copy_gate(spatial))  # (B, T, S, 1)
+            out = (1 - gate) * out + gate * copied.to(out.dtype)
         return unpack(rearrange(out, "b t s e -> b (t s) e"), t, cfg.latent_height, cfg.latent_width, cfg.patch_size)
 
     # ------------------------------------------------------------------ whole sequences
-    def forward(self, x, tau, d, actions=None, poses=None, visible: torch.Tensor | None = None):
+    def forward(self, x, tau, d, actions=None, poses=None, visible: torch.Tensor | None = None, memory=None):
         """x (B, T, C, h, w) noisy (normalised) latents, tau and d (B, T), actions (B, T) or None,
         poses (B, T, 3) or None. `visible` (B, T, T) bool: frame i may attend to frame j (None:
         causal, j <= i); training hides frames with it (single-frame rows, history dropout), and
-        time positions stay the frames' own. Returns the x0 prediction (B, T, C, h, w)."""
+        time positions stay the frames' own. `memory` (B, T, C, h, w): the frames' clean latents,
+        which pose recall needs (a frame recalls from the earlier frames it sees, never itself).
+        Returns the x0 prediction (B, T, C, h, w)."""
         b, t = x.shape[:2]
-        h = self._tokens(x, tau, d, actions, poses)
+        recalled = None
+        if self.recall is not None:
+            seen = torch.ones(t, t, dtype=torch.bool, device=x.device).tril() if visible is None else visible.to(x.device)
+            earlier = seen & ~torch.eye(t, dtype=torch.bool, device=x.device)
+            recalled = self._recall(x, memory, poses, poses, earlier.expand(b, t, t))
+        h = self._tokens(x, tau, d, actions, poses, recalled)
         n = h.shape[2]
         space_rope = self._space_rope(x.device)
         time_rope = rope_1d(torch.arange(t, device=x.device), self.config.dim // self.config.heads)
@@ -543,20 +615,32 @@ class DynamicsTransformer(nn.Module):
                 h, _ = block(h, time_rope, mask=mask, causal=causal, frames=frames)
             else:
                 h, _ = block(h, space_rope)
-        return self._frames(h)
+        return self._frames(h, recalled)
+
+    def _recall(self, x, memory, pose_q, pose_k, allowed):
+        """What the frames x (B, Tq, ...) recall from ``memory`` (B, Tk, C, h, w) at ``pose_k``:
+        zeros without poses; an error without memory (a recall model must be given it)."""
+        if pose_q is None:
+            return torch.zeros_like(x)
+        if memory is None:
+            raise ValueError("this model recalls views by pose (model.pose_recall): pass the frames' clean "
+                             "latents as `memory`")
+        return self.recall(memory.to(x.dtype), pose_q.float(), pose_k, allowed)
 
     # ------------------------------------------------------------------ frame by frame
     def new_cache(self, batch_size: int) -> KVCache:
         return KVCache(batch_size, self.temporal_layers)
 
     def step(self, cache: KVCache, x, tau, d, action=None, *, append: bool, pose=None, time=None,
-             attention: list | None = None):
+             attention: list | None = None, memory=None):
         """One frame x (B, C, h, w) at time `time` (an int, or one per row; default: after the
         newest cached frame), attending to the cached frames; `pose` (3,) or (B, 3). Returns its
         x0 prediction (B, C, h, w); with `append` its keys/values join the cache as a new frame
         (use append=True for context frames). With an `attention` list, each temporal layer
         appends where the frame's queries looked: (B, cached frames + 1), row b's own frames
-        first (``cache.lengths[b]`` of them, as before the call), then the frame itself."""
+        first (``cache.lengths[b]`` of them, as before the call), then the frame itself.
+        ``memory`` (B, C, h, w): the frame's clean latent, which a pose-recall model keeps for
+        later frames when the frame is appended."""
         b = x.shape[0]
         as_col = lambda v, dtype: torch.as_tensor(v, dtype=dtype, device=x.device).expand(b).reshape(b, 1)  # noqa: E731
         action = None if action is None else as_col(action, torch.long)
@@ -569,21 +653,24 @@ class DynamicsTransformer(nn.Module):
         else:
             times = [[int(v)] for v in time]
         layers = [] if attention is not None else None
-        out = self._extend(cache, x[:, None], tau, d, action, poses, times, append=append, attention=layers)[:, 0]
+        memory = None if memory is None else memory[:, None]
+        out = self._extend(cache, x[:, None], tau, d, action, poses, times, append=append, attention=layers,
+                           memory=memory)[:, 0]
         if layers is not None:
             attention.extend(w[:, -1] for w in layers)
         return out
 
     def prefill(self, cache: KVCache, x, tau, d, actions=None, poses=None, times: list | None = None,
-                counts: list[int] | None = None):
+                counts: list[int] | None = None, memory=None):
         """Append T frames x (B, T, C, h, w) in one batched pass: the same keys/values and
         predictions as T calls of ``step(..., append=True)`` (tested), for context frames.
         ``times``: T ints for every row or B lists (per row); ``counts[b]``: row b's first
-        ``counts[b]`` frames are real, the rest padding (not kept, predictions meaningless)."""
-        return self._extend(cache, x, tau, d, actions, poses, times, append=True, counts=counts)
+        ``counts[b]`` frames are real, the rest padding (not kept, predictions meaningless).
+        ``memory`` (B, T, C, h, w): the frames' clean latents (pose recall)."""
+        return self._extend(cache, x, tau, d, actions, poses, times, append=True, counts=counts, memory=memory)
 
     def _extend(self, cache: KVCache, x, tau, d, actions, poses, times, *, append: bool, attention: list | None = None,
-                counts: list[int] | None = None):
+                counts: list[int] | None = None, memory=None):
         """T frames x (B, T, C, h, w) at `times` (default: after each row's newest cached frame):
         frame i sees every cached frame of its row and the new frames up to itself. Returns the
         x0 predictions.
@@ -594,8 +681,10 @@ class DynamicsTransformer(nn.Module):
         b, t = x.shape[:2]
         if b != cache.batch_size:
             raise ValueError(f"cache built for batch {cache.batch_size}, got a frame batch of {b}")
-        h = self._tokens(x, tau, d, actions, poses)
-        n = h.shape[2]
+        if self.recall is not None and append and poses is not None and memory is None:
+            raise ValueError("this model recalls views by pose (model.pose_recall): frames appended to its cache "
+                             "need their clean latents as `memory`")
+        n = self.config.tokens_per_frame
         if times is None:
             rows = [list(range(p, p + t)) for p in cache.next_positions]
         else:
@@ -615,6 +704,8 @@ class DynamicsTransformer(nn.Module):
             mask = None if t == 1 else torch.ones(t, held + t, dtype=torch.bool, device=x.device).tril(diagonal=held)
             pose_k = None if poses is None else _extended(cache.poses, poses.float())
             tau_k = _extended(cache.taus, tau.float())
+            earlier = torch.ones(t, held + t, dtype=torch.bool, device=x.device).tril(diagonal=held - 1).expand(b, t, held + t)
+            keys_of = lambda held_values, new: _extended(held_values, new)  # noqa: E731
         else:
             lengths = torch.tensor(cache.lengths, device=x.device)
             index, _ = append_index(cache.lengths, [t] * b, held, held + t)  # [own frames | new frames | padding]
@@ -626,6 +717,15 @@ class DynamicsTransformer(nn.Module):
             valid = torch.ones_like(sees[:, 0])  # what the mask hides needs no padding value
             pose_k = None if poses is None else _gather_rows(_extended(cache.poses, poses.float()), index, valid, 0.0)
             tau_k = _gather_rows(_extended(cache.taus, tau.float()), index, valid, 0.0)
+            earlier = torch.arange(held + t, device=x.device)[None, None] < (lengths[:, None, None]
+                                                                            + torch.arange(t, device=x.device)[None, :, None])
+            keys_of = lambda held_values, new: _gather_rows(_extended(held_values, new), index, valid, 0.0)  # noqa: E731
+        recalled, new_memory = None, None
+        if self.recall is not None:
+            # a frame being generated has no clean latent yet; it cannot recall itself anyway
+            new_memory = torch.zeros_like(x) if memory is None else memory.to(x.dtype)
+            recalled = self._recall(x, keys_of(cache.memory, new_memory), poses, pose_k, earlier)
+        h = self._tokens(x, tau, d, actions, poses, recalled)
         frames = (poses, pose_k, tau_k)
         new_kv, layer = [], 0
         for block in self.blocks:
@@ -637,8 +737,8 @@ class DynamicsTransformer(nn.Module):
             else:
                 h, _ = block(h, space_rope)
         if append:
-            cache.append(new_kv, rows, None if poses is None else poses.float(), tau.float(), counts)
-        return self._frames(h)
+            cache.append(new_kv, rows, None if poses is None else poses.float(), tau.float(), counts, new_memory)
+        return self._frames(h, recalled)
 
 
 def build_dynamics(config: dict) -> DynamicsTransformer:

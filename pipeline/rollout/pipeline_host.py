@@ -29,7 +29,9 @@ clean context) that the model uses, a mask is the portable way.
 
 The model is block-causal, so history frames never see the new frame: under full history the two
 modes compute the same thing. Context corruption is drawn once per frame, when it enters the
-history, so both modes see identical noisy context.
+history, so both modes see identical noisy context. A model with pose recall
+(``model.pose_recall``) also keeps each history frame's clean latent (in the cache, or beside the
+corrupted one), the view later frames recall; evicted frames cannot be recalled.
 """
 
 from __future__ import annotations
@@ -128,40 +130,48 @@ class PipelineBatchSession:
         self.rows = len(self.generators)
         self.cache = host.dynamics.new_cache(self.rows) if mode == "kv" else None
         self.latents: list[list[torch.Tensor]] = [[] for _ in range(self.rows)]  # recompute: the history, corrupted
+        self.memory: list[list[torch.Tensor]] = [[] for _ in range(self.rows)]  # recompute: the same frames, clean
         self.infos: list[list[FrameInfo]] = [[] for _ in range(self.rows)]  # recompute: its frames' infos
         self.shape: tuple[int, ...] = ()  # (C, h, w) of the frames, known once one is appended
         self.last_attention: list[list[float]] | None = None  # see attention_mass
 
     def append(self, frames) -> None:
         """Add each row's frames (latent, FrameInfo) as clean context: corrupted to tau_ctx with
-        the row's generator, frame by frame; in kv mode run through the model in one prefill."""
+        the row's generator, frame by frame (the clean latent stays beside it, for a model that
+        recalls views); in kv mode run through the model in one prefill."""
         host = self.host
-        rows = [[(host.sampler.corrupt(host.dynamics.normalize(x.to(host.device, torch.float32)), g), info)
-                 for x, info in row] for row, g in zip(frames, self.generators, strict=True)]
+        clean = [[(host.dynamics.normalize(x.to(host.device, torch.float32)), info) for x, info in row] for row in frames]
+        rows = [[(host.sampler.corrupt(x, g), x, info) for x, info in row]
+                for row, g in zip(clean, self.generators, strict=True)]
         if not any(rows):
             return
-        self.shape = tuple(next(x for row in rows for x, _ in row).shape)
+        self.shape = tuple(next(x for row in rows for x, _, _ in row).shape)
         if self.cache is None:
             for b, row in enumerate(rows):
-                self.latents[b].extend(x for x, _ in row)
-                self.infos[b].extend(info for _, info in row)
+                self.latents[b].extend(x for x, _, _ in row)
+                self.memory[b].extend(m for _, m, _ in row)
+                self.infos[b].extend(info for _, _, info in row)
         else:
-            self._prefill(self.cache, [[x for x, _ in row] for row in rows], [[i for _, i in row] for row in rows])
+            self._prefill(self.cache, [[x for x, _, _ in row] for row in rows], [[i for _, _, i in row] for row in rows],
+                          [[m for _, m, _ in row] for row in rows])
 
-    def _prefill(self, cache, latents: list[list[torch.Tensor]], infos: list[list[FrameInfo]]) -> None:
-        """Run each row's frames (already at tau_ctx) as context into ``cache``: one padded pass."""
+    def _prefill(self, cache, latents: list[list[torch.Tensor]], infos: list[list[FrameInfo]],
+                 memory: list[list[torch.Tensor]]) -> None:
+        """Run each row's frames (already at tau_ctx; ``memory``: the same, clean) as context into
+        ``cache``: one padded pass."""
         host = self.host
         counts = [len(row) for row in latents]
         t = max(counts)
         padding = torch.zeros(self.shape, device=host.device)
-        x = torch.stack([torch.stack(row + [padding] * (t - len(row))) for row in latents])
+        x, clean = (torch.stack([torch.stack(row + [padding] * (t - len(row))) for row in frames])
+                    for frames in (latents, memory))
         times = [[f.time for f in row] + [row[-1].time + 1 + j if row else j for j in range(t - len(row))]
                  for row in infos]
         host.dynamics.prefill(
             cache, x, torch.full((self.rows, t), host.sampler.tau_ctx, device=host.device),
             torch.full((self.rows, t), host.d_context, device=host.device),
             host.action_tensor(infos, t), host.pose_tensor(infos, t), times,
-            counts=None if len(set(counts)) == 1 else counts,
+            counts=None if len(set(counts)) == 1 else counts, memory=clean,
         )
 
     def evict(self, keep) -> None:
@@ -173,6 +183,7 @@ class PipelineBatchSession:
         for b, k in enumerate(keep):
             if k is not None:
                 self.latents[b] = [self.latents[b][i] for i in k]
+                self.memory[b] = [self.memory[b][i] for i in k]
                 self.infos[b] = [self.infos[b][i] for i in k]
 
     @torch.no_grad()
@@ -183,7 +194,7 @@ class PipelineBatchSession:
             # A fresh cache from the kept latents, at their own times: nothing survives from the
             # previous frame, so evicted frames leave no trace in the survivors' keys/values.
             cache = host.dynamics.new_cache(self.rows)
-            self._prefill(cache, self.latents, self.infos)
+            self._prefill(cache, self.latents, self.infos, self.memory)
         else:
             cache = self.cache
         lengths = cache.lengths
@@ -216,7 +227,9 @@ class PipelineBatchSession:
         return self.last_attention or [None] * self.rows
 
     def retained_bytes(self) -> list[int]:
-        """Per row: the latents it keeps (recompute) or its own keys/values (kv)."""
+        """Per row: the latents it keeps (recompute: corrupted, and clean for a model that recalls
+        views) or its own keys/values (kv, and clean latents for recall)."""
         if self.cache is not None:
             return self.cache.row_nbytes()
-        return [sum(x.numel() * x.element_size() for x in row) for row in self.latents]
+        kept = [self.latents] + ([self.memory] if self.host.dynamics.recall is not None else [])
+        return [sum(x.numel() * x.element_size() for rows in kept for x in rows[b]) for b in range(self.rows)]

@@ -168,7 +168,7 @@ def one_step_psnr(model, videos: LatentVideos, *, length: int, taus, k_max: int,
         tau_t[:, -1] = tau
         z = x0.clone()
         z[:, -1] = add_noise(x0[:, -1], eps, tau_t[:, -1])
-        pred = model(z, tau_t, d, acts, poses)[:, -1]
+        pred = model(z, tau_t, d, acts, poses, memory=x0)[:, -1]
         out[f"psnr_tau_{tau:g}"] = pooled_psnr(pred, x0[:, -1], data_range)
         out[f"input_psnr_tau_{tau:g}"] = pooled_psnr(z[:, -1], x0[:, -1], data_range)
     return out

@@ -199,10 +199,10 @@ def test_a_checkpoint_config_must_name_every_field_and_nothing_else():
 def test_the_config_is_the_model_params_section_plus_the_data_it_was_trained_on():
     model = params_section("model")
     config = dynamics.dynamics_config(model, (8, 16, 16), n_actions=18, latent_mean=-0.1, latent_std=0.4)
-    section = {k: v for k, v in model.model_dump().items() if k != "pose_conditioning"}
+    section = {k: v for k, v in model.model_dump().items() if k not in ("pose_conditioning", "pose_recall")}
     assert config_dict(config) == {"latent_channels": 8, "latent_height": 16, "latent_width": 16, "n_actions": 18,
-                                   **section, "latent_mean": -0.1, "latent_std": 0.4,
-                                   "pose_conditioning": False, "pose_center": (0.0, 0.0), "pose_step": 1.0}  # no poses
+                                   **section, "latent_mean": -0.1, "latent_std": 0.4, "pose_conditioning": False,
+                                   "pose_recall": False, "pose_center": (0.0, 0.0), "pose_step": 1.0}  # no poses
     with_poses = dynamics.dynamics_config(model, (8, 16, 16), n_actions=18, poses=dynamics.PoseStats((1.0, 2.0), 3.0))
     assert (with_poses.pose_conditioning, with_poses.pose_center, with_poses.pose_step) == (True, (1.0, 2.0), 3.0)
     assert all(f.default is MISSING and f.default_factory is MISSING for f in fields(DynamicsConfig))  # params only
@@ -250,10 +250,12 @@ def test_a_gapped_history_through_the_kv_cache_equals_forward_with_that_visibili
     for row, seen in {3: [0, 3], 4: [0, 3, 4], 5: [0, 3, 4, 5]}.items():
         visible[:, row] = False
         visible[:, row, seen] = True
-    full = model(x, tau, d, actions, poses, visible)
+    clean = torch.randn_like(x)  # the frames' clean latents: what pose recall recalls
+    full = model(x, tau, d, actions, poses, visible, memory=clean)
     cache = model.new_cache(2)
     for t in (0, 3, 4):
-        model.step(cache, x[:, t], tau[:, t], d[:, t], actions[:, t], append=True, pose=poses[:, t], time=t)
+        model.step(cache, x[:, t], tau[:, t], d[:, t], actions[:, t], append=True, pose=poses[:, t], time=t,
+                   memory=clean[:, t])
     assert cache.positions == [0, 3, 4]
     out = model.step(cache, x[:, 5], tau[:, 5], d[:, 5], actions[:, 5], append=False, pose=poses[:, 5], time=5)
     torch.testing.assert_close(out, full[:, 5], rtol=1e-4, atol=1e-5)
@@ -263,9 +265,9 @@ def test_poses_condition_a_pose_model_and_unknown_poses_count_as_none():
     model = posed()
     x, tau, d, actions = inputs()
     poses = pose_track()
-    with_poses = model(x, tau, d, actions, poses)
-    assert not torch.allclose(with_poses, model(x, tau, d, actions, pose_track(seed=3)))
-    torch.testing.assert_close(model(x, tau, d, actions, torch.full_like(poses, float("nan"))),
+    with_poses = model(x, tau, d, actions, poses, memory=x)
+    assert not torch.allclose(with_poses, model(x, tau, d, actions, pose_track(seed=3), memory=x))
+    torch.testing.assert_close(model(x, tau, d, actions, torch.full_like(poses, float("nan")), memory=x),
                                model(x, tau, d, actions, None))
     assert not tiny().config.pose_conditioning  # data without poses: no pose conditioning
 
@@ -295,32 +297,83 @@ def test_temporal_first_puts_a_temporal_block_first():
 
 
 @pytest.mark.parametrize("softcap", [0.0, 50.0])
-def test_a_ragged_cache_gives_each_row_what_its_own_cache_gives(softcap):
+@pytest.mark.parametrize("recall", [False, True])
+def test_a_ragged_cache_gives_each_row_what_its_own_cache_gives(softcap, recall):
     """Rows with their own histories (different frames, counts, times and evictions) in one
-    cache: each row's keys/values, positions and step predictions are those of a one-row cache."""
-    model = tiny(logit_softcap=softcap)
+    cache: each row's keys/values, positions and step predictions are those of a one-row cache
+    (with pose recall: recalling from the row's own frames only)."""
+    model = posed(logit_softcap=softcap) if recall else tiny(logit_softcap=softcap)
     x, tau, d, actions = inputs(b=3, t=6)
+    poses, clean = (pose_track(b=3), torch.randn_like(x)) if recall else (None, None)
+    at = lambda v, i: None if v is None else v[:, i]  # noqa: E731
+    row = lambda v, b, i: None if v is None else v[b:b + 1, i]  # noqa: E731
     counts, times = [4, 2, 3], [[0, 1, 2, 3], [5, 8, 0, 0], [1, 4, 6, 0]]
     keeps = [[0, 2, 3], [1], [0, 1, 2]]
     cache = model.new_cache(3)
-    model.prefill(cache, x[:, :4], tau[:, :4], d[:, :4], actions[:, :4], times=times, counts=counts)
+    model.prefill(cache, x[:, :4], tau[:, :4], d[:, :4], actions[:, :4], at(poses, slice(0, 4)), times=times,
+                  counts=counts, memory=at(clean, slice(0, 4)))
     cache.evict_rows(keeps)
     assert cache.lengths == [3, 1, 3] and cache.ragged and cache.row_positions[1] == [8]
-    steps = model.step(cache, x[:, 5], tau[:, 5], d[:, 5], actions[:, 5], append=True, time=[9, 10, 11])
-    out = model.step(cache, x[:, 4], 0.5, 0.25, actions[:, 4], append=False, time=12)
+    steps = model.step(cache, x[:, 5], tau[:, 5], d[:, 5], actions[:, 5], append=True, time=[9, 10, 11],
+                       pose=at(poses, 5), memory=at(clean, 5))
+    out = model.step(cache, x[:, 4], 0.5, 0.25, actions[:, 4], append=False, time=12, pose=at(poses, 4))
     with pytest.raises(ValueError, match="rows hold different frames"):
         cache.positions  # noqa: B018
     for b in range(3):
         alone = model.new_cache(1)
-        model.prefill(alone, x[b:b + 1, :counts[b]], tau[b:b + 1, :counts[b]], d[b:b + 1, :counts[b]],
-                      actions[b:b + 1, :counts[b]], times=times[b][:counts[b]])
+        first = slice(0, counts[b])
+        model.prefill(alone, x[b:b + 1, first], tau[b:b + 1, first], d[b:b + 1, first], actions[b:b + 1, first],
+                      row(poses, b, first), times=times[b][:counts[b]], memory=row(clean, b, first))
         alone.evict(keeps[b])
         step = model.step(alone, x[b:b + 1, 5], tau[b:b + 1, 5], d[b:b + 1, 5], actions[b:b + 1, 5], append=True,
-                          time=9 + b)
+                          time=9 + b, pose=row(poses, b, 5), memory=row(clean, b, 5))
         torch.testing.assert_close(steps[b:b + 1], step, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(out[b:b + 1], model.step(alone, x[b:b + 1, 4], 0.5, 0.25, actions[b:b + 1, 4],
-                                                            append=False, time=12), atol=1e-5, rtol=1e-4)
+                                                            append=False, time=12, pose=row(poses, b, 4)),
+                                   atol=1e-5, rtol=1e-4)
         assert cache.row_positions[b] == alone.positions and cache.row_nbytes()[b] == alone.nbytes()
         n = len(alone)
         torch.testing.assert_close(cache.keys[1].view(3, -1, *cache.keys[1].shape[1:])[b, :, :, :n],
                                    alone.keys[1], atol=1e-5, rtol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pose recall: the view seen from here before, as an input and a gated copy
+# ---------------------------------------------------------------------------------------------
+def copier() -> DynamicsTransformer:
+    """A pose-recall model whose head only copies: zero head, copy gates wide open."""
+    model = posed(pose_bias=500.0)
+    with torch.no_grad():
+        model.patch_out.weight.zero_()
+        model.patch_out.bias.zero_()
+        model.copy_gate.weight.zero_()
+        model.copy_gate.bias.fill_(30.0)
+    return model
+
+
+def test_pose_recall_copies_the_frame_seen_from_the_same_place_and_heading():
+    model = copier()
+    x, tau, d, actions = inputs(b=1, t=4)
+    clean = torch.randn_like(x)
+    poses = torch.tensor([[[0.0, 0.0, 0.0], [20.0, 0.0, 90.0], [0.0, 20.0, 180.0], [20.0, 0.0, 90.0]]])
+    out = model(x, tau, d, actions, poses, memory=clean)
+    torch.testing.assert_close(out[:, 3], clean[:, 1], atol=1e-4, rtol=1e-4)  # frame 3 is seen from frame 1's pose
+    torch.testing.assert_close(out[:, 0], torch.zeros_like(out[:, 0]))  # the first frame has nothing to recall
+
+
+def test_an_evicted_frame_is_not_recalled_and_appending_without_clean_latents_is_refused():
+    model = copier()
+    x, tau, d, actions = inputs(b=1, t=3)
+    clean = torch.randn_like(x)
+    poses = torch.tensor([[[0.0, 0.0, 0.0], [30.0, 0.0, 180.0], [0.0, 0.0, 0.0]]])
+    cache = model.new_cache(1)
+    model.prefill(cache, x[:, :2], tau[:, :2], d[:, :2], actions[:, :2], poses[:, :2], memory=clean[:, :2])
+    step = lambda: model.step(cache, x[:, 2], 1.0, 0.25, actions[:, 2], append=False, pose=poses[:, 2])  # noqa: E731
+    torch.testing.assert_close(step(), clean[:, 0], atol=1e-4, rtol=1e-4)
+    cache.evict([1])
+    torch.testing.assert_close(step(), clean[:, 1], atol=1e-4, rtol=1e-4)  # only frame 1 is left to recall
+    assert cache.row_nbytes() == [cache.nbytes()] and cache.memory.shape[1] == 1
+    with pytest.raises(ValueError, match="pose_recall.*clean latents"):
+        model.step(cache, x[:, 2], 0.1, 0.25, actions[:, 2], append=True, pose=poses[:, 2])
+    with pytest.raises(ValueError, match="pose_recall.*memory"):
+        model(x, tau, d, actions, poses)
