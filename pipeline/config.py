@@ -269,8 +269,8 @@ class ModelParams(Section):
     pose_conditioning: bool = Field(description="condition frames on the recorded pose, where the data has one")
     pose_bias: float = Field(ge=0, description="initial rate of the temporal heads' pose-distance bias; 0 = none")
     clean_bias: float = Field(ge=0, description="initial rate of the temporal heads' clean-context bias; 0 = none")
-    pose_recall: bool = Field(description="each frame gets the earlier view recalled by pose, as an input and a "
-                                          "gated copy (with pose conditioning)")
+    pose_recall: float = Field(ge=0, description="initial rate of the pose recall (each frame gets the earlier view "
+                                                 "recalled by pose, as an input and a gated copy); 0 = none")
 
     @model_validator(mode="after")
     def _consistent(self) -> "ModelParams":

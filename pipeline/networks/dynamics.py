@@ -115,7 +115,7 @@ class DynamicsConfig:
     pose_step: float  # the typical distance the agent moves between frames (median of the moves)
     pose_bias: float  # initial rates of the pose bias (0: none)
     clean_bias: float  # initial rate of the clean-context bias (0: none)
-    pose_recall: bool  # frames get the earlier view recalled by pose, as an input and a gated copy (needs poses)
+    pose_recall: float  # initial rate of the pose recall (0: none; needs poses)
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -190,7 +190,7 @@ def pose_distance(pose_q: torch.Tensor, pose_k: torch.Tensor, scale: float) -> t
 class PoseRecall(nn.Module):
     """The view a frame is seen from, recalled from the clean latents of the earlier frames it
     may see: their average with weights ``softmax(-(a |dxy / s|^2 + b (1 - cos dheading)))`` (a, b
-    learned, starting at `model.pose_bias`; s as in :class:`TemporalBias`). A frame with nothing
+    learned, starting at `model.pose_recall`; s as in :class:`TemporalBias`). A frame with nothing
     to recall (the first one, or no pose) recalls zeros. The rates are learned as logarithms:
     an optimiser's steps then change them by a factor, so a few hundred steps can sharpen or
     soften the recall (a softplus pre-activation of 50 would barely move)."""
@@ -198,7 +198,7 @@ class PoseRecall(nn.Module):
     def __init__(self, cfg: DynamicsConfig):
         super().__init__()
         self.scale = POSE_BIAS_STEPS * cfg.pose_step
-        self.log_rate = nn.Parameter(torch.full((2,), math.log(max(cfg.pose_bias, 1.0))))
+        self.log_rate = nn.Parameter(torch.full((2,), math.log(cfg.pose_recall)))
 
     def forward(self, memory, pose_q, pose_k, allowed):
         """memory (B, Tk, C, h, w), pose_q (B, Tq, 3), pose_k (B, Tk, 3), allowed (B, Tq, Tk) bool
@@ -453,12 +453,13 @@ def dynamics_config(model: ModelParams, latent_shape, *, n_actions: int, latent_
     c, h, w = latent_shape
     section = model.model_dump()
     wants_pose = section.pop("pose_conditioning")
+    recall_rate = section.pop("pose_recall")
     stats = poses or PoseStats()
     return DynamicsConfig(latent_channels=c, latent_height=h, latent_width=w, n_actions=n_actions,
                           latent_mean=latent_mean, latent_std=latent_std,
                           pose_conditioning=bool(wants_pose and poses is not None),
                           pose_center=tuple(stats.center), pose_step=stats.step,
-                          pose_recall=bool(section.pop("pose_recall") and wants_pose and poses is not None), **section)
+                          pose_recall=recall_rate if wants_pose and poses is not None else 0.0, **section)
 
 
 def _check_shapes(cfg: DynamicsConfig) -> None:
@@ -478,7 +479,7 @@ class DynamicsTransformer(nn.Module):
         _check_shapes(config)
         self.config = cfg = config
         patch_dim = cfg.latent_channels * cfg.patch_size**2
-        self.recall = PoseRecall(cfg) if cfg.pose_recall else None
+        self.recall = PoseRecall(cfg) if cfg.pose_recall > 0 else None
         self.patch_in = nn.Linear(patch_dim * (2 if self.recall else 1), cfg.dim)  # [own | recalled] patches
         self.registers = nn.Parameter(torch.randn(cfg.num_registers, cfg.dim) * 0.02)
         self.noise_embed = nn.Sequential(nn.Linear(2 * 64, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim))

@@ -202,7 +202,7 @@ def test_the_config_is_the_model_params_section_plus_the_data_it_was_trained_on(
     section = {k: v for k, v in model.model_dump().items() if k not in ("pose_conditioning", "pose_recall")}
     assert config_dict(config) == {"latent_channels": 8, "latent_height": 16, "latent_width": 16, "n_actions": 18,
                                    **section, "latent_mean": -0.1, "latent_std": 0.4, "pose_conditioning": False,
-                                   "pose_recall": False, "pose_center": (0.0, 0.0), "pose_step": 1.0}  # no poses
+                                   "pose_recall": 0.0, "pose_center": (0.0, 0.0), "pose_step": 1.0}  # no poses
     with_poses = dynamics.dynamics_config(model, (8, 16, 16), n_actions=18, poses=dynamics.PoseStats((1.0, 2.0), 3.0))
     assert (with_poses.pose_conditioning, with_poses.pose_center, with_poses.pose_step) == (True, (1.0, 2.0), 3.0)
     assert all(f.default is MISSING and f.default_factory is MISSING for f in fields(DynamicsConfig))  # params only
@@ -342,7 +342,7 @@ def test_a_ragged_cache_gives_each_row_what_its_own_cache_gives(softcap, recall)
 # ---------------------------------------------------------------------------------------------
 def copier() -> DynamicsTransformer:
     """A pose-recall model whose head only copies: zero head, copy gates wide open."""
-    model = posed(pose_bias=500.0)
+    model = posed(pose_recall=500.0)
     with torch.no_grad():
         model.patch_out.weight.zero_()
         model.patch_out.bias.zero_()
