@@ -237,8 +237,12 @@ def _start_stage(work, ffmpeg=None):
     env = os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     if ffmpeg:
         env["FFMPEG_BINARY"] = str(ffmpeg)
+    # SIGINT at its default in the stage, so that Python turns it into KeyboardInterrupt even when
+    # pytest itself was started in the background (`cmd &` starts with SIGINT ignored, and an
+    # ignored signal stays ignored across exec)
     return subprocess.Popen([sys.executable, "-m", "stages.extract"], cwd=work, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for_group(work, proc, timeout=60) -> None:
