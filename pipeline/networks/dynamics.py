@@ -700,27 +700,29 @@ class DynamicsTransformer(nn.Module):
             time_rope = tuple(repeat(c.view(b, t, -1), "b t e -> (b n) 1 t e", n=n) for c in (cos, sin))
         held = len(cache)
         order = None
+        index = valid = None  # plain rows: keys are [cached | new] as they stand
         if not cache.ragged and all(c == t for c in counts):
             # one new frame sees everything: no mask
             mask = None if t == 1 else torch.ones(t, held + t, dtype=torch.bool, device=x.device).tril(diagonal=held)
-            pose_k = None if poses is None else _extended(cache.poses, poses.float())
-            tau_k = _extended(cache.taus, tau.float())
             earlier = torch.ones(t, held + t, dtype=torch.bool, device=x.device).tril(diagonal=held - 1).expand(b, t, held + t)
-            keys_of = lambda held_values, new: _extended(held_values, new)  # noqa: E731
         else:
             lengths = torch.tensor(cache.lengths, device=x.device)
             index, _ = append_index(cache.lengths, [t] * b, held, held + t)  # [own frames | new frames | padding]
             index = index.to(x.device)
             order = repeat(index, "b w -> (b n) 1 w 1", n=n)
-            sees = torch.arange(held + t, device=x.device)[None, None] <= (lengths[:, None, None]
-                                                                           + torch.arange(t, device=x.device)[None, :, None])
+            slots = torch.arange(held + t, device=x.device)[None, None]
+            own = lengths[:, None, None] + torch.arange(t, device=x.device)[None, :, None]  # new frame i's key slot
+            sees, earlier = slots <= own, slots < own
             mask = repeat(sees, "b i j -> (b n) 1 i j", n=n)
             valid = torch.ones_like(sees[:, 0])  # what the mask hides needs no padding value
-            pose_k = None if poses is None else _gather_rows(_extended(cache.poses, poses.float()), index, valid, 0.0)
-            tau_k = _gather_rows(_extended(cache.taus, tau.float()), index, valid, 0.0)
-            earlier = torch.arange(held + t, device=x.device)[None, None] < (lengths[:, None, None]
-                                                                            + torch.arange(t, device=x.device)[None, :, None])
-            keys_of = lambda held_values, new: _gather_rows(_extended(held_values, new), index, valid, 0.0)  # noqa: E731
+
+        def keys_of(held_values, new):
+            """Per-frame values (B, keys, ...) in key order: cached frames, then the new ones."""
+            values = _extended(held_values, new)
+            return values if index is None else _gather_rows(values, index, valid, 0.0)
+
+        pose_k = None if poses is None else keys_of(cache.poses, poses.float())
+        tau_k = keys_of(cache.taus, tau.float())
         recalled, new_memory = None, None
         if self.recall is not None:
             # a frame being generated has no clean latent yet; it cannot recall itself anyway

@@ -163,8 +163,12 @@ class PipelineBatchSession:
         counts = [len(row) for row in latents]
         t = max(counts)
         padding = torch.zeros(self.shape, device=host.device)
-        x, clean = (torch.stack([torch.stack(row + [padding] * (t - len(row))) for row in frames])
-                    for frames in (latents, memory))
+
+        def stacked(rows):
+            return torch.stack([torch.stack(row + [padding] * (t - len(row))) for row in rows])
+
+        x = stacked(latents)
+        clean = stacked(memory) if host.dynamics.recall is not None else None  # only a recall model reads it
         times = [[f.time for f in row] + [row[-1].time + 1 + j if row else j for j in range(t - len(row))]
                  for row in infos]
         host.dynamics.prefill(
