@@ -361,6 +361,7 @@ class BenchmarkParams(Section):
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     sampling_steps: int = Field(4, ge=1)
     tau_ctx: float = Field(0.1, ge=0, lt=1)
+    copy_gate_shift: float = Field(1.5, description="logit added to pose recall's copy gate when generating")
     media_clips: int = Field(2, ge=0)
     cpu_threads: int = Field(0, ge=0, description="torch threads on CPU; 0 = torch's default")
     batch_size: int = Field(16, ge=1, description="clips of one cell per host call (1: one rollout at a time)")

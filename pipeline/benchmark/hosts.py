@@ -34,7 +34,8 @@ def build_host(params, device: torch.device | str = "cpu"):
     for directory, stage in ((TOKENIZER, "train_tokenizer"), (DYNAMICS, "train")):
         if not (directory / "config.json").is_file():
             raise NoCheckpointError(f"{directory}: no checkpoint (run `dvc repro {stage}` first)")
-    return PipelineHost.load(TOKENIZER, DYNAMICS, bench.sampling_steps, bench.tau_ctx, device)
+    return PipelineHost.load(TOKENIZER, DYNAMICS, bench.sampling_steps, bench.tau_ctx, device,
+                             copy_gate_shift=bench.copy_gate_shift)
 
 
 def run_info(params, device) -> dict:

@@ -35,7 +35,9 @@ mechanism, as pointer-generator networks copy words): ``x0 = (1 - g) head(h) + g
 ``g = sigmoid(gate(h))``, starting at 0.88. Where the view was seen before, the model copies it
 sharp; where it was not, the gate closes and the head generates.
 Only retained frames can be recalled, so what a retention policy keeps decides what the model
-can copy (WorldMem and Context-as-Memory condition on frames retrieved by camera pose).
+can copy (WorldMem and Context-as-Memory condition on frames retrieved by camera pose). Observed
+frames are recalled before generated ones (``observed``; see :class:`PoseRecall`), and a host
+may shift the gate toward copying when it generates (``copy_gate_shift``).
 
 Conventions: tau = 0 clean, tau = 1 pure noise, z_tau = (1 - tau) x0 + tau eps;
 d is the shortcut step size in (0, 1]. ``actions[:, t]`` is the action *that led to frame t*
@@ -193,20 +195,28 @@ class PoseRecall(nn.Module):
     learned, starting at `model.pose_recall`; s as in :class:`TemporalBias`). A frame with nothing
     to recall (the first one, or no pose) recalls zeros. The rates are learned as logarithms:
     an optimiser's steps then change them by a factor, so a few hundred steps can sharpen or
-    soften the recall (a softplus pre-activation of 50 would barely move)."""
+    soften the recall (a softplus pre-activation of 50 would barely move).
+
+    *Observed first*: where a frame may see any *observed* frame (one from the data, not one
+    the model generated), it recalls from those alone. A rollout's own frames are blurred
+    estimates; recalling them, each generated frame copies the blur of the one before and
+    the blur compounds. They are recalled only when a policy has kept no observed frame."""
 
     def __init__(self, cfg: DynamicsConfig):
         super().__init__()
         self.scale = POSE_BIAS_STEPS * cfg.pose_step
         self.log_rate = nn.Parameter(torch.full((2,), math.log(cfg.pose_recall)))
 
-    def forward(self, memory, pose_q, pose_k, allowed):
-        """memory (B, Tk, C, h, w), pose_q (B, Tq, 3), pose_k (B, Tk, 3), allowed (B, Tq, Tk) bool
-        -> recalled (B, Tq, C, h, w)."""
+    def forward(self, memory, pose_q, pose_k, allowed, observed=None):
+        """memory (B, Tk, C, h, w), pose_q (B, Tq, 3), pose_k (B, Tk, 3), allowed (B, Tq, Tk) bool,
+        observed (B, Tk) bool or None (all observed) -> recalled (B, Tq, C, h, w)."""
         a, b = self.log_rate.exp()
         dist, turn = pose_distance(pose_q, pose_k, self.scale)
         logits = -(a * dist + b * turn)
         allowed = allowed & ~torch.isnan(logits)  # frames without a pose recall nothing, and are not recalled
+        if observed is not None:
+            seen = allowed & observed[:, None, :]
+            allowed = torch.where(seen.any(dim=-1, keepdim=True), seen, allowed)
         weights = torch.nan_to_num(logits.masked_fill(~allowed, float("-inf")).softmax(dim=-1))  # none allowed: 0
         return torch.einsum("bqk,bkchw->bqchw", weights.to(memory.dtype), memory)
 
@@ -273,7 +283,7 @@ class Block(nn.Module):
 class KVCache:
     """Keys and values of the temporal layers for the frames appended so far, and the pose and
     noise level of each frame (the memory biases of later frames read them), and with pose
-    recall each frame's clean latent (what later frames recall).
+    recall each frame's clean latent (what later frames recall) and whether it was observed.
 
     Per temporal layer k, v have shape (B * N, kv_heads, frames, head_dim), already rotated at
     their absolute time positions, so evicting frames never changes the survivors.
@@ -293,6 +303,7 @@ class KVCache:
         self.poses: torch.Tensor | None = None  # (B, frames, 3)
         self.taus: torch.Tensor | None = None  # (B, frames)
         self.memory: torch.Tensor | None = None  # (B, frames, C, h, w): pose recall only
+        self.observed: torch.Tensor | None = None  # (B, frames) bool: from the data, not generated (pose recall)
 
     def __len__(self) -> int:
         """The frame axis: the longest row."""
@@ -316,9 +327,11 @@ class KVCache:
 
     def append(self, kvs: list[tuple[torch.Tensor, torch.Tensor]], positions: int | list,
                poses: torch.Tensor | None = None, taus: torch.Tensor | None = None,
-               counts: list[int] | None = None, memory: torch.Tensor | None = None) -> None:
+               counts: list[int] | None = None, memory: torch.Tensor | None = None,
+               observed: torch.Tensor | None = None) -> None:
         """Add the keys/values of T frames per row (B * N, kv_heads, T, head_dim), with their
-        poses (B, T, 3), noise levels (B, T) and clean latents (B, T, C, h, w) or None.
+        poses (B, T, 3), noise levels (B, T), clean latents (B, T, C, h, w) and observed flags
+        (B, T) or None.
         ``positions``: an int (one frame), a list of T ints (every row) or B lists (per row);
         ``counts[b]``: how many of the T frames are real in row b (the rest are padding and are
         not kept; default all)."""
@@ -337,6 +350,7 @@ class KVCache:
         self.poses = _extended(self.poses, poses, index, float("nan"))
         self.taus = _extended(self.taus, taus, index, 0.0)
         self.memory = _extended(self.memory, memory, index, 0.0)
+        self.observed = _extended(self.observed, observed, index, False)
         for b, (row, c) in enumerate(zip(rows, counts)):
             if c:
                 self.row_positions[b].extend(row[:c])
@@ -361,7 +375,7 @@ class KVCache:
         if width == 0:
             self.keys = [None] * len(self.keys)
             self.values = [None] * len(self.values)
-            self.poses = self.taus = self.memory = None
+            self.poses = self.taus = self.memory = self.observed = None
         elif not self.ragged and all(k == keeps[0] for k in keeps):  # every row alike: one index
             index = torch.tensor(keeps[0], dtype=torch.long)
             for i, k in enumerate(self.keys):
@@ -371,6 +385,7 @@ class KVCache:
             self.poses = None if self.poses is None else self.poses[:, index.to(self.poses.device)]
             self.taus = None if self.taus is None else self.taus[:, index.to(self.taus.device)]
             self.memory = None if self.memory is None else self.memory[:, index.to(self.memory.device)]
+            self.observed = None if self.observed is None else self.observed[:, index.to(self.observed.device)]
         else:
             index = torch.tensor([k + [0] * (width - len(k)) for k in keeps], dtype=torch.long)
             valid = torch.arange(width)[None] < torch.tensor([len(k) for k in keeps])[:, None]
@@ -381,6 +396,7 @@ class KVCache:
             self.poses = _gather_rows(self.poses, index, valid, float("nan"))  # padding: no pose, tau 0
             self.taus = _gather_rows(self.taus, index, valid, 0.0)
             self.memory = _gather_rows(self.memory, index, valid, 0.0)
+            self.observed = _gather_rows(self.observed, index, valid, False)
         self.row_positions = [[p[i] for i in keep] for p, keep in zip(self.row_positions, keeps)]
 
     def nbytes(self) -> int:
@@ -494,6 +510,7 @@ class DynamicsTransformer(nn.Module):
         self.out_norm = RMSNorm(cfg.dim)
         self.patch_out = nn.Linear(cfg.dim, patch_dim)
         self.copy_gate = nn.Linear(cfg.dim, 1) if self.recall else None  # per patch: copy the recalled view
+        self.copy_gate_shift = 0.0  # added to the gate's logit; an inference setting, not trained (see _frames)
         self._space_rope_tables: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}  # not state
         self._init_weights()
 
@@ -585,24 +602,28 @@ class DynamicsTransformer(nn.Module):
         out = self.patch_out(spatial)  # (B, T, S, C*p*p)
         if self.recall is not None:
             copied = rearrange(pack(recalled, cfg.patch_size), "b (t s) e -> b t s e", t=t)  # (B, T, S, C*p*p)
-            gate = torch.sigmoid(self.copy_gate(spatial))  # (B, T, S, 1)
+            # Trained by MSE, the gate hedges between head and recall; in a rollout the head works
+            # from the model's own, blurrier frames, so a host may shift it toward copying.
+            gate = torch.sigmoid(self.copy_gate(spatial) + self.copy_gate_shift)  # (B, T, S, 1)
             out = (1 - gate) * out + gate * copied.to(out.dtype)
         return unpack(rearrange(out, "b t s e -> b (t s) e"), t, cfg.latent_height, cfg.latent_width, cfg.patch_size)
 
     # ------------------------------------------------------------------ whole sequences
-    def forward(self, x, tau, d, actions=None, poses=None, visible: torch.Tensor | None = None, memory=None):
+    def forward(self, x, tau, d, actions=None, poses=None, visible: torch.Tensor | None = None, memory=None,
+                observed: torch.Tensor | None = None):
         """x (B, T, C, h, w) noisy (normalised) latents, tau and d (B, T), actions (B, T) or None,
         poses (B, T, 3) or None. `visible` (B, T, T) bool: frame i may attend to frame j (None:
         causal, j <= i); training hides frames with it (single-frame rows, history dropout), and
         time positions stay the frames' own. `memory` (B, T, C, h, w): the frames' clean latents,
-        which pose recall needs (a frame recalls from the earlier frames it sees, never itself).
+        which pose recall needs (a frame recalls from the earlier frames it sees, never itself);
+        `observed` (B, T) bool: which of them count as observed (None: all; see :class:`PoseRecall`).
         Returns the x0 prediction (B, T, C, h, w)."""
         b, t = x.shape[:2]
         recalled = None
         if self.recall is not None:
             seen = torch.ones(t, t, dtype=torch.bool, device=x.device).tril() if visible is None else visible.to(x.device)
             earlier = seen & ~torch.eye(t, dtype=torch.bool, device=x.device)
-            recalled = self._recall(x, memory, poses, poses, earlier.expand(b, t, t))
+            recalled = self._recall(x, memory, poses, poses, earlier.expand(b, t, t), observed)
         h = self._tokens(x, tau, d, actions, poses, recalled)
         n = h.shape[2]
         space_rope = self._space_rope(x.device)
@@ -618,7 +639,7 @@ class DynamicsTransformer(nn.Module):
                 h, _ = block(h, space_rope)
         return self._frames(h, recalled)
 
-    def _recall(self, x, memory, pose_q, pose_k, allowed):
+    def _recall(self, x, memory, pose_q, pose_k, allowed, observed=None):
         """What the frames x (B, Tq, ...) recall from ``memory`` (B, Tk, C, h, w) at ``pose_k``:
         zeros without poses; an error without memory (a recall model must be given it)."""
         if pose_q is None:
@@ -626,7 +647,7 @@ class DynamicsTransformer(nn.Module):
         if memory is None:
             raise ValueError("this model recalls views by pose (model.pose_recall): pass the frames' clean "
                              "latents as `memory`")
-        return self.recall(memory.to(x.dtype), pose_q.float(), pose_k, allowed)
+        return self.recall(memory.to(x.dtype), pose_q.float(), pose_k, allowed, observed)
 
     # ------------------------------------------------------------------ frame by frame
     def new_cache(self, batch_size: int) -> KVCache:
@@ -662,16 +683,19 @@ class DynamicsTransformer(nn.Module):
         return out
 
     def prefill(self, cache: KVCache, x, tau, d, actions=None, poses=None, times: list | None = None,
-                counts: list[int] | None = None, memory=None):
+                counts: list[int] | None = None, memory=None, observed: torch.Tensor | None = None):
         """Append T frames x (B, T, C, h, w) in one batched pass: the same keys/values and
         predictions as T calls of ``step(..., append=True)`` (tested), for context frames.
         ``times``: T ints for every row or B lists (per row); ``counts[b]``: row b's first
         ``counts[b]`` frames are real, the rest padding (not kept, predictions meaningless).
-        ``memory`` (B, T, C, h, w): the frames' clean latents (pose recall)."""
-        return self._extend(cache, x, tau, d, actions, poses, times, append=True, counts=counts, memory=memory)
+        ``memory`` (B, T, C, h, w): the frames' clean latents (pose recall); ``observed`` (B, T)
+        bool: False for frames the model generated, which later frames recall only when no
+        observed frame is kept (None: all observed)."""
+        return self._extend(cache, x, tau, d, actions, poses, times, append=True, counts=counts, memory=memory,
+                            observed=observed)
 
     def _extend(self, cache: KVCache, x, tau, d, actions, poses, times, *, append: bool, attention: list | None = None,
-                counts: list[int] | None = None, memory=None):
+                counts: list[int] | None = None, memory=None, observed: torch.Tensor | None = None):
         """T frames x (B, T, C, h, w) at `times` (default: after each row's newest cached frame):
         frame i sees every cached frame of its row and the new frames up to itself. Returns the
         x0 predictions.
@@ -723,11 +747,13 @@ class DynamicsTransformer(nn.Module):
 
         pose_k = None if poses is None else keys_of(cache.poses, poses.float())
         tau_k = keys_of(cache.taus, tau.float())
-        recalled, new_memory = None, None
+        recalled, new_memory, new_observed = None, None, None
         if self.recall is not None:
             # a frame being generated has no clean latent yet; it cannot recall itself anyway
             new_memory = torch.zeros_like(x) if memory is None else memory.to(x.dtype)
-            recalled = self._recall(x, keys_of(cache.memory, new_memory), poses, pose_k, earlier)
+            new_observed = torch.ones(b, t, dtype=torch.bool, device=x.device) if observed is None else observed.to(x.device)
+            recalled = self._recall(x, keys_of(cache.memory, new_memory), poses, pose_k, earlier,
+                                    keys_of(cache.observed, new_observed))
         h = self._tokens(x, tau, d, actions, poses, recalled)
         frames = (poses, pose_k, tau_k)
         new_kv, layer = [], 0
@@ -740,7 +766,8 @@ class DynamicsTransformer(nn.Module):
             else:
                 h, _ = block(h, space_rope)
         if append:
-            cache.append(new_kv, rows, None if poses is None else poses.float(), tau.float(), counts, new_memory)
+            cache.append(new_kv, rows, None if poses is None else poses.float(), tau.float(), counts, new_memory,
+                         new_observed)
         return self._frames(h, recalled)
 
 

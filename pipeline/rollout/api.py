@@ -51,6 +51,7 @@ class FrameInfo:
     time: int  # index in the clip: 0 = first context frame
     action: int | None = None  # the action that led to this frame (recorded at the frame before)
     pose: tuple[float, float, float] | None = None  # the agent's recorded pose (x, y, heading in degrees)
+    observed: bool = True  # False for a frame the rollout generated (its pixels are the host's, not the data's)
 
 
 @dataclass

@@ -164,7 +164,8 @@ class _Row:
 
     def info(self, t: int) -> FrameInfo:
         return FrameInfo(time=t, action=None if self.actions is None else int(self.actions[t]),
-                         pose=None if self.poses is None else tuple(float(v) for v in self.poses[t]))
+                         pose=None if self.poses is None else tuple(float(v) for v in self.poses[t]),
+                         observed=t < len(self.context))
 
 
 @torch.no_grad()

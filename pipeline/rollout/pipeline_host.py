@@ -31,7 +31,8 @@ The model is block-causal, so history frames never see the new frame: under full
 modes compute the same thing. Context corruption is drawn once per frame, when it enters the
 history, so both modes see identical noisy context. A model with pose recall
 (``model.pose_recall``) also keeps each history frame's clean latent (in the cache, or beside the
-corrupted one), the view later frames recall; evicted frames cannot be recalled.
+corrupted one), the view later frames recall; evicted frames cannot be recalled. Each frame's
+``FrameInfo.observed`` goes with it: the recall prefers the clip's own frames to generated ones.
 """
 
 from __future__ import annotations
@@ -54,9 +55,10 @@ class PipelineHost:
     """``RolloutHost`` over a tokenizer (encode/decode) and a DynamicsTransformer."""
 
     def __init__(self, tokenizer, dynamics, sampler: ShortcutEulerSampler, device: torch.device | str = "cpu",
-                 attention_signal: bool = True):
+                 attention_signal: bool = True, copy_gate_shift: float = 0.0):
         self.tokenizer = tokenizer.eval()
         self.dynamics = dynamics.eval()
+        self.dynamics.copy_gate_shift = copy_gate_shift  # pose recall's copy gate, shifted toward copying
         self.sampler = sampler
         self.device = torch.device(device)
         k_max = int(dynamics.config.k_max)
@@ -69,10 +71,11 @@ class PipelineHost:
 
     @classmethod
     def load(cls, tokenizer_dir: str | Path, dynamics_dir: str | Path, sampling_steps: int, tau_ctx: float,
-             device: torch.device | str = "cpu") -> "PipelineHost":
+             device: torch.device | str = "cpu", copy_gate_shift: float = 0.0) -> "PipelineHost":
         tokenizer = load_trained(tokenizer_dir, TOKENIZER_KIND, build_tokenizer, device)
         dynamics = load_trained(dynamics_dir, DYNAMICS_KIND, build_dynamics, device)
-        return cls(tokenizer, dynamics, ShortcutEulerSampler(sampling_steps, tau_ctx), device)
+        return cls(tokenizer, dynamics, ShortcutEulerSampler(sampling_steps, tau_ctx), device,
+                   copy_gate_shift=copy_gate_shift)
 
     @torch.no_grad()
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -168,14 +171,17 @@ class PipelineBatchSession:
             return torch.stack([torch.stack(row + [padding] * (t - len(row))) for row in rows])
 
         x = stacked(latents)
-        clean = stacked(memory) if host.dynamics.recall is not None else None  # only a recall model reads it
+        recall = host.dynamics.recall is not None  # only a recall model reads clean latents and observed flags
+        clean = stacked(memory) if recall else None
+        observed = torch.tensor([[f.observed for f in row] + [True] * (t - len(row)) for row in infos],
+                                dtype=torch.bool, device=host.device) if recall else None
         times = [[f.time for f in row] + [row[-1].time + 1 + j if row else j for j in range(t - len(row))]
                  for row in infos]
         host.dynamics.prefill(
             cache, x, torch.full((self.rows, t), host.sampler.tau_ctx, device=host.device),
             torch.full((self.rows, t), host.d_context, device=host.device),
             host.action_tensor(infos, t), host.pose_tensor(infos, t), times,
-            counts=None if len(set(counts)) == 1 else counts, memory=clean,
+            counts=None if len(set(counts)) == 1 else counts, memory=clean, observed=observed,
         )
 
     def evict(self, keep) -> None:

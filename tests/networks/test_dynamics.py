@@ -310,8 +310,9 @@ def test_a_ragged_cache_gives_each_row_what_its_own_cache_gives(softcap, recall)
     counts, times = [4, 2, 3], [[0, 1, 2, 3], [5, 8, 0, 0], [1, 4, 6, 0]]
     keeps = [[0, 2, 3], [1], [0, 1, 2]]
     cache = model.new_cache(3)
+    observed = torch.tensor([[True, False, True, False], [False, True, True, True], [True, True, False, True]])
     model.prefill(cache, x[:, :4], tau[:, :4], d[:, :4], actions[:, :4], at(poses, slice(0, 4)), times=times,
-                  counts=counts, memory=at(clean, slice(0, 4)))
+                  counts=counts, memory=at(clean, slice(0, 4)), observed=observed)
     cache.evict_rows(keeps)
     assert cache.lengths == [3, 1, 3] and cache.ragged and cache.row_positions[1] == [8]
     steps = model.step(cache, x[:, 5], tau[:, 5], d[:, 5], actions[:, 5], append=True, time=[9, 10, 11],
@@ -323,7 +324,8 @@ def test_a_ragged_cache_gives_each_row_what_its_own_cache_gives(softcap, recall)
         alone = model.new_cache(1)
         first = slice(0, counts[b])
         model.prefill(alone, x[b:b + 1, first], tau[b:b + 1, first], d[b:b + 1, first], actions[b:b + 1, first],
-                      row(poses, b, first), times=times[b][:counts[b]], memory=row(clean, b, first))
+                      row(poses, b, first), times=times[b][:counts[b]], memory=row(clean, b, first),
+                      observed=observed[b:b + 1, first])
         alone.evict(keeps[b])
         step = model.step(alone, x[b:b + 1, 5], tau[b:b + 1, 5], d[b:b + 1, 5], actions[b:b + 1, 5], append=True,
                           time=9 + b, pose=row(poses, b, 5), memory=row(clean, b, 5))
@@ -377,3 +379,36 @@ def test_an_evicted_frame_is_not_recalled_and_appending_without_clean_latents_is
         model.step(cache, x[:, 2], 0.1, 0.25, actions[:, 2], append=True, pose=poses[:, 2])
     with pytest.raises(ValueError, match="pose_recall.*memory"):
         model(x, tau, d, actions, poses)
+
+
+def test_pose_recall_reads_observed_frames_first_and_generated_ones_only_when_none_is_kept():
+    """A generated frame seen from exactly here loses to an observed one seen from elsewhere,
+    through the cache and in forward alike; once no observed frame is kept, it is recalled."""
+    model = copier()
+    x, tau, d, actions = inputs(b=1, t=3)
+    clean = torch.randn_like(x)
+    poses = torch.tensor([[[30.0, 0.0, 90.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]])
+    observed = torch.tensor([[True, False, True]])  # frame 1: the model's own, from the new frame's pose
+    cache = model.new_cache(1)
+    model.prefill(cache, x[:, :2], tau[:, :2], d[:, :2], actions[:, :2], poses[:, :2], memory=clean[:, :2],
+                  observed=observed[:, :2])
+    step = lambda: model.step(cache, x[:, 2], 1.0, 0.25, actions[:, 2], append=False, pose=poses[:, 2])  # noqa: E731
+    torch.testing.assert_close(step(), clean[:, 0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(model(x, tau, d, actions, poses, memory=clean, observed=observed)[:, 2], clean[:, 0],
+                               atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(model(x, tau, d, actions, poses, memory=clean)[:, 2], clean[:, 1],
+                               atol=1e-4, rtol=1e-4)  # all observed: the nearest view wins
+    cache.evict([1])
+    torch.testing.assert_close(step(), clean[:, 1], atol=1e-4, rtol=1e-4)
+
+
+def test_a_copy_gate_shift_makes_the_model_copy_the_recalled_view():
+    model = posed(pose_recall=500.0)
+    x, tau, d, actions = inputs(b=1, t=4)
+    clean = torch.randn_like(x)
+    poses = torch.tensor([[[0.0, 0.0, 0.0], [20.0, 0.0, 90.0], [0.0, 20.0, 180.0], [20.0, 0.0, 90.0]]])
+    as_trained = model(x, tau, d, actions, poses, memory=clean)
+    model.copy_gate_shift = 30.0
+    shifted = model(x, tau, d, actions, poses, memory=clean)
+    assert not torch.allclose(as_trained[:, 3], clean[:, 1], atol=1e-2)  # blended with the head
+    torch.testing.assert_close(shifted[:, 3], clean[:, 1], atol=1e-4, rtol=1e-4)

@@ -250,3 +250,17 @@ def test_the_hosts_attention_mass_reaches_the_next_plans_frame_meta():
                 generator=torch.Generator().manual_seed(0))
     assert seen[0] == [None] * 4  # nothing generated yet
     assert seen[1] == [0.0, 0.0, 0.0, 1.0, None]  # the frame just generated was not attended to yet
+
+
+def test_the_host_is_told_which_frames_are_the_clips_own_and_which_it_generated():
+    appended = []
+
+    class Observing(ToyHost):
+        def start(self, mode, generator):
+            session = super().start(mode, generator)
+            append = session.append
+            session.append = lambda latent, info: (appended.append((info.time, info.observed)), append(latent, info))
+            return session
+
+    rollout("full_history", max_frames=None, mode="kv", n_ctx=4, n_predict=3, host=Observing())
+    assert appended == [(0, True), (1, True), (2, True), (3, True), (4, False), (5, False)]
