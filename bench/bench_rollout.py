@@ -47,7 +47,8 @@ def random_models(params, n_actions: int = 18):
 
 def make_host(params, steps: int, device, models):
     tok, dyn = models
-    return PipelineHost(tok, dyn, ShortcutEulerSampler(steps, params.benchmark.tau_ctx), device)
+    return PipelineHost(tok, dyn, ShortcutEulerSampler(steps, params.benchmark.tau_ctx), device,
+                        copy_gate_shift=params.benchmark.copy_gate_shift)
 
 
 def timed(host, policy, context, n_predict, max_frames, mode, actions, repeats, seed=0, poses=None):
@@ -137,7 +138,8 @@ def main() -> None:
               f"ms/step = {100 * r.policy_seconds / r.seconds:5.2f} %")
 
     print(f"\n4. host signals: step time with attention_mass recorded vs without (kv mode, budget {args.medium})")
-    quiet = PipelineHost(host.tokenizer, host.dynamics, host.sampler, device, attention_signal=False)
+    quiet = PipelineHost(host.tokenizer, host.dynamics, host.sampler, device, attention_signal=False,
+                         copy_gate_shift=host.copy_gate_shift)
     timed(quiet, "full_history", context, 2, None, "kv", actions, 1, poses=poses)  # warm-up
     for policy in ("full_history", "tova", "pose_retrieval"):
         with_signal = timed(host, policy, context, args.predict, args.medium, "kv", actions, args.repeats, poses=poses)

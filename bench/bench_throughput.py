@@ -64,7 +64,8 @@ def pipeline_host(params, device, preset: str, sampling_steps: int):
     """(host, clip size, n_actions, what the models are)."""
     trained = (paths.TOKENIZER / "config.json").is_file() and (paths.DYNAMICS / "config.json").is_file()
     if preset == "default" and trained:
-        host = PipelineHost.load(paths.TOKENIZER, paths.DYNAMICS, sampling_steps, params.benchmark.tau_ctx, device)
+        host = PipelineHost.load(paths.TOKENIZER, paths.DYNAMICS, sampling_steps, params.benchmark.tau_ctx, device,
+                                 copy_gate_shift=params.benchmark.copy_gate_shift)
         return host, params.extract.size, host.dynamics.config.n_actions, "trained checkpoints"
     from bench_rollout import random_models  # the sibling script: `python bench/<script>.py` puts bench/ first on sys.path
 
@@ -76,7 +77,8 @@ def pipeline_host(params, device, preset: str, sampling_steps: int):
         })
     torch.manual_seed(params.seed)
     tok, dyn = (m.to(device) for m in random_models(params, n_actions=5))
-    host = PipelineHost(tok, dyn, ShortcutEulerSampler(sampling_steps, params.benchmark.tau_ctx), device)
+    host = PipelineHost(tok, dyn, ShortcutEulerSampler(sampling_steps, params.benchmark.tau_ctx), device,
+                        copy_gate_shift=params.benchmark.copy_gate_shift)
     return host, params.extract.size, 5, "random weights"
 
 

@@ -37,7 +37,7 @@ sharp; where it was not, the gate closes and the head generates.
 Only retained frames can be recalled, so what a retention policy keeps decides what the model
 can copy (WorldMem and Context-as-Memory condition on frames retrieved by camera pose). Observed
 frames are recalled before generated ones (``observed``; see :class:`PoseRecall`), and a host
-may shift the gate toward copying when it generates (``copy_gate_shift``).
+may shift the gate toward copying when it generates (``step(..., copy_gate_shift=)``).
 
 Conventions: tau = 0 clean, tau = 1 pure noise, z_tau = (1 - tau) x0 + tau eps;
 d is the shortcut step size in (0, 1]. ``actions[:, t]`` is the action *that led to frame t*
@@ -510,7 +510,6 @@ class DynamicsTransformer(nn.Module):
         self.out_norm = RMSNorm(cfg.dim)
         self.patch_out = nn.Linear(cfg.dim, patch_dim)
         self.copy_gate = nn.Linear(cfg.dim, 1) if self.recall else None  # per patch: copy the recalled view
-        self.copy_gate_shift = 0.0  # added to the gate's logit; an inference setting, not trained (see _frames)
         self._space_rope_tables: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}  # not state
         self._init_weights()
 
@@ -593,9 +592,10 @@ class DynamicsTransformer(nn.Module):
             raise ValueError(f"action {int(actions.max())} out of range: the model knows {n} actions (n_actions)")
         return torch.where(actions < 0, torch.full_like(actions, n), actions)
 
-    def _frames(self, h, recalled=None):
+    def _frames(self, h, recalled=None, copy_gate_shift: float = 0.0):
         """(B, T, N, D) -> x0 prediction (B, T, C, h, w) from the spatial tokens; with pose recall,
-        blended with the recalled view (B, T, C, h, w) by each patch's copy gate."""
+        blended with the recalled view (B, T, C, h, w) by each patch's copy gate (its logit plus
+        ``copy_gate_shift``, 0 in training)."""
         cfg = self.config
         t, (gh, gw) = h.shape[1], cfg.grid
         spatial = self.out_norm(h[:, :, : gh * gw])
@@ -604,7 +604,7 @@ class DynamicsTransformer(nn.Module):
             copied = rearrange(pack(recalled, cfg.patch_size), "b (t s) e -> b t s e", t=t)  # (B, T, S, C*p*p)
             # Trained by MSE, the gate hedges between head and recall; in a rollout the head works
             # from the model's own, blurrier frames, so a host may shift it toward copying.
-            gate = torch.sigmoid(self.copy_gate(spatial) + self.copy_gate_shift)  # (B, T, S, 1)
+            gate = torch.sigmoid(self.copy_gate(spatial) + copy_gate_shift)  # (B, T, S, 1)
             out = (1 - gate) * out + gate * copied.to(out.dtype)
         return unpack(rearrange(out, "b t s e -> b (t s) e"), t, cfg.latent_height, cfg.latent_width, cfg.patch_size)
 
@@ -654,7 +654,7 @@ class DynamicsTransformer(nn.Module):
         return KVCache(batch_size, self.temporal_layers)
 
     def step(self, cache: KVCache, x, tau, d, action=None, *, append: bool, pose=None, time=None,
-             attention: list | None = None, memory=None):
+             attention: list | None = None, memory=None, copy_gate_shift: float = 0.0):
         """One frame x (B, C, h, w) at time `time` (an int, or one per row; default: after the
         newest cached frame), attending to the cached frames; `pose` (3,) or (B, 3). Returns its
         x0 prediction (B, C, h, w); with `append` its keys/values join the cache as a new frame
@@ -662,7 +662,8 @@ class DynamicsTransformer(nn.Module):
         appends where the frame's queries looked: (B, cached frames + 1), row b's own frames
         first (``cache.lengths[b]`` of them, as before the call), then the frame itself.
         ``memory`` (B, C, h, w): the frame's clean latent, which a pose-recall model keeps for
-        later frames when the frame is appended."""
+        later frames when the frame is appended. ``copy_gate_shift``: added to the copy gate's
+        logit (pose recall; a rollout's choice, see :meth:`_frames`)."""
         b = x.shape[0]
         as_col = lambda v, dtype: torch.as_tensor(v, dtype=dtype, device=x.device).expand(b).reshape(b, 1)  # noqa: E731
         action = None if action is None else as_col(action, torch.long)
@@ -677,7 +678,7 @@ class DynamicsTransformer(nn.Module):
         layers = [] if attention is not None else None
         memory = None if memory is None else memory[:, None]
         out = self._extend(cache, x[:, None], tau, d, action, poses, times, append=append, attention=layers,
-                           memory=memory)[:, 0]
+                           memory=memory, copy_gate_shift=copy_gate_shift)[:, 0]
         if layers is not None:
             attention.extend(w[:, -1] for w in layers)
         return out
@@ -695,7 +696,8 @@ class DynamicsTransformer(nn.Module):
                             observed=observed)
 
     def _extend(self, cache: KVCache, x, tau, d, actions, poses, times, *, append: bool, attention: list | None = None,
-                counts: list[int] | None = None, memory=None, observed: torch.Tensor | None = None):
+                counts: list[int] | None = None, memory=None, observed: torch.Tensor | None = None,
+                copy_gate_shift: float = 0.0):
         """T frames x (B, T, C, h, w) at `times` (default: after each row's newest cached frame):
         frame i sees every cached frame of its row and the new frames up to itself. Returns the
         x0 predictions.
@@ -768,7 +770,7 @@ class DynamicsTransformer(nn.Module):
         if append:
             cache.append(new_kv, rows, None if poses is None else poses.float(), tau.float(), counts, new_memory,
                          new_observed)
-        return self._frames(h, recalled)
+        return self._frames(h, recalled, copy_gate_shift)
 
 
 def build_dynamics(config: dict) -> DynamicsTransformer:

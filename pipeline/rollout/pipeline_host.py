@@ -58,7 +58,7 @@ class PipelineHost:
                  attention_signal: bool = True, copy_gate_shift: float = 0.0):
         self.tokenizer = tokenizer.eval()
         self.dynamics = dynamics.eval()
-        self.dynamics.copy_gate_shift = copy_gate_shift  # pose recall's copy gate, shifted toward copying
+        self.copy_gate_shift = copy_gate_shift  # pose recall's copy gate, shifted toward copying when generating
         self.sampler = sampler
         self.device = torch.device(device)
         k_max = int(dynamics.config.k_max)
@@ -220,7 +220,8 @@ class PipelineBatchSession:
         def denoise(z: torch.Tensor, tau: float, d: float) -> torch.Tensor:
             final = next(calls) == 1 and host.attention_signal
             layers = [] if final else None  # where the final call's queries looked, for attention_mass
-            x0 = host.dynamics.step(cache, z, vec(tau), vec(d), append=False, attention=layers, **conditioning)
+            x0 = host.dynamics.step(cache, z, vec(tau), vec(d), append=False, attention=layers,
+                                    copy_gate_shift=host.copy_gate_shift, **conditioning)
             if final:
                 shares = torch.stack(layers).mean(dim=0).cpu()  # mean over layers: (B, keys)
                 self.last_attention = [shares[b, :n].tolist() for b, n in enumerate(lengths)]  # without itself

@@ -402,13 +402,14 @@ def test_pose_recall_reads_observed_frames_first_and_generated_ones_only_when_no
     torch.testing.assert_close(step(), clean[:, 1], atol=1e-4, rtol=1e-4)
 
 
-def test_a_copy_gate_shift_makes_the_model_copy_the_recalled_view():
+def test_a_copy_gate_shift_makes_a_step_copy_the_recalled_view():
     model = posed(pose_recall=500.0)
     x, tau, d, actions = inputs(b=1, t=4)
     clean = torch.randn_like(x)
     poses = torch.tensor([[[0.0, 0.0, 0.0], [20.0, 0.0, 90.0], [0.0, 20.0, 180.0], [20.0, 0.0, 90.0]]])
-    as_trained = model(x, tau, d, actions, poses, memory=clean)
-    model.copy_gate_shift = 30.0
-    shifted = model(x, tau, d, actions, poses, memory=clean)
-    assert not torch.allclose(as_trained[:, 3], clean[:, 1], atol=1e-2)  # blended with the head
-    torch.testing.assert_close(shifted[:, 3], clean[:, 1], atol=1e-4, rtol=1e-4)
+    cache = model.new_cache(1)
+    model.prefill(cache, x[:, :3], tau[:, :3], d[:, :3], actions[:, :3], poses[:, :3], memory=clean[:, :3])
+    step = lambda shift: model.step(cache, x[:, 3], 1.0, 0.25, actions[:, 3], append=False,  # noqa: E731
+                                    pose=poses[:, 3], copy_gate_shift=shift)
+    assert not torch.allclose(step(0.0), clean[:, 1], atol=1e-2)  # as trained: blended with the head
+    torch.testing.assert_close(step(30.0), clean[:, 1], atol=1e-4, rtol=1e-4)
