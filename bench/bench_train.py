@@ -21,7 +21,7 @@ import torch
 import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
-from pipeline.config import parse_params
+from pipeline.config import merge_files, parse_params, read_param_files
 from pipeline.data.latent_windows import Batch
 from pipeline.networks.dynamics import DynamicsTransformer, dynamics_config
 from pipeline.training.device import autocast, pick_device
@@ -49,7 +49,7 @@ def sync(device):
 
 
 def load_overridden(sets: list[str]):
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw = merge_files(read_param_files(ROOT / "params.yaml"))  # with settings.yaml, as the stages read them
     for item in sets:
         key, value = item.split("=", 1)
         *path, last = key.split(".")
