@@ -294,6 +294,9 @@ class KVCache:
     then *ragged*). Rows that share every length take the plain path: no mask, no gather.
     """
 
+    # The per-frame values kept beside the keys/values, and what a padding slot holds.
+    FRAME_FIELDS = {"poses": float("nan"), "taus": 0.0, "memory": 0.0, "observed": False}
+
     def __init__(self, batch_size: int, n_layers: int):
         self.batch_size = batch_size
         self.keys: list[torch.Tensor | None] = [None] * n_layers
@@ -347,10 +350,8 @@ class KVCache:
             if index is not None:
                 k_all, v_all = _gather_frames(k_all, index[0]), _gather_frames(v_all, index[0])
             self.keys[i], self.values[i] = k_all, v_all
-        self.poses = _extended(self.poses, poses, index, float("nan"))
-        self.taus = _extended(self.taus, taus, index, 0.0)
-        self.memory = _extended(self.memory, memory, index, 0.0)
-        self.observed = _extended(self.observed, observed, index, False)
+        for (name, pad), new in zip(self.FRAME_FIELDS.items(), (poses, taus, memory, observed), strict=True):
+            setattr(self, name, _extended(getattr(self, name), new, index, pad))
         for b, (row, c) in enumerate(zip(rows, counts)):
             if c:
                 self.row_positions[b].extend(row[:c])
@@ -375,17 +376,14 @@ class KVCache:
         if width == 0:
             self.keys = [None] * len(self.keys)
             self.values = [None] * len(self.values)
-            self.poses = self.taus = self.memory = self.observed = None
+            self._each_frame_field(lambda values, pad: None)
         elif not self.ragged and all(k == keeps[0] for k in keeps):  # every row alike: one index
             index = torch.tensor(keeps[0], dtype=torch.long)
             for i, k in enumerate(self.keys):
                 if k is not None:
                     self.keys[i] = k.index_select(2, index.to(k.device))
                     self.values[i] = self.values[i].index_select(2, index.to(k.device))
-            self.poses = None if self.poses is None else self.poses[:, index.to(self.poses.device)]
-            self.taus = None if self.taus is None else self.taus[:, index.to(self.taus.device)]
-            self.memory = None if self.memory is None else self.memory[:, index.to(self.memory.device)]
-            self.observed = None if self.observed is None else self.observed[:, index.to(self.observed.device)]
+            self._each_frame_field(lambda values, pad: values[:, index.to(values.device)])
         else:
             index = torch.tensor([k + [0] * (width - len(k)) for k in keeps], dtype=torch.long)
             valid = torch.arange(width)[None] < torch.tensor([len(k) for k in keeps])[:, None]
@@ -393,11 +391,15 @@ class KVCache:
                 if k is not None:
                     self.keys[i] = _gather_frames(k, index)
                     self.values[i] = _gather_frames(self.values[i], index)
-            self.poses = _gather_rows(self.poses, index, valid, float("nan"))  # padding: no pose, tau 0
-            self.taus = _gather_rows(self.taus, index, valid, 0.0)
-            self.memory = _gather_rows(self.memory, index, valid, 0.0)
-            self.observed = _gather_rows(self.observed, index, valid, False)
+            self._each_frame_field(lambda values, pad: _gather_rows(values, index, valid, pad))
         self.row_positions = [[p[i] for i in keep] for p, keep in zip(self.row_positions, keeps)]
+
+    def _each_frame_field(self, fn) -> None:
+        """Replace each per-frame field that is set by ``fn(values, padding value)``."""
+        for name, pad in self.FRAME_FIELDS.items():
+            values = getattr(self, name)
+            if values is not None:
+                setattr(self, name, fn(values, pad))
 
     def nbytes(self) -> int:
         """Bytes the cache holds (keys, values and recall latents), padding included."""
