@@ -344,7 +344,7 @@ class BenchmarkParams(Section):
                                  "sink_recent", "h2o", "tova", "rkv", "pose_retrieval"],
         min_length=1,
     )
-    modes: list[Literal["recompute", "kv"]] = Field(default_factory=lambda: ["recompute", "kv"], min_length=1)
+    modes: list[Literal["recompute", "kv"]] = Field(default_factory=lambda: ["kv"], min_length=1)
     workloads: dict[str, WorkloadParams] = Field(
         default_factory=lambda: {
             "short": WorkloadParams(context=5, predict=11),
@@ -357,7 +357,7 @@ class BenchmarkParams(Section):
         min_length=1,
         description="name -> max_frames (null = unlimited)",
     )
-    n_clips: int = Field(16, ge=1)
+    n_clips: int = Field(30, ge=1)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     sampling_steps: int = Field(4, ge=1)
     tau_ctx: float = Field(0.1, ge=0, lt=1)

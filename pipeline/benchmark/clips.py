@@ -61,18 +61,21 @@ def select_clips(frames_path: str | Path, latents_path: str | Path | None, conte
                  n_clips: int, seed: int, split: str = "test") -> list[Clip]:
     """``n_clips`` windows of ``context + predict`` frames from the split's videos, deterministic.
 
-    Videos are visited in a seeded order, round robin, each window's start drawn from the same
-    seeded generator, so a clip set depends only on (seed, context, predict, n_clips, data).
+    Videos are visited in a seeded order, round robin; a video's windows are placed by
+    :func:`window_starts`, disjoint where the video holds them (two overlapping clips share
+    frames, so their scores are not independent observations, as the intervals assume). A clip
+    set depends only on (seed, context, predict, n_clips, data).
     """
     length = context + predict
     eligible = eligible_videos(frames_path, context, predict, split)
     latents_root = open_store(latents_path) if latents_path is not None else None
     rng = np.random.default_rng([seed, context, predict])
     order = [eligible[i] for i in rng.permutation(len(eligible))]
+    counts = [len(range(i, n_clips, len(order))) for i in range(len(order))]  # clips per video, round robin
+    starts = [window_starts(video.n_frames, length, count, rng) for video, count in zip(order, counts)]
     clips = []
     for i in range(n_clips):
-        video = order[i % len(order)]
-        start = int(rng.integers(0, video.n_frames - length + 1))
+        video, start = order[i % len(order)], int(starts[i % len(order)][i // len(order)])
         latents = None
         if latents_root is not None:
             if video.id not in latents_root:
@@ -82,6 +85,20 @@ def select_clips(frames_path: str | Path, latents_path: str | Path | None, conte
         poses = read_poses(frames_path, video.id, start, start + length) if video.has_poses else None
         clips.append(Clip(video.id, start, pixels, latents, conditioning_actions(frames_path, video, start, length), poses))
     return clips
+
+
+def window_starts(n_frames: int, length: int, count: int, rng: np.random.Generator) -> np.ndarray:
+    """``count`` sorted starts of ``length``-frame windows in a video of ``n_frames``: uniformly
+    random among the placements where no two windows overlap (the free frames split at random
+    into the gaps), or, when the video cannot hold them apart, evenly spread (the least overlap)."""
+    if count == 0:
+        return np.zeros(0, dtype=np.int64)
+    free = n_frames - count * length
+    if free >= 0:
+        # stars and bars: sorted distinct draws minus their rank are the offsets, uniform over placements
+        offsets = np.sort(rng.choice(free + count, size=count, replace=False)) - np.arange(count)
+        return offsets + length * np.arange(count)
+    return np.round(np.linspace(0, n_frames - length, count)).astype(np.int64)
 
 
 def conditioning_actions(frames_path, video, start: int, length: int) -> np.ndarray | None:

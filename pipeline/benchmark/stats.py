@@ -3,8 +3,9 @@
 The benchmark draws the sampling noise of a (clip, seed) pair once and gives it to every policy,
 so two policies' scores on the same pair are paired observations. The paired difference cancels
 what the clip and the noise contribute to both, and its Student-t interval is much narrower than
-comparing two independent means. With few rollouts (the CPU default has 4 clips) the interval is
-wide; that is the information: a gap inside it is not a ranking.
+comparing two independent means. The observations are clips (a clip's seeds are averaged
+first, see pipeline.benchmark.summary); with few clips the interval is wide, and that is the
+information: a gap inside it is not a ranking.
 """
 
 from __future__ import annotations

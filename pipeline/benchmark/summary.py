@@ -3,7 +3,9 @@
 The rollouts go into one pandas table (a row per rollout); cells are its groups by (workload,
 budget, policy, mode), in the order of the params. Paired gaps to ``PAIRED_BASELINE`` join each
 rollout with the baseline's rollout on the same (clip, seed) -- the same clip and the same noise
--- and go through :func:`pipeline.benchmark.stats.paired_difference`. Means over frames and
+-- and go through :func:`pipeline.benchmark.stats.paired_difference`. The clips are the independent
+observations: a clip's sampling seeds share its frames, so their rollouts are averaged per clip
+first (counting each seed as an observation would narrow the interval without new data). Means over frames and
 rollouts are numpy's on the stacked per-frame values, so a number depends only on the rollouts.
 """
 
@@ -77,20 +79,23 @@ def _cell_entry(rollouts: pd.DataFrame) -> dict:
         n_rollouts=len(rollouts),
     )
     entry["peak_kv_memory_mb"] = entry["peak_retained_bytes"] / 2**20
-    entry["psnr_sem"] = standard_error(rollouts["psnr_rollout"].tolist())
+    entry["psnr_sem"] = standard_error(per_clip(rollouts, ["psnr_rollout"])["psnr_rollout"].tolist())
     entry["memory_oracle_psnr"] = float(np.mean(rollouts["memory_oracle_psnr"].tolist()))
     return entry
+
+
+def per_clip(rollouts: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """``columns`` averaged over each clip's sampling seeds, one row per clip (in clip order)."""
+    return rollouts.groupby("clip")[columns].mean()
 
 
 def paired_gaps(rollouts: pd.DataFrame) -> dict[Key, tuple[float, float | None]]:
     """Per cell whose (workload, budget, mode) has PAIRED_BASELINE rollouts: the mean PSNR gap to
     the baseline on the same (clip, seed) and its 95% half-width."""
     baseline = rollouts.loc[rollouts["policy"] == PAIRED_BASELINE, [*PAIR, "psnr_rollout"]]
-    pairs = rollouts.merge(baseline, on=PAIR, suffixes=("", "_baseline")).sort_values(["clip", "seed"], kind="stable")
-    return {
-        key: paired_difference(g["psnr_rollout"].tolist(), g["psnr_rollout_baseline"].tolist())
-        for key, g in pairs.groupby(CELL, observed=True)
-    }
+    pairs = rollouts.merge(baseline, on=PAIR, suffixes=("", "_baseline"))
+    columns = ["psnr_rollout", "psnr_rollout_baseline"]
+    return {key: paired_difference(*per_clip(g, columns)[columns].T.values) for key, g in pairs.groupby(CELL, observed=True)}
 
 
 def memory_gains(rollouts: pd.DataFrame, budgets: dict[str, int | None]) -> dict[Key, tuple[float, float | None]]:
@@ -103,12 +108,10 @@ def memory_gains(rollouts: pd.DataFrame, budgets: dict[str, int | None]) -> dict
         return {}
     keys = ["workload", "mode", "clip", "seed"]
     full = ours.loc[ours["budget"] == unlimited[0], [*keys, "psnr_rollout"]]
-    pairs = ours.merge(full, on=keys, suffixes=("", "_full")).sort_values(["clip", "seed"], kind="stable")
+    pairs = ours.merge(full, on=keys, suffixes=("", "_full"))
     pairs = pairs[pairs["budget"].map(lambda b: budgets.get(b) is not None).astype(bool)]
-    return {
-        key: paired_difference(g["psnr_rollout_full"].tolist(), g["psnr_rollout"].tolist())
-        for key, g in pairs.groupby(CELL, observed=True)
-    }
+    columns = ["psnr_rollout_full", "psnr_rollout"]
+    return {key: paired_difference(*per_clip(g, columns)[columns].T.values) for key, g in pairs.groupby(CELL, observed=True)}
 
 
 def summarize(run: BenchmarkRun) -> dict[Key, dict]:

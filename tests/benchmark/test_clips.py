@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pipeline.benchmark.clips import BenchmarkError, select_clips
+from pipeline.benchmark.clips import BenchmarkError, select_clips, window_starts
 from tests.benchmark.toy import VIDEOS
 
 
@@ -37,3 +37,26 @@ def test_no_long_enough_test_video_is_a_clear_error(stores):
     frames, latents = stores
     with pytest.raises(BenchmarkError, match="no test video has the 100 frames a 50 -> 50 workload needs"):
         select_clips(frames, latents, 50, 50, 1, seed=0)
+
+
+def test_clips_of_one_video_do_not_overlap_when_it_holds_them(stores):
+    frames, latents = stores
+    for seed in range(5):
+        clips = select_clips(frames, latents, 10, 6, 2, seed)  # b_test's 40 frames hold two 16-frame windows
+        a, b = sorted(c.start for c in clips)
+        assert {c.video_id for c in clips} == {"b_test"} and b - a >= 16
+
+
+def test_window_starts_are_uniform_over_disjoint_placements():
+    rng = np.random.default_rng(0)
+    counts = {}
+    for _ in range(6000):
+        starts = tuple(window_starts(5, 2, 2, rng).tolist())
+        counts[starts] = counts.get(starts, 0) + 1
+    assert set(counts) == {(0, 2), (0, 3), (1, 3)}  # every way to fit two 2-frame windows in 5 frames
+    assert all(abs(n / 6000 - 1 / 3) < 0.03 for n in counts.values())
+
+
+def test_window_starts_spread_evenly_when_windows_must_overlap():
+    starts = window_starts(500, 72, 7, np.random.default_rng(0))  # 7 x 72 > 500
+    assert starts[0] == 0 and starts[-1] == 500 - 72 and np.all(np.diff(starts) >= 71)

@@ -39,3 +39,22 @@ def test_without_full_history_there_is_no_gap_but_still_a_standard_error(stores,
     for e in summary.values():
         assert e["psnr_vs_full_history"] is None and e["psnr_vs_full_history_ci95"] is None
         assert e["psnr_sem"] is not None
+
+
+def test_a_clips_sampling_seeds_count_as_one_observation(stores, scorer):
+    from pipeline.benchmark.stats import paired_difference
+
+    result = run(stores, scorer, bench_params(seeds=[0, 1], workloads={"long": {"context": 10, "predict": 6}}))
+    summary = summarize(result)
+
+    def clip_means(policy, budget):
+        recs = [r for r in result.records if (r.cell.budget, r.cell.policy, r.cell.mode) == (budget, policy, "kv")]
+        return [np.mean([np.mean(r.per_frame["psnr"]) for r in recs if r.clip == c]) for c in (0, 1)]
+
+    entry = summary[("long", "tight", "recent_window", "kv")]
+    expected = paired_difference(clip_means("recent_window", "tight"), clip_means("full_history", "tight"))
+    assert (entry["psnr_vs_full_history"], entry["psnr_vs_full_history_ci95"]) == pytest.approx(expected)
+    assert entry["psnr_sem"] == pytest.approx(np.std(clip_means("recent_window", "tight"), ddof=1) / np.sqrt(2))
+    gain = summary[("long", "tight", "full_history", "kv")]
+    expected = paired_difference(clip_means("full_history", "full"), clip_means("full_history", "tight"))
+    assert (gain["memory_gain"], gain["memory_gain_ci95"]) == pytest.approx(expected)
