@@ -133,7 +133,7 @@ def test_a_broken_policy_is_named_with_what_is_wrong(in_project, policy, capsys)
 @pytest.mark.parametrize("policy", ["KeepsEverything", "Sleeper"])
 def test_a_policy_that_ignores_the_budget_or_is_slow_still_gets_a_rollout_within_it(in_project, policy, capsys):
     fault = inject("broken policy", policy, "")
-    try_policy("--policy", f"zoo.py:{policy}")
+    try_policy("--policy", f"zoo.py:{policy}", "--mode", "recompute", "--mode", "kv")
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("TEST_METRICS: ") and policy in line]
     kept = [int(re.search(r"n_frames_kept=(\d+)", line).group(1)) for line in lines]
     assert len(kept) == 2 and max(kept) <= BUDGET  # both modes, never more frames than the budget
