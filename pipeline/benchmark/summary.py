@@ -116,7 +116,7 @@ def memory_gains(rollouts: pd.DataFrame, budgets: dict[str, int | None]) -> dict
 
 def summarize(run: BenchmarkRun) -> dict[Key, dict]:
     """Per cell, in the params' order: mean metrics, per-horizon curves, speed and memory, and
-    how sure the PSNR is: its standard error over rollouts and its paired gap to PAIRED_BASELINE
+    how sure the PSNR is: its standard error over clips and its paired gap to PAIRED_BASELINE
     (same clips, same noise; see pipeline.benchmark.stats) with a 95% confidence half-width."""
     if not run.records:
         return {}

@@ -119,7 +119,8 @@ def headline_section(h: dict, budgets: dict) -> str:
 def leaderboard_section(benchmark: dict, chart: str | None) -> str:
     budgets = benchmark.get("budgets", {})
     out = ["<h2>Policy leaderboard</h2>",
-           "<p class='note'>Per workload and budget, the policies (in each mode) by PSNR, with the standard error over rollouts "
+           "<p class='note'>Per workload and budget, the policies (in each mode) by PSNR, with the standard error over "
+           "clips (a clip's sampling seeds averaged first) "
            f"and the mean paired gap to <code>{PAIRED_BASELINE}</code> on the same clips and noise, &plusmn; its 95% "
            "interval. <strong>A ranking is a claim only where the interval excludes zero</strong> (green: better, red: "
            "worse); where it includes zero, these rollouts cannot tell the two policies apart, whatever the order. "
