@@ -94,8 +94,7 @@ def paired_gaps(rollouts: pd.DataFrame) -> dict[Key, tuple[float, float | None]]
     the baseline on the same (clip, seed) and its 95% half-width."""
     baseline = rollouts.loc[rollouts["policy"] == PAIRED_BASELINE, [*PAIR, "psnr_rollout"]]
     pairs = rollouts.merge(baseline, on=PAIR, suffixes=("", "_baseline"))
-    columns = ["psnr_rollout", "psnr_rollout_baseline"]
-    return {key: paired_difference(*per_clip(g, columns)[columns].T.values) for key, g in pairs.groupby(CELL, observed=True)}
+    return _paired_per_cell(pairs, "psnr_rollout", "psnr_rollout_baseline")
 
 
 def memory_gains(rollouts: pd.DataFrame, budgets: dict[str, int | None]) -> dict[Key, tuple[float, float | None]]:
@@ -110,8 +109,13 @@ def memory_gains(rollouts: pd.DataFrame, budgets: dict[str, int | None]) -> dict
     full = ours.loc[ours["budget"] == unlimited[0], [*keys, "psnr_rollout"]]
     pairs = ours.merge(full, on=keys, suffixes=("", "_full"))
     pairs = pairs[pairs["budget"].map(lambda b: budgets.get(b) is not None).astype(bool)]
-    columns = ["psnr_rollout_full", "psnr_rollout"]
-    return {key: paired_difference(*per_clip(g, columns)[columns].T.values) for key, g in pairs.groupby(CELL, observed=True)}
+    return _paired_per_cell(pairs, "psnr_rollout_full", "psnr_rollout")
+
+
+def _paired_per_cell(pairs: pd.DataFrame, a: str, b: str) -> dict[Key, tuple[float, float | None]]:
+    """Per cell of ``pairs``: the mean of column a minus column b over its clips (each clip's
+    seeds averaged first) and the 95% half-width."""
+    return {key: paired_difference(*per_clip(g, [a, b]).T.values) for key, g in pairs.groupby(CELL, observed=True)}
 
 
 def summarize(run: BenchmarkRun) -> dict[Key, dict]:
