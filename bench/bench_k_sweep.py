@@ -8,7 +8,7 @@ the ground truth, and the paired PSNR difference to the finest K with its 95% in
 
 K runs up to the model's ``k_max`` (a K finer than the finest step it was trained for is not a
 shortcut step it knows). The default trains k_max = 16; the DreamerV4 comparison needs a
-k_max = 64 model (the README's preset: ``dvc exp run -S model.k_max=64``).
+k_max = 64 model (the GPU preset of docs/models.md: ``dvc exp run -S model.k_max=64``).
 
     python bench/bench_k_sweep.py [--ks 1 2 4 16 64] [--workload long] [--clips 16] [--batch 16]
 """
@@ -23,13 +23,13 @@ from bench_rollout import make_host  # the sibling script: `python bench/<script
 
 from pipeline import paths
 from pipeline.benchmark.clips import workload_clips
-from pipeline.benchmark.hosts import benchmark_device
 from pipeline.benchmark.run import Scorer, run_benchmark
 from pipeline.benchmark.stats import paired_difference
 from pipeline.benchmark.summary import rollout_table, summarize
 from pipeline.config import load_params
+from pipeline.hosts.build import benchmark_device
+from pipeline.hosts.pipeline_host import PipelineHost
 from pipeline.rollout.loop import finish_queued_work
-from pipeline.rollout.pipeline_host import PipelineHost
 
 
 def main() -> None:

@@ -25,12 +25,12 @@ import torch
 
 from pipeline import paths
 from pipeline.benchmark.clips import select_clips
-from pipeline.benchmark.hosts import benchmark_device
 from pipeline.benchmark.run import Scorer
 from pipeline.config import load_params
 from pipeline.diffusion.sampler import ShortcutEulerSampler
+from pipeline.hosts.build import benchmark_device
+from pipeline.hosts.pipeline_host import PipelineHost
 from pipeline.rollout.loop import run_rollout
-from pipeline.rollout.pipeline_host import PipelineHost
 from pipeline.rollout.policies import BASELINES, load_policy
 
 

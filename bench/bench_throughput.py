@@ -7,7 +7,7 @@ with the largest metric difference between the two runs (float rounding only). P
 
 - ``default``: params.yaml's model. Trained checkpoints (models/) and the test clips of
   data/ when they exist, else random weights of that size on synthetic clips;
-- ``gpu``: the README's GPU preset (model dim 512, depth 12, heads 8, kv_heads 2,
+- ``gpu``: the GPU preset of docs/models.md (model dim 512, depth 12, heads 8, kv_heads 2,
   temporal_every 4, logit_softcap 0, k_max 64; 256 px, transformer tokenizer), random weights,
   synthetic clips (on CPU use a small workload: ``--gpu-workload``);
 - ``far``: FAR_B_UCF101 (real size, random weights, 64 px, its DCAE) at ``--far-steps`` Euler steps.
@@ -34,8 +34,8 @@ from pipeline.benchmark.run import METRIC_NAMES, Scorer, run_benchmark
 from pipeline.benchmark.summary import summarize
 from pipeline.config import BenchmarkParams, load_params
 from pipeline.diffusion.sampler import ShortcutEulerSampler
+from pipeline.hosts.pipeline_host import PipelineHost
 from pipeline.rollout.loop import finish_queued_work
-from pipeline.rollout.pipeline_host import PipelineHost
 
 GPU_MODEL = dict(dim=512, depth=12, heads=8, kv_heads=2, temporal_every=4, logit_softcap=0.0, k_max=64)
 GPU_TOKENIZER = dict(arch="transformer", mask_max=0.9)
@@ -85,9 +85,9 @@ def pipeline_host(params, device, preset: str, sampling_steps: int):
 def far_host(device, steps: int):
     from diffusers import AutoencoderDC
 
-    from pipeline.far.host import FarHost
-    from pipeline.far.model import FAR
-    from pipeline.far.weights import VARIANTS, weights_dtype
+    from pipeline.hosts.far_host import FarHost
+    from pipeline.hosts.far_weights import VARIANTS, weights_dtype
+    from pipeline.networks.far import FAR
 
     variant = VARIANTS["FAR_B_UCF101"]
     torch.manual_seed(0)

@@ -24,7 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from pipeline.config import merge_files, parse_params, read_param_files
 from pipeline.data.latent_windows import Batch
 from pipeline.networks.dynamics import DynamicsTransformer, dynamics_config
-from pipeline.training.device import autocast, pick_device
+from pipeline.runtime.device import autocast, pick_device
 from pipeline.training.dynamics import global_plan, local_loss
 from pipeline.training.optim import Optimization
 

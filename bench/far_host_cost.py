@@ -15,9 +15,9 @@ import time
 
 import torch
 
-from pipeline.far.host import FarHost
-from pipeline.far.model import FAR
-from pipeline.far.weights import VARIANTS, weights_dtype
+from pipeline.hosts.far_host import FarHost
+from pipeline.hosts.far_weights import VARIANTS, weights_dtype
+from pipeline.networks.far import FAR
 from pipeline.rollout.api import FrameInfo
 from pipeline.rollout.loop import finish_queued_work
 

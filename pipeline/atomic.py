@@ -1,8 +1,5 @@
-"""Write files and directories so that a crash never leaves something that looks complete.
-
-Everything is built under a temporary sibling name and renamed into place at the end; a rename
-within one filesystem is atomic, so readers see either the old result or the new one.
-"""
+"""Write files and directories so that a crash never leaves something that looks complete: build
+under a temporary sibling name (`<name>.tmp-<pid>-<hex>`), then rename (atomic on one filesystem)."""
 
 from __future__ import annotations
 
@@ -37,10 +34,7 @@ def replace_path(src: Path, dst: Path) -> None:
 @contextlib.contextmanager
 def atomic_dir(final: str | Path, settle_s: float = 0.0) -> Iterator[Path]:
     """Yield a fresh temporary directory; on success it replaces `final`, on error it is removed.
-
-    `settle_s`: keep removing it for this long after an error. A writer's background thread
-    (zarr's IO thread, hit by Ctrl-C mid-write) can recreate a file after the first removal.
-    """
+    `settle_s`: keep removing it that long after an error (a writer's IO thread may recreate files)."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_sibling(final)

@@ -1,14 +1,6 @@
-"""One typed schema for the pipeline's parameters: params.yaml and settings.yaml together.
-
-params.yaml holds the parameters experiments sweep and compare (DVC params: a column each in
-`dvc exp show`); settings.yaml holds the rest, in the same sections (stage `fingerprint` tracks
-them, see pipeline/fingerprint.py). The two files are deep-merged into one tree and validated as
-one: a key may live in either file, never in both.
-
-Every stage calls :func:`load_params` first, so a typo, a wrong type or an inconsistent value
-fails before any work is done, with an error that names the key and its file, e.g.
-``download.max_heigth: unknown key (did you mean max_height?) [settings.yaml]``.
-"""
+"""One typed schema (pydantic) for params.yaml and settings.yaml, deep-merged into one tree: a key may
+live in either file, never in both. Every stage calls :func:`load_params` first, so a bad key fails
+before any work, naming the key and its file. Why two files: docs/stages.md."""
 
 from __future__ import annotations
 
@@ -94,12 +86,13 @@ class CrafterRecorderParams(Section):
 class RecorderParams(Section):
     """The embedded recorders (`atari:<Game>`, `vizdoom:<scenario>`, `crafter` sources)."""
 
-    episodes: int = Field(20, ge=1, description="episodes recorded per recorder source (one video each)")
+    episodes: int = Field(20, ge=1, description="episodes recorded per recorder source, one video each (capped by max_videos; "
+                                                ">= 3 so every split gets one)")
     max_frames: int = Field(500, ge=8, description="recorded frames per episode (an episode may end sooner)")
-    crf: int = Field(18, ge=0, le=51, description="x264 quality of the recorded video")
-    atari: AtariRecorderParams = AtariRecorderParams()
-    vizdoom: VizdoomRecorderParams = VizdoomRecorderParams()
-    crafter: CrafterRecorderParams = CrafterRecorderParams()
+    crf: int = Field(18, ge=0, le=51, description="x264 constant rate factor of the recorded video (0 lossless, lower = better)")
+    atari: AtariRecorderParams = Field(AtariRecorderParams(), description="the `atari:<Game>` recorder")
+    vizdoom: VizdoomRecorderParams = Field(VizdoomRecorderParams(), description="the `vizdoom:<scenario>` recorder")
+    crafter: CrafterRecorderParams = Field(CrafterRecorderParams(), description="the `crafter` recorder")
 
 
 # What download.sources accepts (pipeline.data.sources.parse_source dispatches on the same prefixes).
@@ -110,17 +103,24 @@ SOURCE_HINT = (
 
 
 class DownloadParams(Section):
-    sources: list[str] = Field(min_length=1)
+    """The `download` stage: where the raw videos come from (yt-dlp URLs or the embedded recorders)."""
+
+    sources: list[str] = Field(min_length=1, description="http(s):// or file:// URLs, YouTube @handles, atari:<Game>, "
+                                                         "vizdoom:<scenario> or crafter")
     max_videos: int = Field(20, ge=1, description="videos per source (playlist/channel entries, recorder episodes)")
     max_height: int = Field(360, ge=64, description="resolution cap handed to yt-dlp's format selector")
-    archive: bool = True
-    sleep_interval: float = Field(0.0, ge=0.0)
-    max_sleep_interval: float = Field(0.0, ge=0.0)
-    retries: int = Field(3, ge=0)
+    archive: bool = Field(True, description="keep yt-dlp's download archive (data/raw/archive.txt): a rerun never fetches a "
+                                            "video twice")
+    sleep_interval: float = Field(0.0, ge=0.0, description="seconds yt-dlp sleeps before each download (0 = none; 5-30 "
+                                                           "for YouTube channels)")
+    max_sleep_interval: float = Field(0.0, ge=0.0, description="seconds; > sleep_interval makes the sleep random in "
+                                                               "[sleep_interval, this]; 0 = a fixed sleep")
+    retries: int = Field(3, ge=0, description="yt-dlp retries of a download, fragment, extractor call or file access")
     rate_limit: str | None = Field(None, description="e.g. '2M' (bytes/s, yt-dlp syntax)")
-    cookies_file: str | None = None
-    fail_fast: bool = False
-    recorder: RecorderParams = RecorderParams()
+    cookies_file: str | None = Field(None, description="Netscape cookies.txt handed to yt-dlp (must exist); null = none")
+    fail_fast: bool = Field(False, description="stop at the first failing video instead of recording the failure and "
+                                               "going on")
+    recorder: RecorderParams = Field(RecorderParams(), description="the embedded recorders (atari, vizdoom, crafter sources)")
 
     @field_validator("sources")
     @classmethod
@@ -149,9 +149,11 @@ class DownloadParams(Section):
 # extract
 # --------------------------------------------------------------------------------------------
 class SplitParams(Section):
-    train: float = Field(0.6, ge=0.0, le=1.0)
-    val: float = Field(0.15, ge=0.0, le=1.0)
-    test: float = Field(0.25, ge=0.0, le=1.0)
+    """Shares of the videos (whole videos, never frames) in each split; they sum to 1."""
+
+    train: float = Field(0.6, ge=0.0, le=1.0, description="share of videos the tokenizer and dynamics model train on")
+    val: float = Field(0.15, ge=0.0, le=1.0, description="share of videos for validation during training")
+    test: float = Field(0.25, ge=0.0, le=1.0, description="share of videos the benchmark's clips come from")
 
     @model_validator(mode="after")
     def _sum_to_one(self) -> "SplitParams":
@@ -162,19 +164,23 @@ class SplitParams(Section):
 
 
 class ExtractParams(Section):
+    """The `extract` stage: decoding each raw video into square RGB frames in a zarr store."""
+
     fps: float | None = Field(None, gt=0, description="output rate; null = each video's own rate (no resampling)")
     size: int = Field(64, ge=8, description="square output side in pixels")
-    resize_mode: Literal["center_crop", "letterbox", "squash"] = "center_crop"
+    resize_mode: Literal["center_crop", "letterbox", "squash"] = Field(
+        "center_crop", description="center_crop: central square | letterbox: whole frame, black bars | squash: stretched")
     hud_masks: list[tuple[float, float, float, float]] = Field(
-        default_factory=list, description="rectangles x0, y0, x1, y1 in normalised source coordinates"
+        default_factory=list,
+        description="rectangles x0, y0, x1, y1 in normalised source coordinates, painted black before scaling",
     )
-    skip_start_s: float = Field(0.0, ge=0.0)
-    skip_end_s: float = Field(0.0, ge=0.0)
-    max_frames: int = Field(0, ge=0, description="per video; 0 = no limit")
-    splits: SplitParams = SplitParams()
-    chunk_frames: int = Field(32, ge=1)
-    shard_frames: int = Field(1024, ge=1)
-    workers: int = Field(2, ge=1)
+    skip_start_s: float = Field(0.0, ge=0.0, description="seconds dropped from the start of each video")
+    skip_end_s: float = Field(0.0, ge=0.0, description="seconds dropped from the end of each video")
+    max_frames: int = Field(0, ge=0, description="output frames kept per video (after the skips); 0 = no limit")
+    splits: SplitParams = Field(SplitParams(), description="train/val/test shares of the videos")
+    chunk_frames: int = Field(32, ge=1, description="frames per zarr chunk (also per decoder read)")
+    shard_frames: int = Field(1024, ge=1, description="frames per zarr shard file, a multiple of chunk_frames (keep files few)")
+    workers: int = Field(2, ge=1, description="videos decoded in parallel processes (1 = serial)")
 
     @field_validator("hud_masks")
     @classmethod
@@ -204,12 +210,12 @@ class TrainingLoopParams(Section):
     and cosine decay, gradient clipping, the EMA of the weights, and how often it logs,
     validates and checkpoints. The `tokenizer` and `train` sections both hold these keys."""
 
-    steps: int = Field(ge=1)
-    lr: float = Field(gt=0)
-    warmup_steps: int = Field(ge=0)
-    weight_decay: float = Field(ge=0)
-    grad_clip: float = Field(gt=0)
-    ema_decay: float = Field(ge=0, lt=1, description="inference uses the EMA weights")
+    steps: int = Field(ge=1, description="optimisation steps in all; the cosine decay ends at the last")
+    lr: float = Field(gt=0, description="peak AdamW learning rate, reached after warm-up; decays to 0.1 x lr")
+    warmup_steps: int = Field(ge=0, description="steps of linear learning-rate warm-up from ~0 to lr")
+    weight_decay: float = Field(ge=0, description="AdamW weight decay (not on norms, biases and other 1-d parameters)")
+    grad_clip: float = Field(gt=0, description="maximum global gradient norm; larger gradients are scaled down")
+    ema_decay: float = Field(ge=0, lt=1, description="decay of the EMA of the weights per step; inference uses the EMA weights")
     log_every: int = Field(ge=1, description="steps between logged training points")
     val_every: int = Field(ge=1, description="steps between validations (and at the last step)")
     checkpoint_every: int = Field(ge=1, description="steps between checkpoints a killed run resumes from")
@@ -218,18 +224,19 @@ class TrainingLoopParams(Section):
 class TokenizerParams(TrainingLoopParams):
     """The frame tokenizer: its architecture, loss and training loop (stage `train_tokenizer`)."""
 
-    arch: Literal["conv", "transformer"]
-    latent_channels: int = Field(ge=1)
+    arch: Literal["conv", "transformer"] = Field(description="conv: convolutional (CPU default) | transformer: "
+                                                             "DreamerV4-style ViT (GPU)")
+    latent_channels: int = Field(ge=1, description="channels of each latent frame (latent side = extract.size / downsample)")
     downsample: int = Field(ge=1, description="spatial compression factor (power of two)")
-    base_channels: int = Field(ge=4, description="conv width (conv arch)")
+    base_channels: int = Field(ge=4, description="channels of the first conv stage, doubled per downsampling (conv arch)")
     patch_size: int = Field(ge=1, description="transformer arch; also the masking patch of both archs")
-    dim: int = Field(ge=16, description="transformer arch")
-    depth: int = Field(ge=1, description="transformer arch")
-    heads: int = Field(ge=1, description="transformer arch")
+    dim: int = Field(ge=16, description="token width (transformer arch)")
+    depth: int = Field(ge=1, description="blocks of the encoder and of the decoder (transformer arch)")
+    heads: int = Field(ge=1, description="attention heads, dividing dim (transformer arch)")
     mask_max: float = Field(ge=0.0, lt=1.0, description="masking probability ~ U(0, mask_max)")
-    lpips_weight: float = Field(ge=0.0)
-    batch_size: int = Field(ge=1)
-    val_frames: int = Field(ge=1)
+    lpips_weight: float = Field(ge=0.0, description="weight of the LPIPS term next to MSE (each RMS-normalised); 0 = MSE only")
+    batch_size: int = Field(ge=1, description="frames per training step")
+    val_frames: int = Field(ge=1, description="val frames (spread over the val videos) each validation scores")
 
     @field_validator("downsample")
     @classmethod
@@ -255,16 +262,17 @@ class TokenizeParams(Section):
 class ModelParams(Section):
     """The dynamics transformer (pipeline.networks.dynamics builds its config from these)."""
 
-    dim: int = Field(ge=8)
-    depth: int = Field(ge=1)
-    heads: int = Field(ge=1)
-    kv_heads: int = Field(ge=1, description="< heads for grouped-query attention")
-    patch_size: int = Field(ge=1, description="latent patch per spatial token")
-    num_registers: int = Field(ge=0)
-    temporal_every: int = Field(ge=1, description="causal temporal attention every N layers")
-    mlp_ratio: float = Field(gt=0)
-    logit_softcap: float = Field(ge=0, description="0 disables")
-    k_max: int = Field(ge=1, description="finest shortcut step is 1/k_max")
+    dim: int = Field(ge=8, description="token width; >= latent_channels * patch_size**2 or the patch embedding is a bottleneck")
+    depth: int = Field(ge=1, description="transformer blocks")
+    heads: int = Field(ge=1, description="attention heads per block (divides dim)")
+    kv_heads: int = Field(
+        ge=1, description="key/value heads, dividing heads; < heads: grouped-query attention (a smaller KV cache)")
+    patch_size: int = Field(ge=1, description="side of the latent patch per spatial token")
+    num_registers: int = Field(ge=0, description="learned register tokens per frame")
+    temporal_every: int = Field(ge=1, description="causal temporal attention every N blocks, spatial attention in the others")
+    mlp_ratio: float = Field(gt=0, description="MLP width / dim (SwiGLU: its hidden layer gets 2/3 of that width)")
+    logit_softcap: float = Field(ge=0, description="tanh soft cap of the attention logits; 0 = none (fused attention kernels)")
+    k_max: int = Field(ge=1, description="shortcut step sizes d = 1, 1/2, ..., 1/k_max (a power of two)")
     temporal_first: bool = Field(description="the first block attends across frames (else within a frame)")
     pose_conditioning: bool = Field(description="condition frames on the recorded pose, where the data has one")
     pose_bias: float = Field(ge=0, description="initial rate of the temporal heads' pose-distance bias; 0 = none")
@@ -288,20 +296,23 @@ class ModelParams(Section):
 class TrainParams(TrainingLoopParams):
     """Training the dynamics model (stage `train`): batches, shortcut forcing and the loop."""
 
-    seq_len_short: int = Field(ge=1)
-    seq_len_long: int = Field(ge=1)
-    batch_size_short: int = Field(ge=1, description="global batch (split over DDP processes)")
-    batch_size_long: int = Field(ge=1)
-    long_ratio: float = Field(ge=0, le=1)
-    stride: int = Field(ge=1)
+    seq_len_short: int = Field(ge=1, description="frames per window of the short batches (also the val windows)")
+    seq_len_long: int = Field(ge=1, description="frames per window of the long batches (>= seq_len_short)")
+    batch_size_short: int = Field(ge=1, description="windows per short batch; global batch (split over DDP processes)")
+    batch_size_long: int = Field(ge=1, description="windows per long batch; global batch (split over DDP processes)")
+    long_ratio: float = Field(ge=0, le=1, description="probability that a step's batch is long")
+    stride: int = Field(ge=1, description="frames between the starts of consecutive training windows of a video")
     bootstrap_fraction: float = Field(ge=0, le=1, description="share of each batch with shortcut targets")
-    bootstrap_space: Literal["velocity", "x"]
-    single_frame_fraction: float = Field(ge=0, le=1)
+    bootstrap_space: Literal["velocity", "x"] = Field(description="space the shortcut target averages the two half "
+                                                                  "steps in: velocity (DreamerV4 eq. 7) | x (ablation)")
+    single_frame_fraction: float = Field(ge=0, le=1, description="probability that a sequence is trained as independent "
+                                                                  "single frames")
     context_fraction: float = Field(ge=0, le=1, description="share of frames trained as clean-ish context (tau <= 2/k_max)")
     history_dropout: float = Field(ge=0, le=1, description="share of sequences trained with a gapped history")
-    val_taus: list[float]
-    precision: Literal["auto", "fp32", "bf16"]
-    nproc_per_node: int = Field(ge=1)
+    val_taus: list[float] = Field(description="noise levels in [0, 1) of the validation's teacher-forced one-step PSNR")
+    precision: Literal["auto", "fp32", "bf16"] = Field(description="auto: bf16 autocast on GPUs that support it, else fp32 "
+                                                                   "| fp32: never autocast | bf16: always")
+    nproc_per_node: int = Field(ge=1, description="> 1: the stage relaunches itself under torchrun (DDP)")
 
     @model_validator(mode="after")
     def _lengths(self) -> "TrainParams":
@@ -318,55 +329,71 @@ class TrainParams(TrainingLoopParams):
 # benchmark
 # --------------------------------------------------------------------------------------------
 class WorkloadParams(Section):
-    context: int = Field(ge=1)
-    predict: int = Field(ge=1)
+    """One benchmark workload: a clip of context frames given, then frames predicted."""
+
+    context: int = Field(ge=1, description="ground-truth frames a rollout starts from")
+    predict: int = Field(ge=1, description="frames generated after the context, each scored against the ground truth")
 
 
 class FarParams(Section):
     """FAR as host: official weights from a directory (default $FAR_WEIGHTS_DIR) or the hub."""
 
-    weights_dir: str | None = None
-    variant: Literal["FAR_B_UCF101", "FAR_B_Long_DMLab"] = "FAR_B_UCF101"
+    weights_dir: str | None = Field(None, description="directory of the official checkpoints (their relative paths); "
+                                                      "null = $FAR_WEIGHTS_DIR")
+    variant: Literal["FAR_B_UCF101", "FAR_B_Long_DMLab"] = Field(
+        "FAR_B_UCF101",
+        description="FAR_B_UCF101: unconditional, UCF-101 | FAR_B_Long_DMLab: FAR_Long, action-conditioned, DMLab",
+    )
     dmlab_npz: str | None = Field(None, description="directory of DMLab episodes in FAR's npz format")
-    sampling_steps: int = Field(20, ge=1)
-    allow_hub_download: bool = False
+    sampling_steps: int = Field(20, ge=1, description="flow-matching Euler steps per generated frame")
+    allow_hub_download: bool = Field(False, description="fetch missing checkpoints from the Hugging Face hub (needs network)")
     guidance_scale: float = Field(
         1.0, description="FAR_Long actions: 1 = conditioned, -1 = null actions, > 1 = CFG (the reference's DMLab eval: 1.5)"
     )
 
 
 class BenchmarkParams(Section):
-    host: Literal["pipeline", "far"] = "pipeline"
+    """The `benchmark` stage: rollouts of every retention policy under every budget, mode and workload."""
+
+    host: Literal["pipeline", "far"] = Field(
+        "pipeline", description="pipeline: the tokenizer + dynamics model trained here | far: FAR's official weights")
     protocol: Literal["default", "harness"] = Field(
         "default", description="default: plan before every frame | harness: the published task's loop")
     policies: list[str] = Field(
         default_factory=lambda: ["recent_window", "packcache", "causalcache_vdm", "flowcache", "full_history",
                                  "sink_recent", "h2o", "tova", "rkv", "pose_retrieval"],
         min_length=1,
+        description="retention policies: built-in names, module:Class or path/to/file.py:Class",
     )
-    modes: list[Literal["recompute", "kv"]] = Field(default_factory=lambda: ["kv"], min_length=1)
+    modes: list[Literal["recompute", "kv"]] = Field(
+        default_factory=lambda: ["kv"], min_length=1,
+        description="kv: evicted frames leave the KV cache | recompute: kept latents re-run for every frame")
     workloads: dict[str, WorkloadParams] = Field(
         default_factory=lambda: {
             "short": WorkloadParams(context=5, predict=11),
             "long": WorkloadParams(context=36, predict=36),
         },
         min_length=1,
+        description="name -> context and predicted frames of its clips",
     )
     budgets: dict[str, int | None] = Field(
         default_factory=lambda: {"full": None, "medium": 8, "tight": 4},
         min_length=1,
         description="name -> max_frames (null = unlimited)",
     )
-    n_clips: int = Field(30, ge=1)
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
-    sampling_steps: int = Field(4, ge=1)
-    tau_ctx: float = Field(0.1, ge=0, lt=1)
+    n_clips: int = Field(30, ge=1, description="clips per workload, drawn from the test videos")
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1,
+                             description="sampling seeds (generation noise): every rollout runs once per seed")
+    sampling_steps: int = Field(4, ge=1, description="K shortcut Euler steps per generated frame (step d = 1/K; a power of "
+                                                     "two <= model.k_max)")
+    tau_ctx: float = Field(0.1, ge=0, lt=1,
+                           description="noise level the history frames are corrupted to, as in training (0 = clean)")
     copy_gate_shift: float = Field(1.5, description="logit added to pose recall's copy gate when generating")
-    media_clips: int = Field(2, ge=0)
+    media_clips: int = Field(2, ge=0, description="first clips shown in the reports/benchmark/*.gif videos; 0 = none")
     cpu_threads: int = Field(0, ge=0, description="torch threads on CPU; 0 = torch's default")
     batch_size: int = Field(16, ge=1, description="clips of one cell per host call (1: one rollout at a time)")
     nproc_per_node: int = Field(1, ge=1, description="> 1: the stage relaunches itself under torchrun, clips sharded by rank")
-    far: FarParams = FarParams()
+    far: FarParams = Field(FarParams(), description="the FAR host (host: far only)")
 
     @field_validator("budgets")
     @classmethod
@@ -399,14 +426,14 @@ class Params(Section):
     sections keep defaults for the partial configs their tests build, equal to the files' values (a
     test checks every one), the training sections have none."""
 
-    seed: int
-    download: DownloadParams
-    extract: ExtractParams
-    tokenizer: TokenizerParams
-    tokenize: TokenizeParams
-    model: ModelParams
-    train: TrainParams
-    benchmark: BenchmarkParams
+    seed: int = Field(description="every random choice (agent, splits, init, batches, noise, clips) derives from this")
+    download: DownloadParams = Field(description="stage download: the raw videos")
+    extract: ExtractParams = Field(description="stage extract: frames from the raw videos")
+    tokenizer: TokenizerParams = Field(description="stage train_tokenizer: the frame tokenizer")
+    tokenize: TokenizeParams = Field(description="stage tokenize: latents of every frame")
+    model: ModelParams = Field(description="the dynamics transformer's architecture")
+    train: TrainParams = Field(description="stage train: the dynamics model's training")
+    benchmark: BenchmarkParams = Field(description="stage benchmark: the frame-retention rollout benchmark")
 
     @model_validator(mode="after")
     def _across_sections(self) -> "Params":

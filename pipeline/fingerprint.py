@@ -1,19 +1,6 @@
-"""Stage `fingerprint`: what each stage runs besides its data and its params.yaml keys, as one file.
-
-DVC reruns a stage when one of its dependencies changes, and `dvc exp show` prints a column for
-every dependency path and every params key. Listing each stage's library modules (~60 files) and
-its settings.yaml keys (~80) there would make ~140 columns of hashes. Instead, this stage hashes,
-for each stage, the code it runs (its `stages/` module and every library module that imports,
-transitively) and its sections of settings.yaml into ``fingerprints/<stage>.txt``, and each stage
-depends on its own file. A changed module or setting changes exactly the fingerprints of the
-stages that run or read it, so DVC reruns exactly those (and what follows them), as it would with
-each file and key listed; `dvc exp show` gets one column per stage instead.
-
-This stage itself depends on the whole of ``pipeline/``, ``stages/`` and settings.yaml: it reruns
-on any edit (in about a second) and leaves unchanged every fingerprint that the edit cannot
-affect. `dvc status` therefore names this stage after an edit; ``dvc repro fingerprint`` then
-makes `dvc status` name the stages that will rerun.
-"""
+"""Stage `fingerprint`: hash each stage's code (its `stages/` module and the library modules it imports)
+and settings.yaml sections into fingerprints/<stage>.txt, which the stage depends on: DVC reruns
+exactly what an edit affects, with one `dvc exp show` column a stage (docs/stages.md, Reruns)."""
 
 from __future__ import annotations
 
@@ -49,8 +36,9 @@ OUT_DIR = paths.FINGERPRINTS
 
 # The FAR host's code and settings (benchmark.far) count for the benchmark only when params.yaml
 # selects that host (benchmark.host: far); otherwise the stage never imports them (the host is
-# built lazily), and an edit of pipeline/far/ must not rerun it.
-FAR_CODE = "pipeline/far/"
+# built lazily), and an edit of these files must not rerun it.
+FAR_CODE = frozenset({"pipeline/hosts/far_host.py", "pipeline/hosts/far_weights.py", "pipeline/networks/far.py",
+                      "pipeline/data/dmlab.py"})
 
 
 def module_path(module: str, root: Path) -> Path | None:
@@ -84,13 +72,13 @@ def imported_modules(path: Path, root: Path, seen: set[str] | None = None) -> se
 
 
 def code_of(stage: str, root: Path = Path("."), host: str = "pipeline") -> list[str]:
-    """The files a stage runs: its stages/ module and every library module that imports, except
-    the shared modules (and the FAR host's unless ``host`` is "far"); sorted."""
+    """The files a stage runs, sorted: its stages/ module and the library modules that imports, less
+    SHARED_MODULES (and FAR_CODE unless ``host`` is "far")."""
     module = module_path(STAGES[stage][0], root)
     if module is None:
         raise FileNotFoundError(f"stage {stage}: no module {STAGES[stage][0]} under {root}")
     files = {module.relative_to(root).as_posix()} | (imported_modules(module, root) - SHARED_MODULES)
-    return sorted(f for f in files if host == "far" or not f.startswith(FAR_CODE))
+    return sorted(f for f in files if host == "far" or f not in FAR_CODE)
 
 
 def stage_settings(stage: str, settings: dict, host: str = "pipeline") -> dict:
@@ -102,9 +90,8 @@ def stage_settings(stage: str, settings: dict, host: str = "pipeline") -> dict:
 
 
 def fingerprint(stage: str, settings: dict, root: Path = Path("."), host: str = "pipeline") -> str:
-    """The text of fingerprints/<stage>.txt: one line per code file (sha256 of its bytes) and per
-    settings section (its values as canonical JSON), so that a diff of two fingerprints says
-    what changed."""
+    """The text of fingerprints/<stage>.txt: a line per code file (sha256) and per settings section
+    (canonical JSON), so that a diff of two fingerprints says what changed."""
     lines = [f"# stage {stage}: the code it runs and its settings.yaml sections (written by stage fingerprint)"]
     for rel in code_of(stage, root, host):
         lines.append(f"code {rel} {hashlib.sha256((root / rel).read_bytes()).hexdigest()}")

@@ -1,8 +1,5 @@
-"""Where each stage reads and writes, relative to the project root: the one list of stage paths.
-
-dvc.yaml names the same paths (a test keeps them in step); stages, the benchmark and the
-command-line tools import them from here.
-"""
+"""Where each stage reads and writes, relative to the project root: the one list of stage paths
+(dvc.yaml names the same paths; a test keeps them in step)."""
 
 from pathlib import Path
 
@@ -32,3 +29,5 @@ HEADLINE_METRICS = Path("metrics/headline.json")  # the one DVC metrics file: `d
 REPORT_HTML = Path("reports/index.html")
 REPORT_CHARTS = Path("reports/charts")
 PLOTS_TEMPLATE = Path("reports/plots_template.html")  # .dvc/config plots.html_template: `dvc plots` offline
+DOCS_RESULTS = Path("docs/results.md")  # the docs' results page, generated from the run's metrics
+DOCS_CHARTS = Path("docs/charts")  # its charts (SVG)

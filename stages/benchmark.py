@@ -25,16 +25,16 @@ from pipeline import paths
 from pipeline.atomic import atomic_dir, remove_stale_tmp
 from pipeline.benchmark.cli import user_errors
 from pipeline.benchmark.clips import workload_clips
-from pipeline.benchmark.hosts import benchmark_device, build_host, run_info
 from pipeline.benchmark.media import write_media
 from pipeline.benchmark.outputs import ranking_lines, write_outputs
 from pipeline.benchmark.run import Scorer, merge_runs, run_benchmark
 from pipeline.benchmark.validate import validate_benchmark
 from pipeline.config import load_params_or_exit
+from pipeline.hosts.build import benchmark_device, build_host, run_info
 from pipeline.runtime.distributed import close_distributed, gather_to_main, init_distributed
 from pipeline.runtime.errors import add_debug_flag
 from pipeline.runtime.launch import relaunch_under_torchrun
-from pipeline.training.seeding import seed_everything
+from pipeline.runtime.seeding import seed_everything
 
 OUTPUTS = (paths.BENCHMARK_METRICS, paths.BENCHMARK_HORIZON, paths.BENCHMARK_BUDGET, paths.BENCHMARK_REPORTS)
 

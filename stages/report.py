@@ -11,9 +11,9 @@ from pipeline.report.headline import leaves
 
 INPUTS = Inputs(benchmark=paths.BENCHMARK_METRICS, horizon_csv=paths.BENCHMARK_HORIZON,
                 tokenizer=paths.TOKENIZER_METRICS, train=paths.TRAIN_METRICS, live=paths.TOKENIZER_LIVE.parent,
-                media=paths.BENCHMARK_REPORTS)
+                media=paths.BENCHMARK_REPORTS, frames_report=paths.FRAMES_REPORT, latents_report=paths.LATENTS_REPORT)
 OUTPUTS = Outputs(headline=paths.HEADLINE_METRICS, page=paths.REPORT_HTML, charts=paths.REPORT_CHARTS,
-                  plots_template=paths.PLOTS_TEMPLATE)
+                  plots_template=paths.PLOTS_TEMPLATE, docs_page=paths.DOCS_RESULTS, docs_charts=paths.DOCS_CHARTS)
 
 
 def main() -> None:

@@ -33,10 +33,10 @@ def main(argv: Sequence[str] = ()) -> int:
 
     from pipeline.data.encode import encode_store
     from pipeline.data.stores import StoreError
+    from pipeline.networks.checkpoint import CheckpointError, checkpoint_hash, load_trained
     from pipeline.networks.tokenizer import KIND, build_tokenizer
+    from pipeline.runtime.device import pick_device
     from pipeline.runtime.distributed import close_distributed, init_distributed
-    from pipeline.training.checkpoint import CheckpointError, checkpoint_hash, load_trained
-    from pipeline.training.device import pick_device
 
     advice = {StoreError: "", CheckpointError: ""}  # their messages name the file and say what to do
     start = time.perf_counter()

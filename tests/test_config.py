@@ -240,3 +240,37 @@ def test_a_missing_training_key_is_named():
     raw = copy.deepcopy(DEFAULT)
     del raw["tokenizer"]["log_every"]
     assert "tokenizer.log_every: required key is missing" in error_of(raw)
+
+
+# ---------------------------------------------------------------------------------------------
+# Every key documents itself (the settings reference is generated from these descriptions)
+# ---------------------------------------------------------------------------------------------
+def _sections(model, seen: set | None = None):
+    """`model` and every Section subclass reachable from its fields' annotations (nested, in
+    containers such as dict[str, WorkloadParams] and unions too)."""
+    import typing
+
+    from pipeline.config import Section
+
+    seen = set() if seen is None else seen
+    if model in seen:
+        return seen
+    seen.add(model)
+    for field in model.model_fields.values():
+        stack = [field.annotation]
+        while stack:
+            tp = stack.pop()
+            if isinstance(tp, type) and issubclass(tp, Section):
+                _sections(tp, seen)
+            stack.extend(typing.get_args(tp))
+    return seen
+
+
+def test_every_field_of_every_section_has_a_description():
+    from pipeline.config import Params, WorkloadParams
+
+    sections = _sections(Params)
+    assert WorkloadParams in sections and len(sections) >= 14  # nested, and inside dict[str, ...]
+    missing = [f"{model.__name__}.{name}" for model in sections for name, field in model.model_fields.items()
+               if not (field.description or "").strip()]  # fmt: skip
+    assert missing == []

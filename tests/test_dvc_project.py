@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from pipeline.config import SETTINGS_FILE
-from pipeline.fingerprint import SHARED_MODULES, STAGES, code_of, fingerprint
+from pipeline.fingerprint import FAR_CODE, SHARED_MODULES, STAGES, code_of, fingerprint
 from tests.project_clone import PROJECT_ROOT
 
 TINY_RECORDER = {"download": {"recorder": {"episodes": 3, "max_frames": 24}}}
@@ -114,8 +114,10 @@ def test_a_fingerprint_holds_exactly_the_code_a_stage_imports():
     assert "pipeline/networks/tokenizer.py" not in train  # train never runs the tokenizer
     assert not set(train) & SHARED_MODULES
     assert "pipeline/benchmark/outputs.py" in code_of("benchmark", PROJECT_ROOT)
+    # the report: its own package and the key names it shares with the benchmark's writer, nothing that runs rollouts
     assert [f for f in code_of("report", PROJECT_ROOT) if f.startswith("pipeline/")] == sorted(
-        f.relative_to(PROJECT_ROOT).as_posix() for f in (PROJECT_ROOT / "pipeline/report").glob("*.py"))
+        ["pipeline/benchmark/keys.py", *(f.relative_to(PROJECT_ROOT).as_posix()
+                                         for f in (PROJECT_ROOT / "pipeline/report").glob("*.py"))])
 
 
 def copy_code(root: Path) -> Path:
@@ -151,9 +153,9 @@ def test_the_far_host_code_and_settings_rerun_the_benchmark_only_when_it_is_the_
     root = copy_code(tmp_path)
     settings = yaml.safe_load((PROJECT_ROOT / SETTINGS_FILE).read_text())
     before = {host: {s: fingerprint(s, settings, root, host) for s in STAGES} for host in ("pipeline", "far")}
-    assert "pipeline/far/host.py" in code_of("benchmark", root, "far")
-    assert not [f for f in code_of("benchmark", root) if f.startswith("pipeline/far/")]
-    with open(root / "pipeline/far/host.py", "a") as f:
+    assert "pipeline/hosts/far_host.py" in code_of("benchmark", root, "far")
+    assert not FAR_CODE & set(code_of("benchmark", root))
+    with open(root / "pipeline/hosts/far_host.py", "a") as f:
         f.write("\n# an edit\n")
     settings["benchmark"]["far"]["sampling_steps"] = 10
     after = {host: {s: fingerprint(s, settings, root, host) for s in STAGES} for host in ("pipeline", "far")}

@@ -14,9 +14,10 @@ import pytest
 import torch
 import yaml
 
-from pipeline.networks.dynamics import PoseStats, build_dynamics, config_dict
+from pipeline.networks.checkpoint import save_checkpoint
+from pipeline.networks.dynamics import build_dynamics, config_dict
+from pipeline.networks.pose_memory import PoseStats
 from pipeline.networks.tokenizer import build_tokenizer, tokenizer_config
-from pipeline.training.checkpoint import save_checkpoint
 from tests.builders import dynamics_config, write_frames_store
 from tests.project_clone import PARAM_FILES, ProjectClone
 

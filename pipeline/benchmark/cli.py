@@ -1,12 +1,5 @@
-"""How the benchmark's commands (the stage, try_policy) end on a user's mistake (the mechanism:
-:mod:`pipeline.runtime.errors`).
-
-A user's error -- a policy that raises or returns a plan the loop cannot apply, a policy spec that
-does not load, params the data cannot support, a missing or damaged store or checkpoint -- ends
-the command with exit status 1 and a message that names the policy, params key or file and what
-to do, without a traceback. ``--debug`` or ``PIPELINE_DEBUG=1`` shows the traceback. Any other
-exception is a bug and keeps its traceback.
-"""
+"""How the benchmark's commands end on a user's error: exit status 1 and a message naming the policy,
+params key or file and the fix, no traceback (``--debug`` / PIPELINE_DEBUG=1 shows it); bugs keep theirs."""
 
 from __future__ import annotations
 
@@ -16,11 +9,11 @@ from typing import Iterator
 from pipeline.benchmark.clips import BenchmarkError
 from pipeline.data.stores import StoreError
 from pipeline.metrics.lpips_weights import LPIPSWeightsError
+from pipeline.networks.checkpoint import CheckpointError
 from pipeline.rollout.loop import PlanError, PolicyError
 from pipeline.rollout.policies import PolicyLoadError
 from pipeline.runtime.errors import DEBUG_ENV
 from pipeline.runtime.errors import user_errors as _user_errors
-from pipeline.training.checkpoint import CheckpointError
 
 __all__ = ["ADVICE", "DEBUG_ENV", "user_errors"]
 

@@ -1,9 +1,5 @@
-"""Benchmark clips: windows of held-out video with their ground truth, context, actions and poses.
-
-Clips come from test-split videos only and are drawn deterministically from the global seed, so
-every policy, budget and mode is scored on the same clips. With ``benchmark.host: far`` and
-``benchmark.far.dmlab_npz`` set, the clips are FAR's DMLab episodes instead.
-"""
+"""Benchmark clips: windows of test-split video (or FAR's DMLab episodes) with ground truth, context,
+actions and poses, drawn deterministically from the seed; placement: docs/statistics.md#clip-placement."""
 
 from __future__ import annotations
 
@@ -27,8 +23,7 @@ from pipeline.paths import FRAMES, LATENTS
 
 
 class BenchmarkError(RuntimeError):
-    """The data or params cannot support the benchmark as configured (e.g. no test video long
-    enough); the message names the params key or the data at fault."""
+    """The data or params cannot support the benchmark as configured; the message names the key or data."""
 
 
 @dataclass
@@ -59,13 +54,8 @@ def eligible_videos(frames_path: str | Path, context: int, predict: int, split: 
 
 def select_clips(frames_path: str | Path, latents_path: str | Path | None, context: int, predict: int,
                  n_clips: int, seed: int, split: str = "test") -> list[Clip]:
-    """``n_clips`` windows of ``context + predict`` frames from the split's videos, deterministic.
-
-    Videos are visited in a seeded order, round robin; a video's windows are placed by
-    :func:`window_starts`, disjoint where the video holds them (two overlapping clips share
-    frames, so their scores are not independent observations, as the intervals assume). A clip
-    set depends only on (seed, context, predict, n_clips, data).
-    """
+    """``n_clips`` windows of ``context + predict`` frames: videos in a seeded order, round robin, each
+    video's windows placed by :func:`window_starts`. Depends only on (seed, context, predict, n_clips, data)."""
     length = context + predict
     eligible = eligible_videos(frames_path, context, predict, split)
     latents_root = open_store(latents_path) if latents_path is not None else None
@@ -88,9 +78,8 @@ def select_clips(frames_path: str | Path, latents_path: str | Path | None, conte
 
 
 def window_starts(n_frames: int, length: int, count: int, rng: np.random.Generator) -> np.ndarray:
-    """``count`` sorted starts of ``length``-frame windows in a video of ``n_frames``: uniformly
-    random among the placements where no two windows overlap (the free frames split at random
-    into the gaps), or, when the video cannot hold them apart, evenly spread (the least overlap)."""
+    """``count`` sorted window starts in a video of ``n_frames``: uniform over the non-overlapping placements,
+    or evenly spread when the video cannot hold them apart."""
     if count == 0:
         return np.zeros(0, dtype=np.int64)
     free = n_frames - count * length
@@ -111,10 +100,8 @@ def conditioning_actions(frames_path, video, start: int, length: int) -> np.ndar
 
 
 def workload_clips(params, workloads: Iterable[str] | None = None, split: str = "test") -> dict[str, list[Clip]]:
-    """Clips of each workload: test-split videos of this pipeline's stores (context latents from
-    data/latents.zarr for the pipeline host; the FAR host encodes pixels itself), or FAR's DMLab
-    episodes when ``benchmark.far.dmlab_npz`` is set. ``split="val"``: validation videos instead,
-    to design a policy without looking at the test clips (try_policy --split val)."""
+    """Clips per workload from this pipeline's stores (latent context for the pipeline host), or FAR's DMLab
+    episodes when ``benchmark.far.dmlab_npz`` is set. ``split="val"``: to design a policy off the test clips."""
     bench = params.benchmark
     names = list(workloads if workloads is not None else bench.workloads)
     clips = {}
@@ -123,7 +110,7 @@ def workload_clips(params, workloads: Iterable[str] | None = None, split: str = 
             raise KeyError(f"benchmark.workloads: no workload {name!r} (have {', '.join(bench.workloads)})")
         w = bench.workloads[name]
         if bench.host == "far" and bench.far.dmlab_npz:
-            from pipeline.far.data import dmlab_clips
+            from pipeline.data.dmlab import dmlab_clips
 
             clips[name] = [
                 Clip(c.id, 0, c.frames, None, np.asarray(c.actions))  # episodes come cut to the clip length

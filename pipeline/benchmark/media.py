@@ -1,9 +1,5 @@
-"""Side-by-side rollout videos: one animated GIF per workload and budget of a benchmark run.
-
-Columns are ground truth | persistence | each policy; rows are clips; a header names the
-columns and a counter shows the horizon (t+1 = the first generated frame). GIFs render in
-``dvc plots show`` and in any browser. Frames are upscaled (nearest) so 64 px clips stay legible.
-"""
+"""Side-by-side rollout GIFs, one per workload and budget: columns ground truth | persistence | each
+policy, rows clips, a horizon counter (t+1 = first generated frame); upscaled so 64 px stays legible."""
 
 from __future__ import annotations
 
@@ -58,8 +54,7 @@ def write_gif(path: str | Path, frames: np.ndarray, fps: float = 4.0) -> None:
 
 
 def write_media(run, out_dir: str | Path, workloads: dict, mode: str) -> list[Path]:
-    """One GIF per workload and budget of a BenchmarkRun: ground truth | persistence | each
-    policy (``mode``), one row per clip whose pixels the run kept."""
+    """One GIF per workload and budget of a BenchmarkRun (``mode``), a row per clip whose pixels it kept."""
     written = []
     for workload, wclips in run.clips.items():
         n_ctx = workloads[workload].context

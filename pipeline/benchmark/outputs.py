@@ -1,13 +1,5 @@
-"""What the benchmark writes and prints: metrics JSON, CSV tables, TEST_METRICS and ranking lines.
-
-- ``TEST_METRICS: key=value ...``: one line per cell and per reference, the metric line format of
-  ar-video-kv-temporal-policy;
-- ``metrics/benchmark.json``: nested workload/budget/policy/mode, keys stable for
-  ``dvc metrics diff --targets metrics/benchmark.json``, with the run's settings (``budgets``:
-  each budget's frame count, null when unlimited); the report stage reads it;
-- long-form CSV tables per horizon and per budget for ``dvc plots`` (built as pandas tables,
-  floats written as ``%.6g`` like the lines).
-"""
+"""What the benchmark writes and prints: ``TEST_METRICS:`` and ranking lines, metrics/benchmark.json (keys
+stable for ``dvc metrics diff``) and the long-form CSV tables behind ``dvc plots`` (docs/benchmark.md#outputs)."""
 
 from __future__ import annotations
 
@@ -59,8 +51,7 @@ def metrics_lines(summary: dict, references: dict) -> list[str]:
 
 
 def ranking_lines(summary: dict) -> list[str]:
-    """Per workload, budget and mode: the policies by PSNR, each with its standard error and its
-    paired gap to PAIRED_BASELINE with a 95% interval -- what to read before calling a ranking."""
+    """Per workload, budget and mode: policies by PSNR (± s.e.) with their paired gap to PAIRED_BASELINE (± 95%)."""
     lines = []
     for (workload, budget, mode), cells in summary_table(summary).groupby(["workload", "budget", "mode"], sort=False):
         lines.append(f"{workload} / budget {budget} / {mode}: PSNR dB (± s.e.), paired gap to {PAIRED_BASELINE} (± 95% CI)")
@@ -87,8 +78,7 @@ def metrics_json(summary: dict, references: dict, info: dict) -> dict:
 
 
 def _curves(table: pd.DataFrame) -> pd.DataFrame:
-    """One row per curve (a cell's or reference's ``<metric>_horizon`` lists) -> one row per
-    (curve, horizon), in the columns of the horizon table."""
+    """Cells' or references' ``<metric>_horizon`` lists -> one row per (curve, horizon)."""
     curves = [f"{m}_horizon" for m in METRIC_NAMES]
     long = table[["workload", "budget", "mode", "policy", *curves]].explode(curves)  # the index repeats per curve
     long["horizon"] = long.groupby(level=0).cumcount().to_numpy() + 1
@@ -97,8 +87,7 @@ def _curves(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def horizon_table(summary: dict, references: dict) -> pd.DataFrame:
-    """Long form, one row per (workload, budget, mode, policy, horizon); the references are
-    repeated in every (budget, mode) panel so each panel is complete on its own."""
+    """One row per (workload, budget, mode, policy, horizon); references repeated in every (budget, mode) panel."""
     cells = summary_table(summary)
     refs = pd.DataFrame([dict(workload=w, policy=name, **e) for w, r in references.items() for name, e in r.items()])
     panels = cells[["workload", "budget", "mode"]].drop_duplicates()  # in run order

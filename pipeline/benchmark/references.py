@@ -1,19 +1,6 @@
-"""Reference predictions that are not policies; they bracket every policy's scores.
-
-- persistence: repeat the last context frame (ground-truth pixels); a model that does not beat
-  it has learned nothing about motion.
-- tokenizer ceiling: decode(encode(ground truth)); no rollout can be better than what the
-  tokenizer can represent.
-- memory headroom, model-free (copy oracles): for each predicted frame, the earlier
-  ground-truth frame that resembles it most (highest PSNR), chosen among all past frames
-  (``memory_all_past``) or among the last k frames only (``memory_last_<k>``, one per finite
-  budget k). All past minus last k is how much remembering older frames could be worth on this
-  data, before any model is trained: a data set where it is near 0 cannot rank retention
-  policies. The same oracle over the frames a policy actually kept, step by step, scores that
-  policy's choices independently of the model (``memory_oracle_psnr`` of each cell).
-
-Copy-oracle PSNRs are capped at COPY_PSNR_CAP dB: an identical frame (a bit-exact revisit)
-would otherwise count as 100 dB and swamp the mean.
+"""References that bracket every policy: persistence (repeat the last context frame), the tokenizer ceiling
+(decode(encode(truth))) and the copy-oracles of memory headroom: per predicted frame, the earlier
+ground-truth frame that matches it best, among all past frames or the last k (docs/benchmark.md#references).
 """
 
 from __future__ import annotations
@@ -25,7 +12,7 @@ import torch
 from pipeline.metrics import psnr
 
 REFERENCES = ("persistence", "tokenizer_ceiling")
-COPY_PSNR_CAP = 60.0
+COPY_PSNR_CAP = 60.0  # dB: a bit-exact revisit would score 100 dB and swamp the mean
 
 
 def persistence(context_pixels: torch.Tensor, n_predict: int) -> torch.Tensor:
@@ -46,9 +33,8 @@ def memory_reference_names(budgets: dict[str, int | None]) -> list[str]:
 
 
 class CopyOracle:
-    """The copy oracle of one clip (pixels (T, 3, H, W), the first ``n_ctx`` context): the PSNR of
-    every predicted frame against every earlier frame, computed once, so that the memory
-    references and every rollout's ``memory_oracle_psnr`` only look values up."""
+    """One clip's copy oracle (pixels (T, 3, H, W), the first ``n_ctx`` context): every predicted frame's
+    PSNR against every earlier frame, computed once, then looked up."""
 
     def __init__(self, pixels: torch.Tensor, n_ctx: int):
         self.pixels = pixels
@@ -68,9 +54,8 @@ class CopyOracle:
 
 
 def copy_oracle(pixels: torch.Tensor, n_ctx: int, candidates: Sequence[Sequence[int]]) -> tuple[torch.Tensor, list[float]]:
-    """For each predicted frame t = n_ctx + i of a clip (pixels (T, 3, H, W)), the frame among
-    ``candidates[i]`` (clip times before t) that matches it best: (its pixels (n_predict, 3, H, W),
-    their capped PSNRs). One clip's several queries: :class:`CopyOracle`."""
+    """Per predicted frame, the best match among ``candidates[i]``: (its pixels (n_predict, 3, H, W), capped
+    PSNRs). Several queries on one clip: :class:`CopyOracle`."""
     times, scores = CopyOracle(pixels, n_ctx).best(candidates)
     return pixels[times], scores
 

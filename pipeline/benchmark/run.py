@@ -1,20 +1,8 @@
-"""Running the benchmark: every rollout of every cell, scored per frame.
+"""Running the benchmark: every rollout of workload x budget x policy x mode x clip x seed, scored per frame.
 
-For every workload (context -> predict) x budget x policy x mode x clip x seed, the
-policy-managed loop (``pipeline.rollout.loop``) generates latents, the host decodes them and
-PSNR / SSIM / LPIPS are measured per frame against the ground truth. The sampling noise of a
-(seed, clip) pair is the same for every policy, budget and mode, so their scores are paired
-comparisons. Budgets run largest first: a rollout whose history never reached a smaller budget
-is that budget's rollout too, and is reused (see :func:`unchanged_under`).
-
-**Throughput.** ``benchmark.batch_size`` clips of one cell (workload, budget, policy, mode,
-seed) run together through the host (``run_rollouts``: one row per clip, each with its own
-policy copy, plans, evictions, actions, poses and noise generator), and the predicted frames of
-all rollouts are decoded and scored in chunks of exactly :data:`SCORE_CHUNK` frames across
-rollouts (:class:`FrameScorer`), so neither the rollouts nor the scores depend on the batch
-size (to float rounding: BLAS picks kernels by matrix size). ``shard=(rank, world)`` runs one
-process's share of the clips (``benchmark.nproc_per_node``); :func:`merge_runs` puts the
-shares together in the order one process would have produced.
+A (seed, clip) pair's noise is shared by every policy, budget and mode, so scores are paired; budgets run
+largest first and reuse unchanged rollouts; neither rollouts nor scores depend on the batch size or the
+process count (docs/statistics.md#what-a-number-depends-on).
 """
 
 from __future__ import annotations
@@ -88,8 +76,7 @@ class BenchmarkRun:
         return {"records": self.records, "clip_references": self.clip_references, "seconds": self.seconds}
 
     def assemble(self) -> "BenchmarkRun":
-        """Records and references in the order of one process running everything (workloads,
-        clips, seeds, policies, modes, budgets largest first), whichever shard or batch ran them."""
+        """Records and references in the order one process running everything would give them."""
         self.records.sort(key=lambda r: r.order)
         self.references, self.reference_pixels = {}, {}
         for key in sorted(self.clip_references):
@@ -128,15 +115,9 @@ SCORE_CHUNK = 64  # frames per decoder and LPIPS call of FrameScorer (video_metr
 
 
 class FrameScorer:
-    """Decodes rollouts' predicted latents and scores them against their ground truth in chunks
-    of exactly ``chunk`` frames, across rollouts; the last chunk is padded (its last frame
-    repeated). A frame's numbers then do not depend on the batch size or on which rollouts share
-    its chunk: CPU (oneDNN) and GPU (cuDNN) convolutions pick their algorithm by batch size,
-    and one fixed size makes every frame go through the same one (tested).
-
-    ``put(latents, target, done)`` queues a rollout; ``done(pixels, scores)`` is called once
-    its last frame is scored (at the latest by ``flush``).
-    """
+    """Decodes and scores rollouts' frames in chunks of exactly ``chunk`` frames across rollouts (the last
+    padded), so a frame's numbers never depend on its chunk-mates: conv kernels are picked by batch size.
+    ``put(latents, target, done)`` queues a rollout; ``done(pixels, scores)`` runs once it is scored."""
 
     def __init__(self, host, scorer: Scorer, chunk: int = SCORE_CHUNK):
         self.host, self.scorer, self.chunk = host, scorer, chunk
@@ -179,10 +160,8 @@ def sampling_generator(seed: int, sample_seed: int, clip: int) -> torch.Generato
 
 
 def unchanged_under(policy, larger: RolloutRecord, max_frames: int | None) -> bool:
-    """A rollout whose history never exceeded ``max_frames`` is, under that budget, the same
-    rollout exactly (same plans, nothing cut, same noise) -- if the policy's decisions do not
-    read the budget. Baselines declare ``uses_budget_state = False``; other policies are assumed
-    to read it and are always rerun."""
+    """Whether ``larger``'s rollout is this budget's too: its history never exceeded ``max_frames`` and the
+    policy does not read the budget (``uses_budget_state = False``; others are always rerun)."""
     if getattr(policy, "uses_budget_state", True):
         return False
     return max_frames is None or max(larger.kept_per_step) <= max_frames
@@ -202,13 +181,9 @@ def run_benchmark(host, bench, clips: dict[str, list[Clip]], *, seed: int, polic
                   budgets: dict[str, int | None] | None = None, modes: Iterable[str] | None = None,
                   media_clips: int = 0, scorer: Scorer | None = None, progress: bool = True,
                   batch_size: int | None = None, shard: tuple[int, int] = (0, 1)) -> BenchmarkRun:
-    """All rollouts of ``bench`` (BenchmarkParams) on ``clips`` (workload -> clips).
-
-    ``policies``/``budgets``/``modes``/``batch_size`` default to those of ``bench``;
-    ``media_clips`` first clips keep their decoded pixels for the report videos. ``shard``
-    (rank, world): only the clips ``clip % world == rank`` (merge the shares with
-    :func:`merge_runs`).
-    """
+    """All rollouts of ``bench`` on ``clips`` (workload -> clips); policies, budgets, modes and batch size
+    default to ``bench``'s. The first ``media_clips`` clips keep their pixels; ``shard`` (rank, world)
+    runs the clips ``clip % world == rank`` (:func:`merge_runs`)."""
     loaded = load_policies(list(policies if policies is not None else bench.policies))
     budgets = dict(budgets if budgets is not None else bench.budgets)
     modes = list(modes if modes is not None else bench.modes)
@@ -262,9 +237,8 @@ def run_benchmark(host, bench, clips: dict[str, list[Clip]], *, seed: int, polic
 
 
 def merge_runs(shares: list[dict], clips: dict[str, list[Clip]], budgets: dict[str, int | None]) -> BenchmarkRun:
-    """The shares (:meth:`BenchmarkRun.share`) of several processes' ``run_benchmark(shard=...)``
-    as one run on ``clips`` and ``budgets``, in the order one process would have produced; its
-    seconds are the slowest share's."""
+    """Several processes' shares (:meth:`BenchmarkRun.share`) as one run, in one process's order; seconds
+    are the slowest share's."""
     run = BenchmarkRun(clips=clips, budgets=dict(budgets), seconds=max(s["seconds"] for s in shares))
     for share in shares:
         run.records.extend(share["records"])
@@ -276,9 +250,8 @@ def _rollouts(host, policy, frames: FrameScorer, clips: list[Clip], rows: list[i
               contexts: dict[int, torch.Tensor], oracles: dict[int, CopyOracle], n_pred: int, cell: Cell,
               max_frames: int | None,
               media: set[int], protocol: str) -> dict[int, RolloutRecord]:
-    """The rollouts of ``policy`` on the clips ``rows`` in one batch (each with its own copy of
-    the policy and its own noise); their records, scored once ``frames`` has decoded them (the
-    clips in ``media`` keep their pixels)."""
+    """One batch of ``policy``'s rollouts on the clips ``rows``, each with its own policy copy and noise;
+    records filled once ``frames`` has scored them."""
     if not rows:
         return {}
     results = run_rollouts(host, [_own_copy(policy) for _ in rows], [contexts[ci] for ci in rows], n_pred,
@@ -307,8 +280,7 @@ def _rollouts(host, policy, frames: FrameScorer, clips: list[Clip], rows: list[i
 
 
 def _own_copy(policy):
-    """A rollout's own copy of a policy, so that one keeping state between calls sees only its
-    rollout's (whatever the batch); a policy that cannot be copied is shared."""
+    """A rollout's own copy of a policy (a stateful policy sees only its rollout); shared if it cannot be copied."""
     try:
         return copy.deepcopy(policy)
     except Exception:
@@ -317,8 +289,7 @@ def _own_copy(policy):
 
 def _score_references(run: BenchmarkRun, host, scorer: Scorer, wi: int, workload: str, clip: Clip, ci: int,
                       n_ctx: int, oracle: CopyOracle, keep_pixels: bool, memory: list[str]) -> None:
-    """Persistence, the tokenizer ceiling and the copy oracles of one clip (their PSNR capped,
-    see pipeline.benchmark.references)."""
+    """Persistence, the tokenizer ceiling and the (capped) copy oracles of one clip."""
     target = clip.pixels[n_ctx:]
     names = [*REFERENCES, *memory]
     values: dict[str, dict[str, list[float]]] = {}

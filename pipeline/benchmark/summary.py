@@ -1,12 +1,7 @@
-"""From rollouts to results: per-cell means, per-horizon curves, and how sure each PSNR is.
+"""From rollouts to results: per-cell means, per-horizon curves, and paired gaps with 95% intervals.
 
-The rollouts go into one pandas table (a row per rollout); cells are its groups by (workload,
-budget, policy, mode), in the order of the params. Paired gaps to ``PAIRED_BASELINE`` join each
-rollout with the baseline's rollout on the same (clip, seed) -- the same clip and the same noise
--- and go through :func:`pipeline.benchmark.stats.paired_difference`. The clips are the independent
-observations: a clip's sampling seeds share its frames, so their rollouts are averaged per clip
-first (counting each seed as an observation would narrow the interval without new data). Means over frames and
-rollouts are numpy's on the stacked per-frame values, so a number depends only on the rollouts.
+One pandas row per rollout; cells group by (workload, budget, policy, mode) in the params' order. Gaps pair
+rollouts on (clip, seed), then average each clip's seeds: clips are the observations (docs/statistics.md).
 """
 
 from __future__ import annotations
@@ -16,13 +11,11 @@ import math
 import numpy as np
 import pandas as pd
 
+from pipeline.benchmark.keys import GAP_KEY, MEMORY_GAIN_KEY, PAIRED_BASELINE
 from pipeline.benchmark.run import METRIC_NAMES, BenchmarkRun
 from pipeline.benchmark.stats import paired_difference, standard_error
 
 PSNR_FOR_FULL_SCORE = 40.0  # temporal_quality_main = min(100, PSNR / 40 * 100)
-PAIRED_BASELINE = "full_history"  # every policy's PSNR is also reported as a paired gap to this one
-GAP_KEY = f"psnr_vs_{PAIRED_BASELINE}"
-MEMORY_GAIN_KEY = "memory_gain"  # full_history: unlimited budget minus this budget (keep the newest B), paired
 CELL = ["workload", "budget", "policy", "mode"]
 PAIR = ["workload", "budget", "mode", "clip", "seed"]  # rollouts with the same clips and noise
 
@@ -34,8 +27,7 @@ def temporal_quality(psnr: float) -> float:
 
 
 def metric_means(per_metric: dict[str, list[list[float]]]) -> dict:
-    """Per metric: the mean over rollouts and frames, and the per-horizon mean curve
-    (values are per rollout, per predicted frame)."""
+    """Per metric: the mean over rollouts and frames, and the per-horizon curve."""
     entry: dict = {}
     for m, values in per_metric.items():
         arr = np.array(values)  # (rollouts, n_predict)
@@ -45,9 +37,8 @@ def metric_means(per_metric: dict[str, list[list[float]]]) -> dict:
 
 
 def rollout_table(run: BenchmarkRun) -> pd.DataFrame:
-    """One row per rollout: its cell, clip and seed, per-frame metric lists, its mean PSNR, its
-    frames kept per step and timings. The cell columns are categorical in the order of the run
-    (budgets in the params' order), so grouping by them sorts cells the way params list them."""
+    """One row per rollout (cell, clip, seed, per-frame metrics, mean PSNR, frames kept, timings); the cell
+    columns are categoricals in the params' order, so groups come out in that order."""
     table = pd.DataFrame([
         dict(workload=r.cell.workload, budget=r.cell.budget, policy=r.cell.policy, mode=r.cell.mode, clip=r.clip,
              seed=r.seed, **r.per_frame, psnr_rollout=float(np.mean(r.per_frame["psnr"])), kept=r.kept_per_step,
@@ -90,17 +81,15 @@ def per_clip(rollouts: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
 
 
 def paired_gaps(rollouts: pd.DataFrame) -> dict[Key, tuple[float, float | None]]:
-    """Per cell whose (workload, budget, mode) has PAIRED_BASELINE rollouts: the mean PSNR gap to
-    the baseline on the same (clip, seed) and its 95% half-width."""
+    """Per cell with PAIRED_BASELINE rollouts: mean PSNR gap to it on the same (clip, seed), 95% half-width."""
     baseline = rollouts.loc[rollouts["policy"] == PAIRED_BASELINE, [*PAIR, "psnr_rollout"]]
     pairs = rollouts.merge(baseline, on=PAIR, suffixes=("", "_baseline"))
     return _paired_per_cell(pairs, "psnr_rollout", "psnr_rollout_baseline")
 
 
 def memory_gains(rollouts: pd.DataFrame, budgets: dict[str, int | None]) -> dict[Key, tuple[float, float | None]]:
-    """Per full_history cell under a finite budget B: how much keeping every frame beats keeping
-    the newest B, the paired PSNR gap (unlimited minus B, same clips and noise) and its 95%
-    half-width. Needs an unlimited budget in the run."""
+    """Per full_history cell under a finite budget B: unlimited minus B, paired (mean, 95% half-width).
+    Empty without an unlimited budget."""
     unlimited = [name for name, n in budgets.items() if n is None]
     ours = rollouts[rollouts["policy"] == PAIRED_BASELINE]
     if not unlimited or ours.empty:
@@ -113,15 +102,13 @@ def memory_gains(rollouts: pd.DataFrame, budgets: dict[str, int | None]) -> dict
 
 
 def _paired_per_cell(pairs: pd.DataFrame, a: str, b: str) -> dict[Key, tuple[float, float | None]]:
-    """Per cell of ``pairs``: the mean of column a minus column b over its clips (each clip's
-    seeds averaged first) and the 95% half-width."""
+    """Per cell: mean of column a minus b over clips (seeds averaged first), 95% half-width."""
     return {key: paired_difference(*per_clip(g, [a, b]).T.values) for key, g in pairs.groupby(CELL, observed=True)}
 
 
 def summarize(run: BenchmarkRun) -> dict[Key, dict]:
-    """Per cell, in the params' order: mean metrics, per-horizon curves, speed and memory, and
-    how sure the PSNR is: its standard error over clips and its paired gap to PAIRED_BASELINE
-    (same clips, same noise; see pipeline.benchmark.stats) with a 95% confidence half-width."""
+    """Per cell, in the params' order: mean metrics, curves, speed, memory, PSNR standard error over clips
+    and the paired gap to PAIRED_BASELINE with its 95% half-width."""
     if not run.records:
         return {}
     rollouts = rollout_table(run)
@@ -147,6 +134,5 @@ def summarize_references(run: BenchmarkRun) -> dict[str, dict[str, dict]]:
 
 
 def summary_table(summary: dict[Key, dict]) -> pd.DataFrame:
-    """One row per cell: its key columns and every entry of :func:`summarize` (gaps NaN where
-    there is no baseline)."""
+    """One row per cell: key columns and :func:`summarize`'s entries (NaN gaps without a baseline)."""
     return pd.DataFrame([dict(zip(CELL, key), **entry) for key, entry in summary.items()])

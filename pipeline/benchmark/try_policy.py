@@ -3,14 +3,9 @@
     python -m pipeline.benchmark.try_policy --policy my_policy.py:MyPolicy --workload short --budget tight
     python -m pipeline.benchmark.try_policy --policy packcache --policy my.mod:Other --budget 6 --mode kv
 
-Runs the same rollouts and metrics as the `benchmark` stage (same clips, seeds and noise, so the
-numbers are paired with the stage's), prints the `TEST_METRICS:` lines, then a table that puts
-them next to the baselines' last results in metrics/benchmark.json. Writes nothing. Add
-`--policy full_history` to also get each policy's paired PSNR gap to it with a 95% interval
-(same clips, same noise): a gap inside its interval is not a ranking.
-
-An error in a policy (or a spec that does not load) ends the run with a message naming the policy
-and no traceback; `--debug` or PIPELINE_DEBUG=1 shows the traceback.
+The stage's clips, seeds and noise (paired with its numbers); prints TEST_METRICS lines and a table beside
+the baselines in metrics/benchmark.json, writes nothing. `--policy full_history` adds paired gaps with 95%
+intervals. `--debug` or PIPELINE_DEBUG=1 shows a policy error's traceback.
 """
 
 from __future__ import annotations
@@ -23,14 +18,14 @@ from pathlib import Path
 from pipeline import paths
 from pipeline.benchmark.cli import user_errors
 from pipeline.benchmark.clips import workload_clips
-from pipeline.benchmark.hosts import benchmark_device, build_host, run_info
 from pipeline.benchmark.outputs import metrics_lines, ranking_lines
 from pipeline.benchmark.run import Scorer, run_benchmark
 from pipeline.benchmark.summary import GAP_KEY, summarize, summarize_references
 from pipeline.benchmark.validate import validate_benchmark
 from pipeline.config import load_params
+from pipeline.hosts.build import benchmark_device, build_host, run_info
 from pipeline.runtime.errors import add_debug_flag
-from pipeline.training.seeding import seed_everything
+from pipeline.runtime.seeding import seed_everything
 
 COLUMNS = {"temporal_quality_main": "tq_main", "psnr": "psnr", "ssim": "ssim", "lpips": "lpips", "fps": "fps",
            "peak_kv_memory_mb": "peak_MiB", "mean_frames_kept": "mean_kept"}

@@ -1,10 +1,5 @@
-"""Checks of the benchmark params against the code and the data, before any model loads.
-
-The stage and try_policy call :func:`validate_benchmark` first: a policy spec that cannot be
-loaded or a workload that no held-out video can hold ends the run at once, with an error that
-names the params key (``benchmark.policies[2]``, ``benchmark.workloads.long``), before anything
-slow runs or any output is touched.
-"""
+"""Checks of the benchmark params before any model loads: a policy spec that does not load or a workload no
+held-out video holds raises BenchmarkError naming the key (``benchmark.policies[2]``)."""
 
 from __future__ import annotations
 
@@ -17,8 +12,7 @@ from pipeline.rollout.policies import PolicyLoadError, load_policy
 
 
 def load_policies(specs: Sequence[str], key: str = "benchmark.policies") -> list:
-    """A policy instance per spec; BenchmarkError naming ``key[i]`` for a spec that does not load,
-    or when two policies would report under one name."""
+    """A policy per spec; BenchmarkError naming ``key[i]`` for one that does not load, or two with one name."""
     loaded = []
     for i, spec in enumerate(specs):
         try:
@@ -40,7 +34,7 @@ def check_workloads(params, names: Sequence[str], frames: str | Path = FRAMES) -
         w = bench.workloads[name]
         try:
             if bench.host == "far" and bench.far.dmlab_npz:
-                from pipeline.far.data import episode_paths
+                from pipeline.data.dmlab import episode_paths
 
                 episode_paths(bench.far.dmlab_npz, 1, w.context + w.predict)
             else:
@@ -51,8 +45,8 @@ def check_workloads(params, names: Sequence[str], frames: str | Path = FRAMES) -
 
 def validate_benchmark(params, policies: Sequence[str] | None = None, workloads: Sequence[str] | None = None,
                        policy_key: str = "benchmark.policies", frames: str | Path = FRAMES) -> None:
-    """Raise BenchmarkError, naming the params key, unless every policy loads and every workload
-    fits the held-out data (``frames``). Defaults: the params' policies and workloads."""
+    """BenchmarkError naming the params key unless every policy loads and every workload fits ``frames``
+    (defaults: the params' policies and workloads)."""
     bench = params.benchmark
     load_policies(list(policies if policies is not None else bench.policies), policy_key)
     check_workloads(params, list(workloads if workloads is not None else bench.workloads), frames)

@@ -1,20 +1,6 @@
-"""Encode every frame of a frames store with a trained tokenizer: data/latents.zarr.
-
-Same groups as the frames store, each with ``latents`` float16 (T, C, h, w), chunked and
-sharded like its ``frames``, the per-frame side arrays (``actions``, ``poses``) copied when
-present, and the group attributes copied (split, fps, n_actions, pose_fields, ...). Root
-attributes name the tokenizer: ``tokenizer_hash`` (the checkpoint's hash, given by the caller)
-and ``latent_shape``. The tokenizer is any
-object with ``encode``, ``image_size``, ``latent_shape`` and ``config`` (the trained network:
-this module reads frames and writes latents, it does not load models). The store is built under a
-temporary name and renamed into place, so a crash never leaves a partial store.
-
-Several processes (``tokenize.nproc_per_node``, ``dist`` given): rank 0 creates the temporary
-store and its root attributes and tells the others its name; every rank encodes the videos
-``i % world == rank`` (each video a group of its own, written by one rank); after a barrier rank
-0 renames the store into place. Each video is encoded alone in the same batches either way, so
-the store is the one a single process writes (tested byte for byte).
-"""
+"""Stage tokenize's work: encode a frames store into data/latents.zarr (same groups, layout, attributes
+and side arrays; ``latents`` float16 (T, C, h, w)), atomically; several ranks write the same bytes
+as one (docs/stages.md)."""
 
 from __future__ import annotations
 
@@ -45,9 +31,8 @@ def encode_frames(model, frames: np.ndarray, device) -> np.ndarray:
 
 def encode_store(frames: str | Path, model, tokenizer_hash: str, out: str | Path, batch_size: int, device="cpu",
                  dist=None) -> dict:
-    """Write `out` (latents store) from `frames` with the trained tokenizer `model` (on
-    `device`), whose checkpoint hash the store records; returns a summary. ``dist``: this
-    process's place among several (``pipeline.runtime.distributed.Dist``; None: alone)."""
+    """Write the latents store `out` from `frames` with `model` (anything with ``encode``, ``image_size``,
+    ``latent_shape``, ``config``); returns a summary. ``dist``: this rank (None: alone)."""
     from pipeline.runtime.distributed import Dist, barrier, broadcast_from_main
 
     dist = dist or Dist()

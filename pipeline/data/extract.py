@@ -1,19 +1,6 @@
-"""Turn every downloaded video into fixed-rate, fixed-size RGB frames in one zarr store.
-
-    find_sources(data/raw)  ->  probe each file  ->  extract_video() per video (process pool)
-                            ->  assign_splits()  ->  data/frames.zarr (renamed into place when complete)
-                                                 ->  data/frames_report.json (every video: ok or why skipped)
-
-A bad input (empty file, truncated video, not a video, shorter than the skip window, unusable
-actions or poses) is reported by name with its reason and skipped; the run fails only if no video
-is usable.
-
-Per-frame side arrays recorded beside a video (`<id>.actions.npy`, `<id>.pose.npy`, named by the
-manifest's `actions_file` / `pose_file`) are resampled to the output frames by the rule the fps
-filter applies to the frames, and stored beside them: `actions` int64 (T,), `poses` float32 (T, 3).
-
-`extract.fps: null` keeps each video's own rate. A video recorded slower than `extract.fps` is
-extracted with repeated frames; its report entry carries a warning saying so.
+"""Stage extract: every raw video to fixed-rate, fixed-size RGB frames in data/frames.zarr (built
+atomically; actions and poses resampled beside them) and data/frames_report.json. A bad input is
+skipped with its reason; the run fails only when no video is usable. See docs/stages.md.
 """
 
 from __future__ import annotations
@@ -114,10 +101,7 @@ def _video_file(raw: Path, vid: str) -> Path | None:
 
 
 def find_sources(raw_dir: str | Path) -> tuple[list[Source], list[dict]]:
-    """Videos to extract, and report entries for those that cannot be (download failures, missing files).
-
-    With data/raw/manifest.json: its entries of status "ok". Without one: every video file there.
-    """
+    """Videos to extract (the manifest's "ok" entries, else every video file), and skip entries."""
     raw = Path(raw_dir)
     if not raw.is_dir():
         raise ExtractError(f"{raw}: no such directory (run the download stage first)")
@@ -186,11 +170,8 @@ def load_series(path: Path, series: FrameSeries) -> np.ndarray:
 
 
 def resample_to_frames(values: np.ndarray, src_fps: float, out_fps: float, start: int, n: int, name: str = "") -> np.ndarray:
-    """The row (action, pose) of the source frame each output frame shows (sample and hold, as the fps filter).
-
-    Output frame i of the stored video is frame start + i of the whole video at out_fps.
-    One missing row at the very end is tolerated (rate rounding); more is an error.
-    """
+    """The rows of the source frames that output frames start..start+n-1 (whole video's grid at out_fps)
+    show, sample and hold as the fps filter; one missing row at the very end is tolerated."""
     idx = source_frame_index(np.arange(start, start + n), src_fps, out_fps)
     short = int(idx[-1]) - (len(values) - 1) if n else 0
     if short > 1:
@@ -235,10 +216,8 @@ def extract_video(src: Source, info: VideoInfo, window: FrameWindow, cfg: Extrac
                     progress(len(chunk))
             n = writer.close()
 
-        # A truncated file decodes up to the cut (ffmpeg logs corrupt packets and exits 0): compare with
-        # what the header promised. Tolerance: variable-rate and rounded durations differ from the grid
-        # by a frame or two, and a container's duration can include an audio track that runs a little
-        # longer than the video (then ffmpeg logs nothing), so a small silent shortfall is accepted.
+        # A truncated file decodes up to the cut and ffmpeg exits 0: compare with the probed duration,
+        # tolerating a small silent shortfall (rounded durations, a longer audio track).
         short = n < window.expected - max(2, round(0.02 * window.expected))
         if short and (stream.warnings or n < 0.75 * window.expected):
             said = f"; ffmpeg: {' | '.join(stream.warnings[-3:])}" if stream.warnings else ""

@@ -1,22 +1,6 @@
-"""Training windows over data/latents.zarr and DreamerV4's alternating batch lengths.
-
-A window is `length` consecutive latent frames of one video, starting every `stride` frames;
-windows never cross videos. Training alternates many short batches (`seq_len_short` x
-`batch_size_short`) with occasional long ones (`seq_len_long` x `batch_size_long`, with
-probability `long_ratio`): short batches are cheap, long ones teach long-range consistency.
-
-The batch of step s is a pure function of (seed, s), so a resumed run sees exactly the batches
-an uninterrupted one would, and the global batch is the same whatever the number of DDP ranks
-(each rank takes its rows of it).
-
-Actions: ``actions[t]`` in the store is the action recorded at frame t; a window's conditioning
-action for frame t is the one recorded at frame t-1 (the action that led to it), -1 ("no
-action") before a video's first frame or for videos without actions.
-
-Poses: ``poses[t]`` is the agent's pose (x, y, heading in degrees) in frame t itself, so a
-window's poses are those of its own frames, unshifted; NaN rows for a video without poses.
-Batches carry them (``Batch.poses``) only when some video of the split has poses. Nothing
-consumes them yet.
+"""Training windows over data/latents.zarr (never across videos), in DreamerV4's alternating short and
+long batches; the batch of step s is a function of (seed, s) alone. A window conditions frame t on
+the action recorded at t-1 (-1: none); its poses are its own frames' (NaN: none).
 """
 
 from __future__ import annotations
@@ -123,7 +107,7 @@ class Batch:
 
 
 class AlternatingBatches:
-    """The global batch of any step: short with probability 1 - long_ratio, else long."""
+    """The global batch of any step: short (cheap) with probability 1 - long_ratio, else long."""
 
     def __init__(self, videos: LatentVideos, *, seq_len_short, seq_len_long, batch_size_short,
                  batch_size_long, long_ratio, stride, seed):

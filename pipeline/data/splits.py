@@ -1,12 +1,5 @@
-"""Assign each video to train, val or test: deterministic from its id and the seed, never per frame.
-
-Counts follow the ratios exactly (largest remainder), with at least one video in every split of
-positive ratio once there are enough videos (so with 6 videos and 0.7/0.15/0.15: 4/1/1). Which
-videos go where follows a hash of (seed, id): videos sorted by that hash fill train, then val,
-then test. The hash order does not depend on the other videos, so adding videos to a collection
-moves only the few videos at the borders between splits; a pure per-video hash threshold would
-be perfectly stable but leaves small collections badly unbalanced (or a split empty).
-"""
+"""Assign each video (never a frame) to train, val or test: counts by the ratios, videos sorted by a
+hash of (seed, id) filling train, val, then test (why: docs/stages.md)."""
 
 from __future__ import annotations
 

@@ -1,23 +1,6 @@
-"""Frames and latents stores: zarr v3, one group per video, arrays chunked in time and sharded.
-
-``data/frames.zarr/<video_id>/frames``   uint8 (T, H, W, 3)
-``data/latents.zarr/<video_id>/latents`` float16 (T, C, h, w)
-
-beside each, when the video was recorded with them, the per-frame side arrays ``actions`` int64
-(T,) and ``poses`` float32 (T, 3) (x, y, heading in degrees; attrs ``pose_fields``).
-
-A shard holds many time chunks, so one video is a handful of files (DVC hashes every file).
-Writers stream: they fill one shard of frames while the previous one is compressed and written
-whole by a background thread, so memory stays constant (two shards) whatever the video length and
-no shard is read back and rewritten.
-
-``python -m pipeline.data.stores inspect|verify PATH`` lists a store (videos, splits, frames, fps,
-size on disk, file count) or checks it (every group complete, shapes and attrs consistent, every
-shard file present and decodable); verify exits 1 when it finds a problem.
-
-Reads through this module (read_array, read_actions, read_poses, list_videos) turn a damaged or
-missing file into a StoreError that names the store, the video, the array and the shard file,
-and says how to check and rebuild the store, instead of a codec's bare traceback.
+"""Frames and latents stores (zarr v3): per video, ``frames`` uint8 (T, H, W, 3) or ``latents`` float16
+(T, C, h, w), chunked in time and sharded, with ``actions``/``poses`` when recorded. Reads raise
+StoreError naming a missing or damaged shard file. CLI: ``inspect|verify PATH``; docs/stages.md.
 """
 
 from __future__ import annotations
@@ -45,29 +28,21 @@ WRITTEN_BY_NAME = {"frames.zarr": "extract", "latents.zarr": "tokenize"}  # ... 
 
 
 def compressor(dtype=None) -> BloscCodec:
-    """Blosc/zstd. Frames (uint8): level 1, no shuffle: byte shuffle is a no-op on bytes and bitshuffle
-    both compresses worse and is 5x slower on video frames; level 1 compresses 256 px frames at ~2000
-    frames/s with a ratio within 10% of level 5 (bench/bench_extract.py), so writing keeps pace with
-    decoding. Wider types (float16 latents, int64 actions): byte shuffle groups the similar high bytes."""
+    """Blosc/zstd: level 1, no shuffle for bytes (keeps pace with decoding); level 5, byte shuffle otherwise."""
     if dtype is not None and np.dtype(dtype).itemsize == 1:
         return BloscCodec(cname="zstd", clevel=1, shuffle="noshuffle", typesize=1)
     return BloscCodec(cname="zstd", clevel=5, shuffle="shuffle")
 
 
 def compressors(dtype=None) -> tuple[BloscCodec, Crc32cCodec]:
-    """The compressor, then a CRC-32C of each compressed chunk: damage inside a shard file (a bad
-    block, a stray write), not only a truncation, fails the read, which then names the shard. zarr's
-    shard index has its own checksum; the chunks have none without this."""
+    """The compressor, then a CRC-32C per compressed chunk, so that damage inside a shard file (not
+    only a truncation) fails the read."""
     return compressor(dtype), Crc32cCodec()
 
 
 class ShardedArrayWriter:
-    """Append frames along time to a new array; writes whole shards as they fill.
-
-    A full shard is compressed and written by a background thread while the next one fills, so
-    the producer (ffmpeg's pipe) does not wait for compression. Memory: two shard buffers, whatever
-    the number of frames. Writes happen in order; an error in one surfaces at the next flush or close.
-    """
+    """Append frames along time to a new array, a shard at a time, written by a background thread while
+    the next fills (memory: two shards); a write's error surfaces at the next flush or close."""
 
     def __init__(self, group: zarr.Group, name: str, frame_shape: tuple[int, ...], dtype, chunk_frames: int, shard_frames: int):
         if shard_frames % chunk_frames:
@@ -159,8 +134,7 @@ class VideoEntry:
 
 
 def store_identity(store: str | Path) -> str:
-    """sha256 over a store's metadata files and the names and sizes of its data files: changes
-    whenever a stage writes different content, without reading every shard."""
+    """sha256 of a store's metadata files and its data files' names and sizes (no shard is read)."""
     store = Path(store)
     h = hashlib.sha256()
     for path in sorted(p for p in store.rglob("*") if p.is_file()):
@@ -266,8 +240,7 @@ def _read_slice(path: Path, video_id: str, group: zarr.Group, name: str, start: 
 
 def read_array(path: str | Path, video_id: str, array: str, start: int = 0, stop: int | None = None,
                group: zarr.Group | None = None) -> np.ndarray:
-    """``array[start:stop]`` of a video; ``group``: its group when the caller holds it open (each
-    lookup otherwise re-reads the store's metadata)."""
+    """``array[start:stop]`` of a video; pass its open ``group`` to skip re-reading the store's metadata."""
     path = Path(path)
     group = _video_group(path, open_store(path), video_id) if group is None else group
     if array not in group:

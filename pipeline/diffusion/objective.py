@@ -1,48 +1,14 @@
-"""The DreamerV4 objective: flow matching with x-prediction, diffusion forcing and shortcut
-forcing, in this project's convention (tau = 0 clean, tau = 1 noise).
+"""The DreamerV4 objective: flow matching with x-prediction, diffusion forcing and shortcut forcing,
+with tau = 0 clean and tau = 1 noise (overview: docs/models.md, Objective).
 
-Noising: ``z_tau = (1 - tau) x + tau eps``. Along that path the velocity toward the data is
-``u = dz/d(-tau) = x - eps = (x - z_tau) / tau``, so a model's x0 prediction x_hat defines
-``u_hat = (x_hat - z_tau) / tau`` and one sampler step of size d (tau -> tau - d) is
-
-    z_{tau-d} = z_tau + d * u_hat                                      (:func:`shortcut_step`)
-
-**Step sizes and noise levels.** d is a power of two in {1, 1/2, ..., 1/k_max}; tau lies on the
-grid of d, tau in {d, 2d, ..., 1} (DreamerV4's signal level 1 - tau in {0, d, ..., 1 - d}),
-so a step of d from tau never passes the clean end. Each sequence is either a *flow* row
-(every frame at d = 1/k_max, plain x-loss) or, with probability `bootstrap_fraction` (an exact
-share of each batch), a *bootstrap* row whose frames draw d uniformly in log-space over the
-coarser sizes {1, ..., 2/k_max} (DreamerV4 samples d uniformly over the levels, not over d).
-Diffusion forcing: every frame draws its own d and tau. With probability `context_fraction` a
-frame of a flow row is instead a *context* frame, at tau in {1, 2}/k_max: what the frames a
-generated frame attends to look like at inference (context corrupted to tau_ctx ~ 0.1), so that
-recalling a clean frame from far back is learnt often, not only when the draw of tau happens to
-leave it clean.
-
-**Which frames a frame sees** (``visible``, (B, T, T) bool, i may attend to j): causal, except
-single-frame rows (probability `single_frame_fraction`: each frame sees itself only) and
-*history dropout* rows (probability `history_dropout`): a frame sees the newest w frames before
-it (w uniform in 1..HISTORY_WINDOW) and each older frame with one probability r (uniform in
-[0, 1]) per row. That is the gapped history a retention policy leaves (keep the newest few and
-some older ones), with every frame at its own time position, so rollouts under a frame budget
-stay in distribution.
-
-**Bootstrap target (DreamerV4 eq. 7, translated).** With stop-gradient, the model takes two
-half steps of d/2::
-
-    x1 = f(z_tau, tau, d/2)            u1 = (x1 - z_tau) / tau
-    z_mid = z_tau + (d/2) u1           tau_mid = tau - d/2      (>= d/2 > 0: no division by 0)
-    x2 = f(z_mid, tau_mid, d/2)        u2 = (x2 - z_mid) / tau_mid
-    u_target = (u1 + u2) / 2
-
-The paper's loss ``(1-s)^2 ||u_hat - u_target||^2`` (s = signal level = 1 - tau) is, in x space,
-``||x_hat - x_target||^2`` with ``x_target = z_tau + tau * u_target``: the velocity-space target
-scaled back to an x target for the x-predicting student. By construction one step of size d
-with x_target lands exactly where the two half steps land (tested). The ablation
-``bootstrap_space="x"`` averages the two half-step x predictions instead: x_target = (x1 + x2)/2.
-
-**Weights.** Every frame's squared error is weighted by the ramp 0.9 (1 - tau) + 0.1
-(DreamerV4's 0.9 s + 0.1): cleaner frames carry more signal, so they count more.
+``z_tau = (1 - tau) x + tau eps``; an x0 prediction gives the velocity ``(x_hat - z_tau) / tau`` and a
+step tau -> tau - d is ``z + d (x_hat - z) / tau`` (:func:`shortcut_step`). d is a power of two down to
+1/k_max, tau lies on its grid {d, ..., 1}, and every frame draws its own. *Flow* rows take d = 1/k_max
+and a plain x-loss (some frames as near-clean *context*, tau in {1, 2}/k_max); an exact
+``bootstrap_fraction`` of rows are *bootstrap* rows, coarser d uniform in log-space, with a two-half-step
+target (:func:`bootstrap_target`). ``visible`` is causal except for single-frame rows and
+*history-dropout* rows (the newest w frames plus random older ones, a retention policy's gapped
+history). Each frame's error is weighted 0.9 (1 - tau) + 0.1.
 """
 
 from __future__ import annotations
@@ -173,7 +139,9 @@ def sample_plan(
 @torch.no_grad()
 def bootstrap_target(model, z, tau, d, actions=None, poses=None, visible=None, space: str = "velocity",
                      memory=None) -> torch.Tensor:
-    """The x target of a step of size d from two half steps of the model (stop-gradient)."""
+    """The x target of a step of size d from two stop-gradient half steps (DreamerV4 eq. 7): their
+    velocities averaged and mapped back, ``z + tau (u1 + u2) / 2``, so one step of d lands where the two
+    half steps land. ``space="x"`` (ablation) averages the two x predictions instead."""
     half = d / 2
     x1 = model(z, tau, half, actions, poses, visible, memory)
     z_mid = shortcut_step(z, x1, tau, half)
@@ -189,14 +157,9 @@ def bootstrap_target(model, z, tau, d, actions=None, poses=None, visible=None, s
 
 
 def shortcut_forcing_loss(model, x0, actions, plan: NoisePlan, bootstrap_space: str = "velocity", poses=None):
-    """Weighted x-space loss of one batch. Returns (loss, per-frame squared errors (B, T)).
-
-    The clean latents x0 are also the model's ``memory``: a pose-recall model recalls an earlier
-    frame as it will at inference, where earlier frames are clean context or finished frames.
-
-    The mean runs over every frame of the batch with equal weight, so DDP's gradient average
-    over equal shards equals the gradient of the global batch.
-    """
+    """Weighted x-space loss of one batch: (loss, per-frame squared errors (B, T)). x0 is also the
+    model's ``memory`` (clean frames for pose recall); every frame weighs equally, so DDP's average
+    over equal shards equals the global batch's gradient."""
     z = add_noise(x0, plan.eps, plan.tau)
     target = x0
     rows = plan.bootstrap.nonzero().flatten()

@@ -1,14 +1,7 @@
 """K-step shortcut Euler sampling with x-prediction, and context corruption.
 
-Noise level convention (the project's, as FAR's flow-matching sigma): ``z_tau = (1 - tau) * x0 + tau * eps``; tau = 1 is pure
-noise, tau = 0 is clean. The network predicts x0 (x-prediction) given the step size d it is
-asked to take (shortcut forcing, DreamerV4). With K steps, d = 1/K and tau walks the grid
-1, 1 - d, ..., d. One Euler step in velocity space, v = dz/dtau = eps - x0 = (z - x0) / tau:
-
-    z_{tau - d} = z_tau - d * (z_tau - x0_hat) / tau
-
-which lands exactly on x0_hat at the last step (tau = d). K = 1 is one-shot generation,
-K = k_max the finest step the model was trained for.
+``z_tau = (1 - tau) x0 + tau eps`` (tau = 1 noise, 0 clean). With d = 1/K the denoiser predicts x0 at
+tau = 1, 1 - d, ..., d; each step ``z - d (z - x0_hat) / tau`` lands on x0_hat at the last one.
 """
 
 from __future__ import annotations

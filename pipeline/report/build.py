@@ -1,8 +1,5 @@
-"""Read a run's outputs, write the headline metrics, the charts, the page and the plots template.
-
-Every output is written under a temporary name and renamed into place (pipeline.atomic): a
-killed run leaves the previous report whole.
-"""
+"""Read a run's outputs; write the headline metrics, charts, page and plots template, each atomically
+(a killed run leaves the previous report whole)."""
 
 from __future__ import annotations
 
@@ -16,6 +13,7 @@ from pipeline.atomic import atomic_dir, atomic_file, remove_stale_tmp, write_jso
 from pipeline.report import charts as ch
 from pipeline.report.headline import GAP, PAIRED_BASELINE, headline
 from pipeline.report.page import Report, gif_size, render_page
+from pipeline.report.results_page import CHARTS, StageTimes, results_markdown
 from pipeline.report.template import plots_template
 
 
@@ -27,6 +25,8 @@ class Inputs:
     train: Path  # metrics/train.json
     live: Path  # dvclive/ (tokenizer/ and train/ inside)
     media: Path  # reports/benchmark (<workload>_<budget>.gif)
+    frames_report: Path  # data/frames_report.json (extract's time)
+    latents_report: Path  # data/latents_report.json (tokenize's time)
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,8 @@ class Outputs:
     page: Path  # reports/index.html
     charts: Path  # reports/charts/
     plots_template: Path  # reports/plots_template.html
+    docs_page: Path  # docs/results.md
+    docs_charts: Path  # docs/charts/
 
 
 def _json(path: Path) -> dict | None:
@@ -55,8 +57,7 @@ def read_series(plots_dir: Path) -> dict[str, list[tuple[float, float]]]:
 
 
 def training_panels(series: dict[str, list]) -> dict[str, dict[str, list]]:
-    """The curves worth a look: the training loss, and validation PSNR against persistence's
-    (the teacher-forced input PSNRs and the bookkeeping series left out)."""
+    """The curves worth a look: training loss, and validation PSNR beside persistence's."""
     panels: dict[str, dict[str, list]] = {}
     if "train/loss" in series:
         panels["training loss"] = {"loss": series["train/loss"]}
@@ -107,8 +108,7 @@ def build_charts(benchmark: dict, horizon: list[dict], live: Path) -> dict[str, 
 
 
 def media_files(media: Path, benchmark: dict, page: Path) -> list[tuple[str, str, str, tuple[int, int] | None]]:
-    """The rollout GIFs, workloads and budgets in the run's order: (workload, budget, path relative
-    to the page, (width, height))."""
+    """The rollout GIFs in the run's order: (workload, budget, path relative to the page, (width, height))."""
     out = []
     for workload, by_budget in benchmark.get("rollouts", {}).items():
         for budget in by_budget:
@@ -120,9 +120,22 @@ def media_files(media: Path, benchmark: dict, page: Path) -> list[tuple[str, str
     return out
 
 
+def stage_times(inputs: Inputs, benchmark: dict) -> StageTimes:
+    """Each stage's main work in seconds, from the files the stages wrote."""
+    def seconds(path: Path, key: str):
+        values = _json(path) or {}
+        return values.get(key)
+
+    return StageTimes(extract=seconds(inputs.frames_report, "seconds"),
+                      train_tokenizer=seconds(inputs.tokenizer, "train_seconds_this_run"),
+                      tokenize=seconds(inputs.latents_report, "seconds"),
+                      train=seconds(inputs.train, "train_seconds_this_run"), benchmark=benchmark.get("seconds"))
+
+
 def build_report(inputs: Inputs, outputs: Outputs) -> dict:
     """Write every output; returns the headline metrics."""
-    for out in (outputs.headline, outputs.page, outputs.charts, outputs.plots_template):
+    for out in (outputs.headline, outputs.page, outputs.charts, outputs.plots_template, outputs.docs_page,
+                outputs.docs_charts):
         remove_stale_tmp(out.parent, out.name)  # what a killed run left
     benchmark = json.loads(inputs.benchmark.read_text())
     top = headline(benchmark, _json(inputs.tokenizer), _json(inputs.train))
@@ -141,6 +154,14 @@ def build_report(inputs: Inputs, outputs: Outputs) -> dict:
                 (tmp / f"{name}.vl.json").write_text(json.dumps(specs[name], indent=1) + "\n")
     with atomic_file(outputs.page) as tmp:
         tmp.write_text(page)
+    drawn = {name: svgs[name] for name in CHARTS if svgs.get(name)}
+    with atomic_dir(outputs.docs_charts) as tmp:
+        for name, svg in drawn.items():
+            (tmp / f"{name}.svg").write_text(svg)
+    links = {name: Path(os.path.relpath(outputs.docs_charts / f"{name}.svg", outputs.docs_page.parent)).as_posix()
+             for name in drawn}
+    with atomic_file(outputs.docs_page) as tmp:
+        tmp.write_text(results_markdown(top, benchmark, stage_times(inputs, benchmark), links))
     with atomic_file(outputs.plots_template) as tmp:
         tmp.write_text(plots_template())
     write_json(outputs.headline, top)

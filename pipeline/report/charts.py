@@ -1,8 +1,4 @@
-"""The report's charts: Vega-Lite specs with their data inline, rendered to SVG offline.
-
-vl-convert (a Rust build of Vega and Vega-Lite, no browser, no network) renders each spec; the SVGs
-go into reports/charts/ and, inline, into reports/index.html.
-"""
+"""The report's charts: Vega-Lite specs with inline data, rendered to SVG offline by vl-convert."""
 
 from __future__ import annotations
 
@@ -20,8 +16,8 @@ def _base(title: str) -> dict:
 
 
 def horizon_chart(rows: list[dict], metric: str, mode: str) -> dict:
-    """Quality per predicted frame: one panel per workload (rows) and budget (columns), one line
-    per policy and reference (the tokenizer ceiling left out), in one mode."""
+    """Quality per predicted frame: a panel per workload (rows) and budget (columns), a line per policy and
+    reference (not the tokenizer ceiling), one mode."""
     values = [r for r in rows if r["mode"] == mode and r["policy"] not in REFERENCE_HIDDEN]
     budgets = list(dict.fromkeys(r["budget"] for r in values))
     workloads = list(dict.fromkeys(r["workload"] for r in values))
@@ -45,8 +41,8 @@ def horizon_chart(rows: list[dict], metric: str, mode: str) -> dict:
 
 
 def gap_chart(cells: list[dict], budgets: list[str]) -> dict:
-    """Each policy's mean paired PSNR gap to full_history with its 95% interval, per budget; one
-    panel per workload / mode. A zero line: an interval that crosses it ranks nothing."""
+    """Each policy's paired PSNR gap to full_history with its 95% interval, per budget; a panel per workload
+    and mode, with the zero line."""
     values = [{"panel": f"{c['workload']} / {c['mode']}", "budget": c["budget"], "policy": c["policy"],
                "gap": c["gap"], "low": c["gap"] - c["ci95"], "high": c["gap"] + c["ci95"]}
               for c in cells if c["ci95"] is not None]
@@ -82,8 +78,7 @@ def memory_k(name: str) -> float | None:
 
 
 def headroom_chart(references: dict[str, dict[str, dict]]) -> dict | None:
-    """PSNR of the copy-oracle references (the best copy of a frame among the last k frames, or all
-    past frames) per workload; None when the run has none."""
+    """Copy-oracle PSNR (best copy among the last k or all past frames) per workload; None without them."""
     values = []
     for workload, refs in references.items():
         for name, m in refs.items():
@@ -109,8 +104,7 @@ def headroom_chart(references: dict[str, dict[str, dict]]) -> dict | None:
 
 
 def training_chart(title: str, panels: dict[str, dict[str, list[tuple[float, float]]]]) -> dict | None:
-    """Training curves: one panel per entry of `panels` (panel -> series -> [(step, value)]), one
-    line per series, each panel with its own y scale; None without any point."""
+    """A panel per entry of `panels` (panel -> series -> [(step, value)]), own y scales; None if empty."""
     values = [{"panel": panel, "series": series, "step": step, "value": value}
               for panel, by_series in panels.items() for series, points in by_series.items()
               for step, value in points]

@@ -1,36 +1,25 @@
-"""metrics/headline.json: the few numbers a researcher compares across experiments.
-
-`dvc exp show` prints a column per metric; the full detail (metrics/benchmark.json, ~600 numbers
-on the default params) is no DVC metric for that reason. The headline, from the run's outputs:
-
-- ``tokenizer_val_psnr``: the tokenizer's validation PSNR (metrics/tokenizer.json);
-- ``train_tau_min`` / ``train_tau_max``: the range of signal levels τ the dynamics training
-  sampled (metrics/train.json);
-- per workload (nested under its name):
-  - ``model_psnr`` / ``model_lpips``: the model with its whole history (``full_history`` at the
-    unlimited budget, first mode), against ``persistence_psnr`` / ``persistence_lpips``
-    (repeating the last context frame);
-  - ``memory_headroom_psnr``, when the benchmark has the copy-oracle references: PSNR of
-    ``memory_all_past`` minus ``memory_last_4`` -- what remembering beyond the last 4 frames can
-    gain at most;
-  - per limited budget (nested under its name): ``best_policy`` (``<policy>/<mode>``, a string:
-    DVC shows it in `dvc exp show` and `dvc metrics diff`), its ``best_gap`` (mean paired PSNR
-    gap to full_history, dB) and ``best_gap_ci95`` (its 95% half-width; null with one rollout);
-- ``benchmark_seconds``: the benchmark's rollout wall time.
-
-On the default params (2 workloads, 2 limited budgets) that is 20 numbers and 4 policy names,
-24 columns of `dvc exp show` (26 with the memory references).
-"""
+"""metrics/headline.json: the ~25 numbers `dvc exp show` and `dvc metrics diff` compare across experiments
+(the keys: docs/index.md#headline-metrics); the detail stays in metrics/benchmark.json."""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
-PAIRED_BASELINE = "full_history"  # as pipeline.benchmark.summary.PAIRED_BASELINE
-GAP = f"psnr_vs_{PAIRED_BASELINE}"
+from pipeline.benchmark.keys import GAP_KEY as GAP
+from pipeline.benchmark.keys import PAIRED_BASELINE
+
 HEADROOM_ALL = "memory_all_past"
 HEADROOM_LAST = "memory_last_4"
+
+
+def verdict(gap: float | None, ci95: float | None) -> str | None:
+    """"better" / "worse" where the 95% interval excludes zero, "tie" where it includes it; None without both."""
+    if gap is None or ci95 is None:
+        return None
+    if abs(gap) <= ci95:
+        return "tie"
+    return "better" if gap > 0 else "worse"
 
 
 def _number(v: Any) -> float | None:
@@ -56,8 +45,8 @@ def limited_budgets(budgets: dict[str, int | None], present: list[str]) -> list[
 
 
 def best_policy(cells: dict[str, dict[str, dict]]) -> tuple[str, str, dict] | None:
-    """(policy, mode, metrics) of the cell with the largest paired gap to full_history among one
-    budget's cells (policy -> mode -> metrics), full_history itself excluded; None if none has a gap."""
+    """(policy, mode, metrics) of one budget's cell with the largest paired gap to full_history (itself
+    excluded); None if no cell has a gap."""
     best = None
     for policy, modes in cells.items():
         if policy == PAIRED_BASELINE:
@@ -70,7 +59,7 @@ def best_policy(cells: dict[str, dict[str, dict]]) -> tuple[str, str, dict] | No
 
 
 def headline(benchmark: dict, tokenizer: dict | None = None, train: dict | None = None) -> dict:
-    """The headline metrics (see the module docstring) from the parsed metrics files."""
+    """The headline metrics from the parsed metrics files."""
     out: dict[str, Any] = {}
     if tokenizer is not None:
         out["tokenizer_val_psnr"] = _number(tokenizer["val"]["psnr"])

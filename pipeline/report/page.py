@@ -1,11 +1,5 @@
-"""reports/index.html: one page per run that needs no network.
-
-The charts are inline SVG and the style sheet a ``<style>`` element; the page has no script. The
-rollout GIF grids are linked relatively (``benchmark/<workload>_<budget>.gif``, beside the page in
-reports/): on the default params they weigh ~12 MB, which as data URIs would make a 17 MB page.
-So the page opens offline where it lies; to share it, share reports/ (or index.html alone,
-without the GIFs).
-"""
+"""reports/index.html: one page per run that needs no network and runs no script (inline SVG charts).
+The GIF grids are linked relatively (benchmark/<workload>_<budget>.gif): to share the page, share reports/."""
 
 from __future__ import annotations
 
@@ -13,7 +7,7 @@ import html
 import re
 from dataclasses import dataclass, field
 
-from pipeline.report.headline import GAP, PAIRED_BASELINE
+from pipeline.report.headline import GAP, PAIRED_BASELINE, verdict
 
 STYLE = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 0 auto; max-width: 1280px;
@@ -62,17 +56,15 @@ def budget_label(name: str, budgets: dict) -> str:
     return f"{esc(name)} ({'all frames' if n is None else f'{n} frames'})" if name in budgets else esc(name)
 
 
-def verdict(policy: str, gap, ci95) -> tuple[str, str]:
-    """(css class, words): a gap is a ranking claim only where its 95% interval excludes zero."""
+def claim(policy: str, gap, ci95) -> tuple[str, str]:
+    """(css class, words) of a paired gap to the baseline (:func:`~pipeline.report.headline.verdict`)."""
     if policy == PAIRED_BASELINE:
         return "ns", "baseline"
     if gap is None:
         return "ns", "no baseline run"
-    if ci95 is None:
-        return "ns", "one rollout: no interval"
-    if abs(gap) > ci95:
-        return ("better", "better than full_history") if gap > 0 else ("worse", "worse than full_history")
-    return "ns", "not distinguishable (interval includes 0)"
+    return {None: ("ns", "one rollout: no interval"), "tie": ("ns", "not distinguishable (interval includes 0)"),
+            "better": ("better", f"better than {PAIRED_BASELINE}"),
+            "worse": ("worse", f"worse than {PAIRED_BASELINE}")}[verdict(gap, ci95)]
 
 
 def headline_section(h: dict, budgets: dict) -> str:
@@ -99,7 +91,7 @@ def headline_section(h: dict, budgets: dict) -> str:
             if not best:
                 cells.append("<td>&ndash;</td>")
                 continue
-            css, _ = verdict(best["best_policy"], best["best_gap"], best["best_gap_ci95"])
+            css, _ = claim(best["best_policy"], best["best_gap"], best["best_gap_ci95"])
             ci = "" if best["best_gap_ci95"] is None else f" &plusmn; {fmt(best['best_gap_ci95'])}"
             cells.append(f"<td class='name'>{esc(best['best_policy'])}: <span class='{css}'>{fmt(best['best_gap'], sign=True)}"
                          f"{ci} dB</span></td>")
@@ -133,7 +125,7 @@ def leaderboard_section(benchmark: dict, chart: str | None) -> str:
             cells.sort(key=lambda pmc: -pmc[2]["psnr"])  # stable: the params' order among equals
             rows = []
             for policy, mode, c in cells:
-                css, words = verdict(policy, c.get(GAP), c.get(f"{GAP}_ci95"))
+                css, words = claim(policy, c.get(GAP), c.get(f"{GAP}_ci95"))
                 gap = "&ndash;" if c.get(GAP) is None or policy == PAIRED_BASELINE else (
                     fmt(c[GAP], sign=True) + ("" if c.get(f"{GAP}_ci95") is None else f" &plusmn; {fmt(c[f'{GAP}_ci95'])}"))
                 sem = "" if c.get("psnr_sem") is None else f" &plusmn; {fmt(c['psnr_sem'])}"

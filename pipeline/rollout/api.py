@@ -1,10 +1,8 @@
-"""The rollout API of the ar-video-kv-temporal-policy task (MLS-Bench), kept name for name so
-users can bring their own policies. Elsewhere in this package "ar-video-kv-temporal-policy"
-names that task: its harness, its baselines and its metric line format.
+"""The rollout API of the ar-video-kv-temporal-policy task (MLS-Bench), kept name for name so that
+users can bring their own policies.
 
-A *host* generates latent frames one at a time from a retained history; after each new frame a
-*policy* looks at one :class:`FrameMeta` per retained frame and returns a
-:class:`TemporalCachePlan`; the loop applies the plan (see ``pipeline.rollout.loop``).
+A *host* generates latent frames one at a time from a retained history; before each frame a
+*policy* gets one :class:`FrameMeta` per candidate frame and returns a :class:`TemporalCachePlan`.
 """
 
 from __future__ import annotations
@@ -49,20 +47,23 @@ class FrameInfo:
     """What the data says about a frame besides its pixels: the host conditions on it."""
 
     time: int  # index in the clip: 0 = first context frame
-    action: int | None = None  # the action that led to this frame (recorded at the frame before)
+    action: int | None = None  # the action that led to this frame (recorded at the frame before); None or -1: none
     pose: tuple[float, float, float] | None = None  # the agent's recorded pose (x, y, heading in degrees)
     observed: bool = True  # False for a frame the rollout generated (its pixels are the host's, not the data's)
 
 
 @dataclass
 class ChunkDecision:
-    chunk_id: int
+    chunk_id: int  # FrameMeta.chunk_id of the frame
     action: str  # one of ACTIONS
     priority: float = 0.0  # informational
 
 
 @dataclass
 class TemporalCachePlan:
+    """A policy's answer. Only ``chunk_decisions`` is applied (a frame without a decision is dropped,
+    the newest always stays); the other fields are informational."""
+
     chunk_decisions: list[ChunkDecision]
     retention_family: str = "custom"
     anchor_preservation_rule: str = ""
@@ -79,16 +80,13 @@ class RolloutState:
     budget_capacity_mb: float
     total_steps: int
     target_pose: tuple[float, float, float] | None = None  # pose of the frame about to be generated, if recorded
+    pose_bias_rate: float | None = None  # the host model's initial pose-distance attention rate, if it has one
 
 
 class RetentionPolicy(Protocol):
-    """What the loop calls. ``budget_state = {"max_frames": int | None, "capacity_mb": float}``
-    (``None`` / ``inf``: unlimited).
-
-    Optional: ``uses_budget_state = False`` declares that decisions never read the budget
-    (budget_state, rollout_state.budget_capacity_mb); the benchmark then reuses a rollout that
-    stayed within a smaller budget instead of running it again (the result is identical).
-    """
+    """What the loop calls. ``budget_state = {"max_frames": int | None, "capacity_mb": float}`` (None /
+    inf: unlimited). Optional ``uses_budget_state = False``: decisions never read the budget, so the
+    benchmark may reuse a rollout that stayed within a smaller budget."""
 
     name: str
 
@@ -99,19 +97,9 @@ class RetentionPolicy(Protocol):
 
 @runtime_checkable
 class RolloutHost(Protocol):
-    """A world model that the policy-managed loop drives.
-
-    Latents are float tensors (C, h, w) per frame; pixels are float (T, 3, H, W) in [0, 1].
-    Every frame comes with its :class:`FrameInfo`: its time in the clip, the action *that led
-    to it* (recorded at the frame before, as the dynamics model is trained; -1 or ``None``:
-    none) and its recorded pose (``None``: none). A history with gaps keeps each frame's own
-    info, so actions, poses and time positions stay aligned to the retained frames after
-    eviction.
-
-    A *session* holds the retained history. In ``recompute`` mode it keeps latents and re-runs
-    them as context at every step; in ``kv`` mode it keeps the host's KV cache and evicting a
-    frame removes its keys/values (nothing is recomputed).
-    """
+    """A world model the loop drives. Latents are float (C, h, w) per frame, pixels float (T, 3, H, W)
+    in [0, 1]; each frame keeps its own :class:`FrameInfo` through evictions. A session holds the
+    retained history: latents re-run every step (``recompute``) or a KV cache (``kv``)."""
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor: ...
 
@@ -119,6 +107,8 @@ class RolloutHost(Protocol):
 
     def start(self, mode: Mode, generator: torch.Generator) -> "HostSession": ...
 
+    # Optional: pose_bias_rate (float | None), the model's initial pose-distance attention rate, which
+    # policies' attention prior uses (RolloutState.pose_bias_rate).
     # Optional: start_batch(mode, generators) -> a session for several rollouts at once
     # (pipeline.rollout.batch); hosts without it run batches one session per rollout.
 

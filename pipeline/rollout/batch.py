@@ -1,21 +1,8 @@
 """Batched host sessions: the histories of several rollouts (one per *row*) on one host.
 
-A host may offer ``start_batch(mode, generators) -> BatchSession``: one session for B rollouts,
-row b drawing every random number from ``generators[b]`` in the order a one-rollout session
-would, so that a row's frames do not depend on the other rows or on B. Its methods take one
-entry per row:
-
-- ``append(frames)``: ``frames[b]`` = the (latent, FrameInfo) pairs row b adds, oldest first
-  (possibly none);
-- ``evict(keep)``: ``keep[b]`` = the indices row b keeps (``None``: all);
-- ``generate(infos) -> (B, C, h, w)``: the next frame of every row;
-- ``retained_bytes() -> list[int]``: per row, the bytes of its own history (batch padding
-  excluded: what the row would hold alone);
-- optional ``attention_mass() -> list[list[float] | None]``.
-
-:func:`start_batch` falls back to :class:`SerialBatch` (one ``host.start`` session per row, run
-one after the other) for hosts without ``start_batch``, so any ``RolloutHost`` runs batched
-loops; :class:`OneRow` turns a one-row batch session back into a ``HostSession``.
+A host may offer ``start_batch(mode, generators) -> BatchSession``; row b draws every random number
+from ``generators[b]`` in the order a one-row session would, so its frames do not depend on the
+other rows. Hosts without it run through :class:`SerialBatch`.
 """
 
 from __future__ import annotations
@@ -30,13 +17,15 @@ RowFrames = Sequence[tuple[torch.Tensor, FrameInfo]]
 
 
 class BatchSession(Protocol):
-    def append(self, frames: Sequence[RowFrames]) -> None: ...
+    """One entry per row in every method; optional ``attention_mass() -> list[list[float] | None]``."""
 
-    def evict(self, keep: Sequence[Sequence[int] | None]) -> None: ...
+    def append(self, frames: Sequence[RowFrames]) -> None: ...  # row b's new (latent, info) pairs, oldest first
 
-    def generate(self, infos: Sequence[FrameInfo]) -> torch.Tensor: ...
+    def evict(self, keep: Sequence[Sequence[int] | None]) -> None: ...  # indices row b keeps (None: all)
 
-    def retained_bytes(self) -> list[int]: ...
+    def generate(self, infos: Sequence[FrameInfo]) -> torch.Tensor: ...  # (B, C, h, w): every row's next frame
+
+    def retained_bytes(self) -> list[int]: ...  # per row, as if alone (padding excluded)
 
 
 def start_batch(host: RolloutHost, mode: Mode, generators: Sequence[torch.Generator]) -> BatchSession:

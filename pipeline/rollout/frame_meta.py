@@ -1,15 +1,11 @@
-"""FrameMeta features of the retained history, computed on latents (the formulas below).
-
-For frame i of the history (0 = oldest kept) with prev = the kept frame before it:
+"""FrameMeta features of the retained history, computed on latents (prev = the kept frame before):
 
     boundary_score      = min(1, (|x - prev| / |prev|) / 0.5)
     feature_drift       = min(1, |x - ref| / |ref|)        ref = first context frame of the clip
     temporal_similarity = max(0, cos(x, prev))
     motion_strength     = min(1, mean |x - prev|)           keyframe_score = motion_strength
 
-The oldest kept frame has no prev: its change features are 0 and its similarity 1.
-Ages count frames since creation (time index of the newest frame minus the frame's own), so a
-gap left by an evicted frame makes the frames before it older.
+The oldest kept frame has change features 0 and similarity 1. Ages are clip-time differences.
 """
 
 from __future__ import annotations
@@ -67,8 +63,8 @@ def latent_features(latents: torch.Tensor, ref: torch.Tensor) -> dict[str, torch
 def build_frame_meta(
     latents: torch.Tensor, ref: torch.Tensor, records: list[FrameRecord], step: int = 0, fixed_access: bool = False
 ) -> list[FrameMeta]:
-    """One FrameMeta per history frame, oldest first, before generating frame ``step``.
-    ``fixed_access``: access_count and recent_hit_count are 1, as the published harness reports."""
+    """One FrameMeta per history frame, oldest first, before generating frame ``step``
+    (``fixed_access``: access counts fixed at 1, as the published harness)."""
     if len(records) != len(latents):
         raise ValueError(f"{len(latents)} latents but {len(records)} frame records")
     features = latent_features(latents, ref)

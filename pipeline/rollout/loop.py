@@ -1,33 +1,11 @@
-"""The policy-managed rollout loop: a policy decides, before every generated frame, which
-history frames the host may attend to.
+"""The policy-managed rollout loop: before every generated frame a policy decides which history
+frames the host may attend to.
 
-Order of one step (``step`` = index of the frame about to be generated, 0 = the first):
-
-1. candidates = the retained history + what is new (at step 0 the whole context, later the
-   frame generated last); one FrameMeta per candidate, oldest first;
-2. ``policy.build_temporal_cache_plan(metas, RolloutState(step, ...), budget_state)``;
-3. :func:`apply_plan`: keep frames marked keep or demote_to_long_term, plus the newest frame
-   always; drop the oldest until at most ``max_frames`` remain;
-4. the host session evicts what left and appends what is new and kept;
-5. the host generates the next frame from exactly that history.
-
-So the budget holds at every generation, the first included: with 36 context frames and a
-budget of 8 the policy chooses, before anything is generated, which 8 context frames stay. The
-session never holds more than ``max_frames`` frames, so peak retained memory is a property of
-the budget and policy. After each generation the host's ``attention_mass()`` (if it has one)
-goes onto the frames it attended to, for the next plan's FrameMeta.
-
-**Batches.** :func:`run_rollouts` runs B clips through this loop at once, one *row* each: per
-row and per step the same FrameMeta, policy call, plan and bookkeeping as above (its own
-policy, evictions, actions, poses, attention_mass and noise generator), then one batched host
-call per operation (evict, append, generate) for all rows. :func:`run_rollout`, one clip, is
-a batch of one: there is one loop.
-
-``protocol="harness"`` reproduces the loop of the ar-video-kv-temporal-policy harness instead:
-the first frame is generated from the whole context; afterwards the policy is consulted only
-when the history exceeds the budget (a history within budget keeps every frame); FrameMeta's
-``access_count`` and ``recent_hit_count`` are fixed at 1 and no frame becomes a long-term
-resident (demote_to_long_term counts as keep).
+One step: FrameMeta for each candidate (retained history + what is new) -> policy plan ->
+:func:`apply_plan` (plus the newest, then the oldest cut to ``max_frames``) -> the session evicts
+and appends -> the host generates. The budget thus holds from the first generated frame on.
+``protocol="harness"`` reproduces the published harness's loop instead. Details:
+docs/benchmark.md (The rollout loop, Protocols).
 """
 
 from __future__ import annotations
@@ -50,8 +28,8 @@ class PlanError(ValueError):
 
 
 class PolicyError(RuntimeError):
-    """A policy raised while planning; the message names the policy, its class and the step, and
-    the policy's own exception is the ``__cause__``."""
+    """A policy raised while planning; names the policy, its class and the step (cause: the
+    policy's exception)."""
 
 
 def plan_step(policy, name: str, metas, state: RolloutState, budget_state: dict):
@@ -65,11 +43,8 @@ def plan_step(policy, name: str, metas, state: RolloutState, budget_state: dict)
 
 
 def apply_plan(plan, n_frames: int, max_frames: int | None, policy_name: str) -> tuple[list[int], set[int]]:
-    """Indices of the frames that stay (ascending) and those the plan demoted to long-term.
-
-    Frames without a decision are dropped. Raises PlanError on an entry with an unknown
-    chunk_id or action, or on two decisions for one frame.
-    """
+    """Indices of the frames that stay (ascending) and those demoted to long-term. Frames without
+    a decision are dropped; PlanError on an unknown chunk_id or action, or a repeated chunk_id."""
     decisions = getattr(plan, "chunk_decisions", None)
     if not isinstance(decisions, (list, tuple)):
         raise PlanError(
@@ -134,13 +109,8 @@ def run_rollout(
     protocol: Protocol = "default",
 ) -> RolloutResult:
     """Generate ``n_predict`` latents after ``context`` (T, C, h, w) under a frame budget.
-
-    ``actions[t]`` is the action that led to clip frame t (context first), ``poses[t]`` the
-    pose recorded in it; either may be None (the data has none). ``protocol``: "default" (the
-    policy plans before every frame, the budget holds from the first) or "harness" (the
-    ar-video-kv-temporal-policy loop, see the module docstring). A batch of one of
-    :func:`run_rollouts`.
-    """
+    ``actions[t]`` / ``poses[t]``: the action that led to clip frame t and its pose (None: none).
+    A batch of one of :func:`run_rollouts`."""
     return run_rollouts(host, policy, [context], n_predict, max_frames=max_frames, mode=mode, generators=[generator],
                         actions=[actions], poses=[poses], protocol=protocol)[0]
 
@@ -182,13 +152,9 @@ def run_rollouts(
     poses: Sequence[Sequence[Sequence[float]] | None] | None = None,
     protocol: Protocol = "default",
 ) -> list[RolloutResult]:
-    """:func:`run_rollout` for B clips at once, one *row* each: ``contexts[b]``, ``generators[b]``,
-    ``actions[b]`` and ``poses[b]`` (each None or per clip frame) are row b's. ``policy`` is one
-    policy or one per row; every row gets its own plans, evictions and FrameMeta, and the host
-    generates every row's next frame in one batched session (``pipeline.rollout.batch``), so a
-    row's result equals its unbatched one (to float rounding; exactly on a host without
-    ``start_batch``). ``seconds`` of each result is its share (1/B) of the batch's wall time.
-    """
+    """:func:`run_rollout` for B clips at once (row b: ``contexts[b]``, ``generators[b]``, ...;
+    ``policy`` shared or one per row). Each row's result equals its unbatched one to float rounding;
+    ``seconds`` is its 1/B share of the batch's wall time."""
     b = len(contexts)
     policies = list(policy) if isinstance(policy, (list, tuple)) else [policy] * b
     actions = [None] * b if actions is None else list(actions)
@@ -226,7 +192,8 @@ def run_rollouts(
                 # feature_drift's reference: the clip's first context frame, even once evicted
                 metas = build_frame_meta(torch.stack(cand_lat), row.context[0], cand_rec, step, fixed_access=harness)
                 state = RolloutState(step=step, budget_capacity_mb=row.budget_state["capacity_mb"],
-                                     total_steps=n_predict, target_pose=row.info(t_new).pose)
+                                     total_steps=n_predict, target_pose=row.info(t_new).pose,
+                                     pose_bias_rate=getattr(host, "pose_bias_rate", None))
                 plan = plan_step(row.policy, row.name, metas, state, dict(row.budget_state))
                 keep, demoted = apply_plan(plan, len(cand_lat), max_frames, row.name)
             row.result.policy_seconds += time.perf_counter() - t0
@@ -279,8 +246,7 @@ def _check_rollout(n_ctx: int, n_predict: int, max_frames: int | None, actions, 
 
 
 def _record_attention(shares: list[float] | None, kept: list[FrameRecord]) -> None:
-    """The host's attention_mass signal of the generation just done (one row's), onto the frames
-    it attended to (hosts without the signal give None and leave it None)."""
+    """Store one row's attention_mass of the generation just done on its frames (None: no signal)."""
     if shares is not None:
         for rec, share in zip(kept, shares):
             rec.attention_mass = float(share)

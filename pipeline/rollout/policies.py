@@ -1,16 +1,8 @@
-"""Retention policies: the baselines of ar-video-kv-temporal-policy and loading a user's policy
-from params.
+"""The threshold baselines of ar-video-kv-temporal-policy, and :func:`load_policy` for built-in and
+user policies.
 
-A policy is any object with ``name`` and ``build_temporal_cache_plan(chunk_meta_list,
-rollout_state, budget_state) -> TemporalCachePlan`` (see ``pipeline.rollout.api``). The loop
-enforces the budget on top of the plan, so the baselines below only say what they would like.
-Thresholds are those of ar-video-kv-temporal-policy's baselines; priorities are informational.
-
-``load_policy`` accepts a built-in policy's name (``packcache``, ``pose_retrieval``: the
-``POLICIES`` table), an importable ``module:Class`` or a ``path/to/file.py:Class``; the class is
-instantiated without arguments. ``BASELINES`` names the built-in policies that are baselines
-(published rules and full_history); the others are this project's own
-(``pipeline.rollout.retention``).
+The baselines only say what they would like (thresholds as published; priorities informational);
+the loop enforces the budget on top. ``BASELINES`` names the built-in policies that are baselines.
 """
 
 from __future__ import annotations
@@ -33,9 +25,7 @@ class PolicyLoadError(ValueError):
 
 
 class Baseline:
-    """The ar-video-kv-temporal-policy baselines decide from the FrameMeta list alone, never from
-    the budget (the loop enforces it), so a rollout that stays within a budget is the same under
-    any larger one."""
+    """A threshold baseline: decides from the FrameMeta list alone, never from the budget."""
 
     name = "baseline"
     uses_budget_state = False
@@ -179,8 +169,8 @@ def _import_class(spec: str):
 
 
 def policy_origin(policy) -> str:
-    """Where a policy's class is defined, as ``file.py:Class`` (the path relative to the working
-    directory when it is under it), for error messages."""
+    """``file.py:Class`` where a policy's class is defined (relative to the working directory
+    when under it), for error messages."""
     cls = type(policy)
     try:
         path = inspect.getfile(cls)
@@ -191,8 +181,8 @@ def policy_origin(policy) -> str:
 
 
 def load_policy(spec: str):
-    """A policy instance from a built-in policy's name (POLICIES), ``module:Class`` or
-    ``path/to/file.py:Class``."""
+    """Instantiate (without arguments) a built-in policy's name (POLICIES), ``module:Class`` or
+    ``path/to/file.py:Class``; raises PolicyLoadError."""
     cls = POLICIES.get(spec) or _import_class(spec)
     try:
         policy = cls()

@@ -1,3 +1,2 @@
-"""How a stage runs: one process or several (``launch``: the torchrun relaunch; ``distributed``:
-ranks, the process group and its collectives) and how it ends on a user's error (``errors``).
-Every package may use it; it uses none of them."""
+"""How a stage runs (one process or several: ``launch``, ``distributed``; device, seeding) and ends on a
+user's error (``errors``). Every package may use it; it uses none of them."""

@@ -63,8 +63,7 @@ def barrier(d: Dist) -> None:
 
 
 def gather_to_main(obj, d: Dist) -> list | None:
-    """Every rank's ``obj`` (picklable), in rank order, on rank 0; None on the other ranks
-    (``[obj]`` for a single process)."""
+    """Every rank's ``obj`` (picklable), in rank order, on rank 0; None on the other ranks."""
     if d.world == 1:
         return [obj]
     out = [None] * d.world if d.main else None

@@ -1,16 +1,6 @@
-"""How the stages and command-line tools end on a user's mistake.
-
-A user's error -- params a stage cannot use, an input that is missing or damaged (a store, a
-checkpoint, the raw videos' manifest), a source that cannot be fetched, a policy that raises or
-breaks the rollout API -- ends the command with exit status 1 and a message on stderr that names
-the key, file, URL or policy and what to do, without a traceback. ``--debug`` or
-``PIPELINE_DEBUG=1`` shows the traceback. Any other exception is a bug and keeps its traceback.
-
-Each command says which exception types are its users' errors and what follows the message: a
-line of advice and how to see the traceback; "": how to see the traceback only (the message says
-what to do); None: nothing (a one-line message).
-This module imports nothing of the pipeline, so every layer and every stage can use it.
-"""
+"""How the stages and command-line tools end on a user's mistake: exit status 1 and a message on
+stderr, no traceback (unless ``--debug`` or ``PIPELINE_DEBUG=1``); any other exception is a bug and
+keeps its traceback (docs/faults.md). Imports nothing of the pipeline, so every layer may use it."""
 
 from __future__ import annotations
 
@@ -40,9 +30,8 @@ def advice_for(exc: BaseException, advice: Mapping[type[BaseException], str | No
 
 @contextlib.contextmanager
 def user_errors(prog: str, advice: Mapping[type[BaseException], str | None], debug: bool = False) -> Iterator[None]:
-    """Around a command: an exception of a type in `advice` prints its message (and, unless its
-    advice is None, a line with the advice and how to see the traceback) to stderr and exits with
-    status 1."""
+    """Around a command: an exception of a type in `advice` prints its message to stderr and exits 1.
+    Its advice adds a line: text + how to see the traceback; "": the latter only; None: no line."""
     try:
         yield
     except tuple(advice) as exc:

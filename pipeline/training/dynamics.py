@@ -1,12 +1,7 @@
-"""Training the dynamics model with shortcut forcing, read top to bottom by `train_dynamics`.
+"""Training the dynamics model with shortcut forcing (stage `train`), read top to bottom by `train_dynamics`.
 
-One process or many (torchrun / DistributedDataParallel): every rank builds the same *global*
-batch and noise plan of a step from (seed, step) and keeps its rows, so N ranks compute the
-gradient of the same global batch as one process would, and the batches never depend on the
-number of ranks. Rank 0 logs (console, DVCLive), validates and writes checkpoints.
-
-Resume, checkpoints and logging: :mod:`pipeline.training.run`; the fingerprint a checkpoint must
-match covers the model and train sections, the RNG seed and the latents store.
+Every rank builds the same global batch and noise plan from (seed, step) and keeps its rows, so N
+processes train what one would (docs/models.md#multi-gpu); rank 0 logs, validates and checkpoints.
 """
 
 from __future__ import annotations
@@ -36,19 +31,13 @@ from pipeline.diffusion.objective import (
     shortcut_forcing_loss,
 )
 from pipeline.metrics import pooled_psnr
-from pipeline.networks.dynamics import (
-    KIND,
-    STILL_MOVE,
-    DynamicsTransformer,
-    PoseStats,
-    config_dict,
-    dynamics_config,
-)
+from pipeline.networks.dynamics import KIND, DynamicsTransformer, config_dict, dynamics_config
+from pipeline.networks.pose_memory import PoseStats, pose_stats
+from pipeline.runtime.device import autocast
 from pipeline.runtime.distributed import Dist, all_reduce_sum, init_distributed, shard
-from pipeline.training.device import autocast
+from pipeline.runtime.seeding import seed_everything, seeded_generator
 from pipeline.training.optim import Optimization, check_finite
 from pipeline.training.run import TrainingRun, run_fingerprint
-from pipeline.training.seeding import seed_everything, seeded_generator
 
 
 # ---------------------------------------------------------------------------------------------
@@ -76,19 +65,6 @@ def latent_stats(videos: LatentVideos) -> tuple[float, float]:
     return float(mean), float(math.sqrt(var))
 
 
-def pose_stats(videos: LatentVideos) -> PoseStats | None:
-    """Centre of the recorded positions and the median distance of the frames' moves (the
-    typical step; moves shorter than STILL_MOVE are standing still), or None without poses."""
-    known = [p for p in videos.poses if p is not None]
-    if not known:
-        return None
-    xy = np.concatenate([p[:, :2] for p in known]).astype(np.float64)
-    moves = np.concatenate([np.linalg.norm(np.diff(p[:, :2].astype(np.float64), axis=0), axis=1) for p in known])
-    moves = moves[moves > STILL_MOVE]
-    step = float(np.median(moves)) if len(moves) else 1.0
-    return PoseStats(center=(float(xy[:, 0].mean()), float(xy[:, 1].mean())), step=step)
-
-
 def load_data(params: Params, latents: Path, d: Dist) -> TrainingData:
     """Train windows for the alternating batches, held-out videos for validation."""
     tp = params.train
@@ -102,7 +78,7 @@ def load_data(params: Params, latents: Path, d: Dist) -> TrainingData:
     )  # fmt: skip
     rows = {"S": shard(tp.batch_size_short, d, "train.batch_size_short"),
             "L": shard(tp.batch_size_long, d, "train.batch_size_long")}  # fmt: skip
-    return TrainingData(train, LatentVideos.load(latents, "val"), batches, rows, *latent_stats(train), pose_stats(train))
+    return TrainingData(train, LatentVideos.load(latents, "val"), batches, rows, *latent_stats(train), pose_stats(train.poses))
 
 
 def dynamics_fingerprint(params: Params, latents_identity: str) -> str:
@@ -145,10 +121,9 @@ def local_loss(model, batch: Batch, plan: NoisePlan, bootstrap_space: str, devic
 @torch.no_grad()
 def one_step_psnr(model, videos: LatentVideos, *, length: int, taus, k_max: int, seed: int, device,
                   max_windows: int = 32) -> dict[str, float]:
-    """Clean context frames, the last frame of each window noised at tau; PSNR (latent space,
-    data range = max - min of the clean windows) of the model's one-call x0 prediction, next to
-    the PSNR of the noisy input itself and of repeating the previous frame (persistence).
-    Computed in the model's normalised space: PSNR with this data range is invariant to it."""
+    """Teacher-forced one-step validation: clean context, each window's last frame noised at tau; latent PSNR
+    (data range of the clean windows, so normalisation does not matter) of the model's x0, of the noisy
+    input and of persistence."""
     longest = max(len(x) for x in videos.latents)
     length = max(2, min(length, longest))
     windows = videos.windows(length, length, "train.seq_len_short")
@@ -197,8 +172,7 @@ class History:
 
 @dataclass
 class Throughput:
-    """Training speed of this process's run only: wall-clock figures stay out of checkpoints,
-    so that the same params give byte-identical ones (and DVC does not rerun what follows)."""
+    """This process's training speed; kept out of checkpoints so that the same params give identical ones."""
 
     seconds: float = 0.0
     batches: int = 0
@@ -240,8 +214,7 @@ class Interval:
 
 
 def log_interval(run: TrainingRun, done: int, interval: Interval, history: History, batch: Batch, lr: float) -> None:
-    """The log line and DVCLive points of the steps since the last one (every rank takes part:
-    the per-d losses are summed over ranks); the loss history follows the interval means."""
+    """Log line and DVCLive points since the last one (a collective: per-d losses are summed over ranks)."""
     per_d = interval.per_d(run.dist)
     avg = float(interval.sums[0] / interval.sums[1])
     rate = interval.steps / (time.perf_counter() - interval.t0)
@@ -324,6 +297,7 @@ def train_dynamics(params: Params, *, latents: Path, out_dir: Path, metrics_path
         "tau_min": history.tau_min, "tau_max": history.tau_max,
         "short_batches": history.short_batches, "long_batches": history.long_batches,
         "batches_per_s": speed.batches / max(speed.seconds, 1e-9), "frames_per_s": speed.frames / max(speed.seconds, 1e-9),
+        "train_seconds_this_run": round(speed.seconds, 1),
         "params": n_params, "processes": run.dist.world, "latent_mean": data.latent_mean, "latent_std": data.latent_std,
         "resumed_from": run.resumed_from, "val": val_metrics,
     })  # fmt: skip

@@ -1,12 +1,5 @@
-"""The optimisation both training loops share: AdamW with linear warm-up and cosine decay,
-gradient clipping, an EMA of the weights, and a guard against non-finite losses.
-
-:class:`Optimization` bundles them for one model, from a params section with the training-loop
-keys (``pipeline.config.TrainingLoopParams``), so that one call does a whole step::
-
-    opt = Optimization(model, params.train)
-    grad_norm = opt.step(loss, step)   # backward, clip, AdamW, schedule, EMA
-"""
+"""The optimisation both loops share: AdamW, linear warm-up + cosine decay, gradient clipping, weight
+EMA and a non-finite loss guard, bundled per model by :class:`Optimization` (``opt.step(loss, step)``)."""
 
 from __future__ import annotations
 
@@ -57,12 +50,8 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, warmup: int, total: int, min
 
 
 class EMA(nn.Module):
-    """Exponential moving average of a model's weights (buffers copied as they are).
-
-    With `warmup`, update number `step` (0-based) uses the decay min(decay, (1 + step) / (10 + step)),
-    so that the early average follows the model instead of its random initialisation; without,
-    every update uses `decay`.
-    """
+    """Exponential moving average of a model's weights (buffers copied). With `warmup`, update `step` uses
+    min(decay, (1 + step) / (10 + step)), so the early average follows the model, not its initialisation."""
 
     def __init__(self, model: nn.Module, decay: float, warmup: bool = False):
         super().__init__()
@@ -88,9 +77,8 @@ class EMA(nn.Module):
 
 
 class Optimization:
-    """Everything that one optimisation step of `model` changes, and that a checkpoint saves
-    beside the weights: AdamW, its warm-up + cosine schedule over `loop.steps`, gradient clipping
-    at `loop.grad_clip`, and the EMA (with `ema_warmup`, see :class:`EMA`)."""
+    """What one optimisation step changes and a checkpoint saves: AdamW, warm-up + cosine over `loop.steps`,
+    clipping at `loop.grad_clip`, the EMA."""
 
     def __init__(self, model: nn.Module, loop: TrainingLoopParams, *, ema_warmup: bool = False):
         self.model = model

@@ -1,31 +1,8 @@
-"""A training run around its loop: what the tokenizer and the dynamics trainers share.
+"""TrainingRun: resume, checkpoints, DVCLive and the metrics file, shared by both training loops.
 
-A loop reads top to bottom with it::
-
-    run = TrainingRun(KIND, loop=params.train, fingerprint=..., out_dir=..., live_dir=..., metrics_path=...)
-    model = build(...).to(run.device)
-    opt = Optimization(model, params.train)
-    step, extra = run.resume(model, opt)      # (0, {}) unless out_dir holds this run, unfinished
-    run.open_live()
-    while step < steps:
-        ... loss ...; opt.step(loss, step); step += 1
-        if run.due(step, params.train.log_every):
-            run.log(step, {"train/loss": ...})
-        if step % params.train.checkpoint_every == 0 and step < steps:
-            run.save(step, config=..., model=model, opt=opt, extra=...)
-    run.save(steps, ...)
-    return run.finish(metrics)                # metrics JSON written, DVCLive closed
-
-Resume: the checkpoint directory persists across runs (``persist: true`` in dvc.yaml). A run
-continues from it only if its fingerprint (the params the run reads and the identity of its
-input store) equals the current one and it has not reached the last step; otherwise training
-starts fresh and the DVCLive directory is cleared (a damaged checkpoint, e.g. a truncated file,
-too: with a warning that names the file). A checkpoint holds the optimizer, schedule, EMA and RNG
-state, so a resumed run follows the same trajectory as an uninterrupted one and ends with
-byte-identical checkpoint files: the steps a run resumed from go to the metrics
-(``resumed_from``) and to unfinished checkpoints' training state, never into the last one.
-
-With several processes (:mod:`pipeline.runtime.distributed`) rank 0 alone logs and writes.
+A run resumes its checkpoint only if the fingerprint matches and it is unfinished, else starts fresh;
+a resumed run ends with byte-identical checkpoints and plots (docs/models.md#training-loops).
+With several processes rank 0 alone logs and writes.
 """
 
 from __future__ import annotations
@@ -42,14 +19,14 @@ from typing import TYPE_CHECKING
 from torch import nn
 
 from pipeline.atomic import remove_stale_tmp, write_json
-from pipeline.runtime.distributed import Dist, barrier
-from pipeline.training.checkpoint import (
+from pipeline.networks.checkpoint import (
     CheckpointError,
     NoCheckpointError,
     load_training_state,
     read_config,
     save_checkpoint,
 )
+from pipeline.runtime.distributed import Dist, barrier
 from pipeline.training.optim import Optimization
 
 if TYPE_CHECKING:
@@ -57,18 +34,14 @@ if TYPE_CHECKING:
 
 
 def run_fingerprint(params: dict, data_identity: str) -> str:
-    """What a checkpoint must match to be resumed: the params a run reads (JSON-able) and the
-    identity of the data store it trains on."""
+    """What a checkpoint must match to be resumed: the params a run reads and its data store's identity."""
     blob = json.dumps({"params": params, "data": data_identity}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
 class TrainingRun:
-    """Device, resume, checkpoints, DVCLive logging and the metrics file of one training run.
-
-    `kind` names the checkpoint (the network module's KIND); `loop` is the params section with
-    the training-loop keys (steps and cadences); `dist` the processes (one by default).
-    """
+    """Resume, checkpoints, DVCLive and metrics of one run. `kind`: the network module's KIND; `loop`: the
+    params with steps and cadences; `dist`: the processes."""
 
     def __init__(self, kind: str, *, loop: TrainingLoopParams, fingerprint: str, out_dir: str | Path,
                  live_dir: str | Path, metrics_path: str | Path, dist: Dist = Dist()):  # noqa: B008 # fmt: skip
@@ -86,9 +59,8 @@ class TrainingRun:
         return self.dist.main
 
     def resume(self, model: nn.Module, opt: Optimization) -> tuple[int, dict]:
-        """Load the checkpoint in out_dir into `model` and `opt` if it is this run's (same
-        fingerprint), unfinished and readable: (its step, its extra). Otherwise (0, {}): a fresh
-        run (a damaged checkpoint with a warning; `model` and `opt` are left as they are)."""
+        """Load out_dir's checkpoint into `model` and `opt` if it is this run's and unfinished: (step, extra).
+        Otherwise (0, {}) and nothing loaded (a damaged checkpoint: with a warning)."""
         try:
             header = read_config(self.out_dir, self.kind)
             if header["extra"].get("fingerprint") != self.fingerprint or header["step"] >= self.steps:
@@ -107,8 +79,7 @@ class TrainingRun:
         return step, extra
 
     def open_live(self, params: dict | None = None) -> None:
-        """Start DVCLive (rank 0): fresh plots for a fresh run, the plots up to the checkpoint
-        for a resumed one. `params` are recorded beside the plots."""
+        """Start DVCLive (rank 0), plots truncated to the resumed step; `params` logged beside them."""
         if self.main:
             self.live = open_live(self.live_dir, self.resumed_from[-1] if self.resumed_from else None)
             if params is not None:
@@ -128,9 +99,8 @@ class TrainingRun:
         self.live.next_step()
 
     def save(self, step: int, *, config: dict, model: nn.Module, opt: Optimization, extra: dict) -> None:
-        """Checkpoint after `step` steps (rank 0 writes, every rank waits for it). The last one
-        (step == steps) carries no resume log, so it is the same whether or not the run was
-        resumed."""
+        """Checkpoint after `step` steps (rank 0 writes, all wait). The last one carries no resume log, so it
+        is the same whether or not the run was resumed."""
         if self.main:
             train_extra = {"resumed_from": self.resumed_from} if step < self.steps else None
             save_checkpoint(self.out_dir, kind=self.kind, config=config, model=model, ema=opt.ema,
@@ -151,9 +121,8 @@ class TrainingRun:
 # DVCLive plots across resumes
 # ---------------------------------------------------------------------------------------------
 def truncate_live(live_dir: Path, step: int) -> None:
-    """Drop logged rows after `step` (logged after the checkpoint a resume restarts from). Rows
-    are written back as DVCLive writes them (tab-separated, os.linesep line ends), so a resumed
-    run's files equal an uninterrupted run's."""
+    """Drop DVCLive rows after `step`, rewritten as DVCLive writes them (tabs, os.linesep), so a resumed
+    run's files equal an uninterrupted one's."""
     for tsv in (Path(live_dir) / "plots" / "metrics").rglob("*.tsv"):
         with tsv.open(newline="") as f:
             reader = csv.DictReader(f, delimiter="\t")
@@ -167,9 +136,7 @@ def truncate_live(live_dir: Path, step: int) -> None:
 
 
 def open_live(live_dir: str | Path, resume_step: int | None):
-    """A DVCLive logger for a training run: fresh plots for a new run (`resume_step` None), or
-    the plots up to the checkpoint a resumed run restarts from (later rows were logged by the
-    killed run and are logged again)."""
+    """A DVCLive logger: fresh plots (`resume_step` None) or those up to the step a resumed run restarts from."""
     from dvclive import Live
 
     if resume_step is None:

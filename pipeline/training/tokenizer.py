@@ -1,11 +1,7 @@
-"""Training loop of the frame tokenizer (the `train_tokenizer` stage), top to bottom.
+"""Training the frame tokenizer (stage `train_tokenizer`), read top to bottom by `train_tokenizer`.
 
-Loss: MSE + lpips_weight·LPIPS on reconstructions, each term divided by a running estimate of
-its RMS (DreamerV4), so that the weight means the same thing whatever the terms' scales.
-With ``mask_max > 0`` each sample hides a fraction p ~ U(0, mask_max) of its input patches.
-The EMA of the weights (what inference uses) is warmed up: it follows the model closely at
-first. Resume, checkpoints and logging: :mod:`pipeline.training.run`; the fingerprint a
-checkpoint must match covers the tokenizer section, the RNG seed and the frames store.
+Loss: MSE + lpips_weight * LPIPS, each divided by its running RMS (DreamerV4), with masked input patches
+(p ~ U(0, mask_max)) and a warmed-up EMA (docs/models.md#tokenizer).
 """
 
 from __future__ import annotations
@@ -30,9 +26,9 @@ from pipeline.networks.tokenizer import (
     random_patch_mask,
     tokenizer_config,
 )
+from pipeline.runtime.seeding import seed_everything
 from pipeline.training.optim import Optimization, check_finite
 from pipeline.training.run import TrainingRun, run_fingerprint
-from pipeline.training.seeding import seed_everything
 
 
 # --------------------------------------------------------------------------------------------
@@ -86,8 +82,7 @@ class RunningRMS:
 # --------------------------------------------------------------------------------------------
 @torch.no_grad()
 def evaluate(model, lpips: LPIPS, prev: np.ndarray, cur: np.ndarray, batch: int = 64) -> dict:
-    """Reconstruction quality on val frames, and the persistence baseline (prev frame as the
-    prediction of the current one) on the same frames."""
+    """Reconstruction PSNR / SSIM / LPIPS on val frames, beside persistence (the previous frame) on the same."""
     device = next(lpips.buffers()).device
     sums = {k: 0.0 for k in ("psnr", "ssim", "lpips", "persistence_psnr", "persistence_ssim", "persistence_lpips")}
     for i in range(0, len(cur), batch):
@@ -101,8 +96,7 @@ def evaluate(model, lpips: LPIPS, prev: np.ndarray, cur: np.ndarray, batch: int 
 
 
 def final_metrics(quality: dict, config: dict, step: int, val_frames: int, n_params: int) -> dict:
-    """metrics/tokenizer.json from the last evaluation (no wall-clock figures: these also go
-    into the checkpoint, which must not change when nothing else does)."""
+    """metrics/tokenizer.json from the last evaluation; no wall-clock figures (they would change the checkpoint)."""
     c, h, w = config["latent_shape"]
     pixels = 3 * config["image_size"][0] * config["image_size"][1]
     return {
@@ -125,9 +119,7 @@ def train_tokenizer(tok: TokenizerParams, seed: int, *, frames: str | Path, out_
                     live_dir: str | Path, metrics_path: str | Path,
                     on_step: Callable[[int, dict], None] | None = None) -> dict:  # fmt: skip
     """Train (or continue training) the tokenizer; writes and returns the final val metrics.
-
-    `on_step(step, logs)` runs after every optimisation step (progress hooks, tests).
-    """
+    `on_step(step, logs)` runs after every optimisation step (progress hooks, tests)."""
     t_start = time.perf_counter()
     frames = Path(frames)
     run = TrainingRun(KIND, loop=tok, fingerprint=tokenizer_fingerprint(tok, seed, store_identity(frames)),

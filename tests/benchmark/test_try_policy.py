@@ -15,9 +15,9 @@ import yaml
 import zarr
 
 from pipeline.data.stores import ShardedArrayWriter
+from pipeline.networks.checkpoint import save_checkpoint
 from pipeline.networks.dynamics import build_dynamics, config_dict
 from pipeline.networks.tokenizer import build_tokenizer, tokenizer_config
-from pipeline.training.checkpoint import save_checkpoint
 from tests.builders import default_raw_params, dynamics_config
 
 REPO = Path(__file__).resolve().parents[2]

@@ -5,8 +5,8 @@ import zarr
 
 from pipeline.data.encode import encode_store
 from pipeline.data.stores import StoreError, list_videos, read_poses
+from pipeline.networks.checkpoint import checkpoint_hash, load_trained, save_checkpoint
 from pipeline.networks.tokenizer import build_tokenizer, tokenizer_config
-from pipeline.training.checkpoint import checkpoint_hash, load_trained, save_checkpoint
 from pipeline.training.optim import EMA
 from tests.builders import params_section, write_frames_store
 

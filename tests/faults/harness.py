@@ -39,7 +39,7 @@ VOLATILE_JSON = {
     "data/frames_report.json": {"seconds", "frames_per_second"},
     "data/latents_report.json": {"seconds"},
     "metrics/tokenizer.json": {"train_seconds_this_run", "resumed_from"},
-    "metrics/train.json": {"batches_per_s", "frames_per_s", "resumed_from"},
+    "metrics/train.json": {"batches_per_s", "frames_per_s", "train_seconds_this_run", "resumed_from"},
     "dvclive/train/metrics.json": {"batches_per_s"},
     "metrics/benchmark.json": {"seconds", "fps", "policy_time_share"},
     "metrics/headline.json": {"benchmark_seconds"},
@@ -51,7 +51,7 @@ VOLATILE_TSV = {"dvclive/train/plots/metrics/train/batches_per_s.tsv"}  # its st
 # writes metrics reruns it too: its page and charts show the new timings. They are views of the
 # results, compared through metrics/headline.json (normalized above), not byte for byte.
 VIEW_STAGES = {"report"}
-VIEWS = {"reports/index.html", "reports/charts"}
+VIEWS = {"reports/index.html", "reports/charts", "docs/results.md", "docs/charts"}
 NOT_OUTPUTS = {".git", ".dvc", "dvc.lock"}  # DVC's own state; `dvc status` checks dvc.lock against the outputs
 
 

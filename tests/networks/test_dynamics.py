@@ -5,13 +5,14 @@ import torch
 
 from pipeline.diffusion.objective import causal_visibility
 from pipeline.networks import dynamics
+from pipeline.networks.checkpoint import CheckpointError, load_trained, save_checkpoint
 from pipeline.networks.dynamics import (
     DynamicsConfig,
     DynamicsTransformer,
     build_dynamics,
     config_dict,
 )
-from pipeline.training.checkpoint import CheckpointError, load_trained, save_checkpoint
+from pipeline.networks.pose_memory import PoseStats
 from tests.builders import dynamics_config, params_section
 
 TINY = dict(dim=32, depth=4, heads=4, kv_heads=2, patch_size=2, num_registers=2, temporal_every=2, k_max=8,
@@ -203,7 +204,7 @@ def test_the_config_is_the_model_params_section_plus_the_data_it_was_trained_on(
     assert config_dict(config) == {"latent_channels": 8, "latent_height": 16, "latent_width": 16, "n_actions": 18,
                                    **section, "latent_mean": -0.1, "latent_std": 0.4, "pose_conditioning": False,
                                    "pose_recall": 0.0, "pose_center": (0.0, 0.0), "pose_step": 1.0}  # no poses
-    with_poses = dynamics.dynamics_config(model, (8, 16, 16), n_actions=18, poses=dynamics.PoseStats((1.0, 2.0), 3.0))
+    with_poses = dynamics.dynamics_config(model, (8, 16, 16), n_actions=18, poses=PoseStats((1.0, 2.0), 3.0))
     assert (with_poses.pose_conditioning, with_poses.pose_center, with_poses.pose_step) == (True, (1.0, 2.0), 3.0)
     assert all(f.default is MISSING and f.default_factory is MISSING for f in fields(DynamicsConfig))  # params only
 
@@ -223,7 +224,7 @@ def test_a_model_first_run_in_inference_mode_still_trains():
 def posed(**overrides) -> DynamicsTransformer:
     """A tiny pose-conditioned model (poses centred at 0, a typical step of 1)."""
     torch.manual_seed(0)
-    config = dynamics_config((4, 8, 8), n_actions=3, poses=dynamics.PoseStats((0.0, 0.0), 1.0), **(TINY | overrides))
+    config = dynamics_config((4, 8, 8), n_actions=3, poses=PoseStats((0.0, 0.0), 1.0), **(TINY | overrides))
     model = DynamicsTransformer(config).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():

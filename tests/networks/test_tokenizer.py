@@ -3,13 +3,13 @@ import json
 import pytest
 import torch
 
+from pipeline.networks.checkpoint import CheckpointError, load_trained, save_checkpoint
 from pipeline.networks.tokenizer import (
     build_tokenizer,
     random_patch_mask,
     regrid,
     tokenizer_config,
 )
-from pipeline.training.checkpoint import CheckpointError, load_trained, save_checkpoint
 from pipeline.training.optim import EMA
 from tests.builders import params_section
 

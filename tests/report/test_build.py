@@ -12,7 +12,7 @@ import yaml
 
 from pipeline import paths
 from pipeline.report.build import Inputs, Outputs, build_report, read_series, training_panels
-from pipeline.report.page import verdict
+from pipeline.report.page import claim
 from pipeline.report.template import plots_template
 from tests.browser import remote_resources
 from tests.project_clone import PROJECT_ROOT
@@ -21,12 +21,14 @@ from tests.project_clone import PROJECT_ROOT
 def inputs(root):
     return Inputs(benchmark=root / "metrics/benchmark.json", horizon_csv=root / "metrics/benchmark_horizon.csv",
                   tokenizer=root / "metrics/tokenizer.json", train=root / "metrics/train.json", live=root / "dvclive",
-                  media=root / "reports/benchmark")
+                  media=root / "reports/benchmark", frames_report=root / "data/frames_report.json",
+                  latents_report=root / "data/latents_report.json")
 
 
 def outputs(root):
     return Outputs(headline=root / "metrics/headline.json", page=root / "reports/index.html",
-                   charts=root / "reports/charts", plots_template=root / "reports/plots_template.html")
+                   charts=root / "reports/charts", plots_template=root / "reports/plots_template.html",
+                   docs_page=root / "docs/results.md", docs_charts=root / "docs/charts")
 
 
 def test_the_report_is_one_self_contained_page_with_every_chart(run_dir):
@@ -70,10 +72,10 @@ def test_training_curves_leave_out_the_bookkeeping(run_dir):
 
 
 def test_a_gap_is_a_claim_only_where_its_interval_excludes_zero():
-    assert verdict("a", 0.5, 0.2)[0] == "better" and verdict("a", -0.5, 0.2)[0] == "worse"
-    assert verdict("a", 0.1, 0.2)[1].startswith("not distinguishable")
-    assert verdict("a", 0.1, None)[1] == "one rollout: no interval"
-    assert verdict("full_history", 0.0, 0.0)[1] == "baseline"
+    assert claim("a", 0.5, 0.2)[0] == "better" and claim("a", -0.5, 0.2)[0] == "worse"
+    assert claim("a", 0.1, 0.2)[1].startswith("not distinguishable")
+    assert claim("a", 0.1, None)[1] == "one rollout: no interval"
+    assert claim("full_history", 0.0, 0.0)[1] == "baseline"
 
 
 def test_the_plots_template_inlines_the_chart_libraries_and_dvc_uses_it():
@@ -96,3 +98,20 @@ def test_the_report_stage_names_its_headline(run_dir):
     assert proc.returncode == 0, proc.stderr
     assert re.search(r"short\.tight\.best_policy\s+packcache/recompute", proc.stdout)
     assert (run_dir / paths.PLOTS_TEMPLATE).stat().st_size > 100_000 and (run_dir / paths.REPORT_HTML).is_file()
+
+
+def test_the_docs_results_page_is_generated_from_the_metrics_with_claims_only_where_intervals_exclude_zero(run_dir):
+    (run_dir / "data").mkdir()
+    (run_dir / "data/frames_report.json").write_text(json.dumps({"seconds": 3.5}))
+    (run_dir / "metrics/train.json").write_text(json.dumps({"tau_min": 0.0625, "tau_max": 1.0, "train_seconds_this_run": 61.0}))
+    build_report(inputs(run_dir), outputs(run_dir))
+    page = (run_dir / "docs/results.md").read_text()
+    assert "### long / tight (4 frames)" in page and "### short / full (all frames)" in page
+    # short/tight/kv recent_window: +0.50 ± 0.30 excludes zero; packcache +0.10 ± 0.05 too; recompute packcache does not
+    assert "| recent_window | kv | 22.50 ± 0.30 | +0.50 ± 0.30 | 0.100 | 3.5 | **better** |" in page
+    tie = "not distinguishable (interval includes 0)"
+    assert f"| packcache | recompute | 22.80 ± 0.30 | +0.60 ± 0.90 | 0.100 | 3.5 | {tie} |" in page
+    assert "| extract | 3.5 |" in page and "| train | 61.0 |" in page and "| tokenize | – |" in page
+    for link in ("charts/psnr_vs_horizon.svg", "charts/psnr_gap_vs_budget.svg"):
+        assert f"]({link})" in page and (run_dir / "docs" / link).is_file()
+    assert "memory_headroom" not in page  # no copy oracles in this run: nothing drawn

@@ -7,16 +7,17 @@ import pytest
 import torch
 
 from pipeline.diffusion.sampler import ShortcutEulerSampler
-from pipeline.far.host import FarHost
-from pipeline.far.model import FARConfig
-from pipeline.networks.dynamics import PoseStats, build_dynamics, config_dict
+from pipeline.hosts.far_host import FarHost
+from pipeline.hosts.pipeline_host import PipelineHost
+from pipeline.networks.dynamics import build_dynamics, config_dict
+from pipeline.networks.far import FARConfig
+from pipeline.networks.pose_memory import PoseStats
 from pipeline.networks.tokenizer import build_tokenizer, tokenizer_config
 from pipeline.rollout.api import ChunkDecision, TemporalCachePlan
 from pipeline.rollout.batch import SerialBatch, start_batch
 from pipeline.rollout.loop import run_rollout, run_rollouts
-from pipeline.rollout.pipeline_host import PipelineHost
 from tests.builders import dynamics_config
-from tests.far.test_host import TINY, TINY_LONG, random_far, tiny_dcae
+from tests.hosts.test_far_host import TINY, TINY_LONG, random_far, tiny_dcae
 from tests.rollout.toy_host import ToyHost
 
 N_CLIPS, N_CTX, N_PREDICT = 3, 6, 4

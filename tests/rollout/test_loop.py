@@ -128,7 +128,8 @@ class Recorder:
         self.calls = []
 
     def build_temporal_cache_plan(self, metas, state, budget):
-        self.calls.append(([m.age for m in metas], state.step, dict(budget), [m.long_term_resident for m in metas]))
+        self.calls.append(([m.age for m in metas], state.step, dict(budget), [m.long_term_resident for m in metas],
+                           state.pose_bias_rate))
         return TemporalCachePlan([ChunkDecision(m.chunk_id, "demote_to_long_term" if m.chunk_id == 0 else "keep") for m in metas])
 
 
@@ -141,6 +142,15 @@ def test_policy_sees_the_context_before_the_first_frame_and_each_new_frame():
     assert [c[1] for c in rec.calls] == [0, 1, 2]
     assert rec.calls[0][2]["max_frames"] == 3
     assert rec.calls[0][2]["capacity_mb"] == pytest.approx(3 * 3 * 4 * 4 * 4 / 2**20)
+
+
+def test_the_policy_sees_the_hosts_pose_bias_rate_where_the_host_has_one():
+    rec, host = Recorder(), ToyHost()
+    rollout(rec, max_frames=3, n_predict=2, host=host)
+    assert {c[4] for c in rec.calls} == {None}
+    host.pose_bias_rate = 12.5
+    rollout(rec, max_frames=3, n_predict=2, host=host)
+    assert rec.calls[-1][4] == 12.5
 
 
 def test_demoted_frames_become_long_term_residents():

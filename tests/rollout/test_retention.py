@@ -22,10 +22,10 @@ from pipeline.rollout.retention import (
     SinkRecent,
     attention_prior,
     attention_shares,
+    candidates_step,
     context_flags,
-    pose_distance,
+    pose_distances,
     similarity_matrix,
-    typical_step,
 )
 from tests.rollout.toy_host import ToyHost
 
@@ -48,8 +48,11 @@ def frames(n, *, poses=None, attention=None, sims=None, times=None, access=None)
                  access=0 if access is None else access[i]) for i in range(n)]
 
 
-def state(step=5, target=None) -> RolloutState:
-    return RolloutState(step=step, budget_capacity_mb=1.0, total_steps=36, target_pose=target)
+MODEL_RATE = 50.0  # a host model's initial pose-bias rate (RolloutState.pose_bias_rate)
+
+
+def state(step=5, target=None, rate=MODEL_RATE) -> RolloutState:
+    return RolloutState(step=step, budget_capacity_mb=1.0, total_steps=36, target_pose=target, pose_bias_rate=rate)
 
 
 def budget(n) -> dict:
@@ -179,32 +182,36 @@ def test_rkv_trades_attention_against_redundancy():
 def test_attention_falls_back_to_the_model_prior():
     # no attention anywhere: the pose prior of the model (nearest to the target gets most)
     poses = [(0.0, 0.0, 0.0), (0.0, 0.0, 90.0), (0.0, 0.0, 180.0), (0.0, 0.0, 45.0)]
-    shares, measured = attention_shares(frames(4, poses=poses), (0.0, 0.0, 175.0))
+    shares, measured = attention_shares(frames(4, poses=poses), state(target=(0.0, 0.0, 175.0)))
     assert not measured and max(range(4), key=shares.__getitem__) == 2 and math.isclose(sum(shares), 1.0)
     assert kept("tova", frames(4, poses=poses), state(target=(0.0, 0.0, 175.0)), 2) == [2, 3]
+    # a host without a pose bias: recentness, poses or not
+    assert attention_prior(frames(4, poses=poses), (0.0, 0.0, 175.0), None) == attention_prior(frames(4), None, None)
     # no poses either: recentness
-    prior = attention_prior(frames(4), None)
+    prior = attention_prior(frames(4), None, MODEL_RATE)
     assert prior == sorted(prior) and math.isclose(sum(prior), 1.0)
     assert kept("tova", frames(4), state(), 2) == [2, 3]
     # measured where reported, the prior spread over the rest of the mass
     metas = frames(4, attention=[0.5, 0.3, None, None], poses=poses)
-    shares, measured = attention_shares(metas, (0.0, 0.0, 175.0))
+    shares, measured = attention_shares(metas, state(target=(0.0, 0.0, 175.0)))
     assert measured and shares[:2] == [0.5, 0.3] and math.isclose(sum(shares), 1.0)
 
 
 # ------------------------------------------------------------------ helpers
 def test_pose_distance_is_0_for_one_pose_and_1_for_a_quarter_turn_or_8_typical_steps():
-    assert pose_distance((0.0, 0.0, 10.0), (0.0, 0.0, 10.0), 2.0) == 0.0
-    assert math.isclose(pose_distance((0.0, 0.0, 0.0), (0.0, 0.0, 90.0), 2.0), 1.0)
-    assert math.isclose(pose_distance((0.0, 0.0, 0.0), (16.0, 0.0, 360.0), 2.0), 1.0)  # 8 steps of 2, full turn
+    same, turn, far = pose_distances([(0.0, 0.0, 10.0), (0.0, 0.0, 0.0), (0.0, 0.0, 0.0)],
+                                     [(0.0, 0.0, 10.0), (0.0, 0.0, 90.0), (16.0, 0.0, 360.0)], 2.0)
+    assert same[0] == 0.0
+    assert math.isclose(turn[1], 1.0)
+    assert math.isclose(far[2], 1.0)  # 8 steps of 2, full turn
 
 
-def test_typical_step_is_the_median_move_per_frame():
+def test_the_candidates_typical_step_is_the_median_move_per_frame():
     poses = [(0.0, 0.0, 0.0), (2.0, 0.0, 0.0), (2.0, 0.0, 22.5), (5.0, 0.0, 0.0), (5.0, 4.0, 0.0)]
-    assert typical_step(frames(5, poses=poses)) == 3.0  # moves 2, (still), 3, 4
+    assert candidates_step(frames(5, poses=poses)) == 3.0  # moves 2, (still), 3, 4
     # a gap in time divides the move
-    assert typical_step(frames(2, poses=poses[:2], times=[0, 4])) == 0.5
-    assert typical_step(frames(2, poses=[(0.0, 0.0, 0.0)] * 2)) == 1.0  # never moves: the default
+    assert candidates_step(frames(2, poses=poses[:2], times=[0, 4])) == 0.5
+    assert candidates_step(frames(2, poses=[(0.0, 0.0, 0.0)] * 2)) == 1.0  # never moves: the default
 
 
 def test_context_flags_from_times_and_step():
@@ -272,3 +279,4 @@ def test_pose_retrieval_without_poses_falls_back():
 def test_policy_classes_are_exported():
     for cls in (FIFO, SinkRecent, H2O, TOVA, RKV, PoseRetrieval):
         assert POLICIES[cls.name] is cls
+

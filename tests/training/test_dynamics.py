@@ -16,9 +16,9 @@ import pipeline.training.dynamics as dt
 import pipeline.training.run as training_run
 from pipeline.config import parse_params
 from pipeline.data.latent_windows import AlternatingBatches, LatentVideos, WindowError
+from pipeline.networks.checkpoint import read_config
 from pipeline.networks.dynamics import DynamicsTransformer, dynamics_config
 from pipeline.runtime.distributed import Dist, shard
-from pipeline.training.checkpoint import read_config
 from pipeline.training.optim import NonFiniteLossError
 from tests.builders import default_raw_params, write_latents_store
 
@@ -274,15 +274,3 @@ def test_the_bf16_autocast_path_of_the_gpu_presets_trains_on_cpu_too(tmp):
     losses = [float(r.split("\t")[-1]) for r in (out / "dvclive/plots/metrics/train/loss.tsv").read_text().splitlines()[1:]]
     assert len(losses) == 3 and all(np.isfinite(losses)) and losses[-1] < losses[0]
     assert all(np.isfinite(v) for v in metrics["val"].values())
-
-
-def test_pose_statistics_are_the_centre_of_the_positions_and_the_median_move():
-    from pipeline.data.latent_windows import LatentVideos
-    from pipeline.training.dynamics import pose_stats
-
-    track = np.zeros((6, 3), np.float32)
-    track[:, 0] = [0, 0, 2, 4, 4, 10]  # moves 0, 2, 2, 0, 6: the median of the real moves is 2
-    videos = LatentVideos(["a", "b"], [np.zeros((6, 1, 1, 1))] * 2, [None, None], 0, [track, None])
-    stats = pose_stats(videos)
-    assert stats.center == (pytest.approx(20 / 6), 0.0) and stats.step == 2.0
-    assert pose_stats(LatentVideos(["a"], [np.zeros((6, 1, 1, 1))], [None], 0, [None])) is None

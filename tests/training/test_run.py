@@ -4,8 +4,8 @@ import os
 
 import torch
 
+from pipeline.runtime.seeding import seeded_generator
 from pipeline.training.run import TrainingRun, run_fingerprint, truncate_live
-from pipeline.training.seeding import seeded_generator
 from tests.builders import params_section
 
 

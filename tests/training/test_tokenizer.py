@@ -8,8 +8,8 @@ import torch
 from pipeline.config import parse_params
 from pipeline.data.stores import StoreError, store_identity
 from pipeline.metrics import psnr
+from pipeline.networks.checkpoint import load_trained
 from pipeline.networks.tokenizer import build_tokenizer
-from pipeline.training.checkpoint import load_trained
 from pipeline.training.tokenizer import RunningRMS, tokenizer_fingerprint
 from pipeline.training.tokenizer import train_tokenizer as train_tokenizer_into
 from tests.builders import default_raw_params, params_section, write_frames_store

@@ -1,18 +1,5 @@
-"""Where raw videos come from: parse `download.sources` and fetch every source into data/raw.
-
-A source is one of
-- a URL that yt-dlp supports: a video, playlist or channel page, a direct http(s) link, a file:// URL;
-- a YouTube channel handle `@name`, short for https://www.youtube.com/@name/videos;
-- an embedded recorder (offline, seeded; pipeline.data.sources.recording):
-  `atari:<Game>` (ale-py ROMs), `vizdoom:<scenario>` (ViZDoom's shipped scenarios), `crafter`.
-
-Every source is checked before any work (a malformed entry, an unknown game or scenario):
-SourceError names it. The manifest that comes out describes exactly what the current params
-select: one entry per video of each source (up to max_videos), "ok" with the file's hash and
-probed size, "failed" with the error, or "skipped". Videos already on disk (download archive) keep
-their entries. A run that obtains no usable video leaves a manifest that lists usable videos as it
-was (and their files on disk).
-"""
+"""Stage download's work: parse `download.sources` (yt-dlp URLs, `@handles`, the recorders `atari:<Game>`,
+`vizdoom:<scenario>`, `crafter`) and fetch each into data/raw with its manifest (docs/sources.md)."""
 
 from __future__ import annotations
 
@@ -82,10 +69,8 @@ def parse_source(spec: str) -> Source:
 
 
 def check_sources(specs: list[str]) -> list[Source]:
-    """Parse every entry and check that its recorder knows the game or scenario, before any work.
-
-    Raises one SourceError, on one line, naming every bad entry.
-    """
+    """Parse every entry and check that its recorder knows the game or scenario, before any work;
+    one SourceError, on one line, names every bad entry."""
     sources, errors = [], []
     for spec in specs:
         try:
@@ -133,14 +118,8 @@ def _settle(new: VideoEntry, old: VideoEntry | None, out_dir: Path) -> VideoEntr
 
 
 def download(p: DownloadParams, seed: int, out_dir: str | Path) -> list[VideoEntry]:
-    """Fetch every source of `p` into out_dir and write out_dir/manifest.json after each video.
-
-    Every source is checked first: SourceError before anything is written. A failing video is
-    recorded and the others go on (unless p.fail_fast). Raises DownloadFailed when nothing usable
-    was obtained, SourceBlockedError when a site throttles us. The manifest is written after every
-    video and at the end, except that a run with no usable video never replaces a manifest that
-    lists usable ones (nor removes their files).
-    """
+    """Fetch every source of `p` into out_dir, rewriting out_dir/manifest.json after each video. SourceError
+    before any work; DownloadFailed if nothing usable came (or on a failure with fail_fast); SourceBlockedError."""
     out_dir = Path(out_dir)
     staging = out_dir.parent / f".{out_dir.name}-partial"  # yt-dlp's resumable .part files
     sources = check_sources(p.sources)

@@ -1,14 +1,5 @@
-"""The embedded replay recorder: `atari:<Game>` sources, recorded offline with ale-py.
-
-A seeded "sticky" random agent plays; each episode becomes `<id>.mp4` plus `<id>.actions.npy`
-(int64 indices into the game's minimal action set, one per video frame; written by
-pipeline.data.sources.recording). actions[t] is the action the agent chose on seeing frame t; it
-is held for the 60/fps emulator frames that lead to frame t+1. Atari games have no pose file.
-
-The emulator runs at its native 60 Hz with no stickiness of its own (repeat_action_probability 0):
-the agent is the only source of randomness, and it is seeded from (seed, episode). The encode is
-bit-exact, so the same params give the same bytes.
-"""
+"""The `atari:<Game>` recorder: ale-py at its native 60 Hz, a seeded sticky random agent whose actions
+(indices into the minimal action set) are held for 60/fps emulator frames. No poses."""
 
 from __future__ import annotations
 
@@ -60,10 +51,8 @@ def _make_ale(rom: str, ale_seed: int):
 def play_episode(
     game: str, seed: int, episode: int, rec: RecorderParams, actions: Iterable[int] | None = None
 ) -> Iterator[Step]:
-    """The steps (frame uint8 HxWx3, action index) of one episode at rec.atari.fps.
-
-    The seeded sticky agent plays, or, given `actions`, they are replayed (the same frames again).
-    """
+    """The steps (frame uint8 HxWx3, action index) of one episode at rec.atari.fps: the seeded agent
+    plays, or `actions` are replayed (the same frames again)."""
     rng = np.random.default_rng([seed, episode])
     ale = _make_ale(rom_id(game), int(rng.integers(2**31 - 1)))
     action_set = ale.getMinimalActionSet()

@@ -1,29 +1,6 @@
-"""The `crafter` recorder: the Crafter world played offline by a seeded agent.
-
-Each episode is a freshly generated 64x64-tile world, played by the explorer
-(crafter_agents.Explorer, the default) or the sticky random agent, one env step per frame, and
-recorded through pipeline.data.sources.recording: `<id>.mp4`, `<id>.actions.npy` (actions[t] is
-chosen on seeing frame t) and `<id>.pose.npy` (x, y, heading of every frame).
-
-Frames: the player's local view, 9x9 tiles of 16 px (144x144 RGB), the player in the centre tile.
-The inventory strip that `Env.render()` draws under the map is left out (a HUD). Crafter has no
-clock of its own; the video declares FPS = 20 (the default extract rate, so nothing is resampled).
-
-Pose: the player's grid position (x, y) and its facing as an angle measured from +x toward +y in
-the same grid axes (y grows downward on screen): 0 = right, 90 = down, 180 = left, 270 = up.
-
-A static world, so that a revisit of a place with the same facing gives the identical frame:
-* daylight is held at 1 (Crafter darkens the view on a 300-step day cycle, and at night adds noise
-  drawn from the world RNG: no revisit would ever be exact);
-* the creatures are removed after world generation and none is spawned or despawned. Besides
-  moving, they make Crafter irreproducible across processes: its chunk balancing picks a creature
-  to despawn from a list built from a set of objects, whose order follows memory addresses;
-* health, food, drink and energy are refilled every step (an idle player dies of hunger and thirst
-  after ~300-450 steps). The inventory is not drawn, so this changes no pixel.
-
-Determinism: the world seed and the agent's Generator both derive from SeedSequence([seed,
-episode]); Crafter seeds its world from hash((world seed, reset count)), and the hash of a tuple of
-ints does not depend on PYTHONHASHSEED. One fresh Env per episode, reset once.
+"""The `crafter` recorder: a static Crafter world, so that a revisit with the same facing gives the
+identical frame; frames are the 9x9-tile local view (144x144), poses grid x, y and facing in degrees
+from +x toward +y (y down). Why each choice: docs/sources.md (Inside the recorders).
 """
 
 from __future__ import annotations

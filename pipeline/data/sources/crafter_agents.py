@@ -1,24 +1,5 @@
-"""The action set of the `crafter` recorder and the agents that play it: an explorer that
-revisits places on purpose, and the sticky random agent.
-
-Only movement and noop: no "do", so the agent never attacks, collects, places or sleeps, and the
-world stays as generated. The explorer plays motifs that return to earlier views:
-  walk:    a few steps, keeping the heading with probability `p_keep_heading`, turning at obstacles;
-  outback: n steps one way and n back (the way back faces the other way: only the player sprite
-           differs, ~34 dB, so it is off by default);
-  patrol:  out, back, out (, back): from the third leg on, every frame is an exact copy of the
-           frame 2n steps earlier;
-  loop:    an a x b rectangle walked `laps` times: from the second lap on every frame is an exact
-           copy of the frame one lap (2a + 2b steps) earlier;
-  pause:   noop for a few steps (off by default).
-Motifs other than walk are only taken when every cell on the way is free, so the explorer never
-bumps into anything: positions are exactly the cumulative sum of its moves. In the static world
-(crafter.py) about 58% of predicted frames have their best copy more than 4 frames back (18.9 dB
-better than the best of the last 4), 45% bit-exact, against 13% (2.9 dB) for the random agent,
-which is stuck against an obstacle on 60% of its moves (measured on 4 episodes of 500 frames).
-
-Neither agent ever steps onto lava: crafter's player may walk there, and dies.
-"""
+"""The `crafter` recorder's action set (moves and noop: the world stays as generated) and its agents,
+neither stepping onto lava: an explorer that revisits places on purpose, and the sticky random one."""
 
 from __future__ import annotations
 
@@ -43,8 +24,8 @@ Cell = tuple[int, int]
 
 @dataclass(frozen=True)
 class ExplorerConfig:
-    """Parameters of the explorer; the defaults are the measured best mix. Ranges are inclusive
-    (lo, hi) step counts; `weights` choose the next motif whenever the plan is empty."""
+    """Parameters of the explorer (defaults: the measured best mix). Ranges are inclusive (lo, hi) step
+    counts; `weights` choose the next motif whenever the plan is empty."""
 
     walk: tuple[int, int] = (3, 10)
     outback: tuple[int, int] = (3, 8)
@@ -72,7 +53,8 @@ def _step(cell: Cell, move: int) -> Cell:
 
 
 class Explorer:
-    """Plans motifs (walk / out-and-back / patrol / loop / pause) and plays them step by step."""
+    """Plans motifs (walk / out-and-back / patrol / loop / pause) and plays them step by step. A motif
+    other than walk is taken only when its whole way is free, so positions are the sum of the moves."""
 
     def __init__(self, rng: np.random.Generator, config: ExplorerConfig = ExplorerConfig()):
         self.rng, self.cfg = rng, config

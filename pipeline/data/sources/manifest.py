@@ -1,9 +1,5 @@
-"""data/raw/manifest.json: one entry per source video, the contract between download and extract.
-
-Each entry says where a video came from and what landed on disk (size, sha256, probed fps and
-size), or why it did not. Extract reads only entries with status "ok". The manifest is rewritten
-atomically after every video, so a crash loses at most the entry being written, never the file.
-"""
+"""data/raw/manifest.json, the contract between download and extract: per video, its source and what
+landed on disk (size, sha256, probed fps and size) or why not; written atomically."""
 
 from __future__ import annotations
 
@@ -34,11 +30,8 @@ class ManifestError(ValueError):
 
 
 def safe_id(raw_id: str) -> str:
-    """A file-name-safe video id: [A-Za-z0-9_-] only, unique per raw id.
-
-    YouTube ids pass unchanged. Any other id that needed replacing gets a short hash of the
-    original appended, so that "a.b" and "a_b" do not collide on disk.
-    """
+    """A file-name-safe video id, [A-Za-z0-9_-] only: YouTube ids unchanged, others that needed
+    replacing get a short hash of the original (so "a.b" and "a_b" do not collide)."""
     cleaned = _UNSAFE.sub("_", raw_id).strip("_") or "video"
     if cleaned == raw_id:
         return raw_id

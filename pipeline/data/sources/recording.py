@@ -1,15 +1,6 @@
-"""The one recording mechanism of the embedded recorders (`atari:`, `vizdoom:`, `crafter`).
-
-A recorder plays one episode and yields a :class:`Step` per frame: the RGB frame, the action the
-agent chose on seeing it, and the agent's pose in it (or None when the game has no pose).
-:func:`record_episode` turns those steps into the files of one video beside each other:
-
-    <id>.mp4          H.264 at the recorder's exact rate, encoded bit-exactly (same steps, same bytes)
-    <id>.actions.npy  int64 (T,): actions[t] = the action chosen on seeing frame t
-    <id>.pose.npy     float32 (T, 3): x, y, heading in degrees of frame t (recorders with a pose)
-
-and returns the manifest entry that describes them. Every file is written under a temporary name
-and renamed when complete; the video is renamed last, so a video on disk always has its side files.
+"""The one writer of the embedded recorders: a recorder yields a :class:`Step` per frame, and
+:func:`record_episode` writes <id>.mp4 (bit-exact H.264), <id>.actions.npy and <id>.pose.npy, each
+atomically, the video last, so a video on disk always has its side files (docs/sources.md).
 """
 
 from __future__ import annotations
@@ -112,9 +103,7 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 
 def record_episode(steps: Iterable[Step], info: EpisodeInfo, out_dir: Path, *, crf: int, max_frames: int) -> VideoEntry:
     """Record one episode's steps to out_dir (see the module doc); returns its manifest entry.
-
-    `max_frames` only sizes the progress bar: the recorder's iterator decides where the episode ends.
-    """
+    `max_frames` only sizes the progress bar: the steps decide where the episode ends."""
     video = out_dir / f"{info.id}.mp4"
     actions_path = out_dir / f"{info.id}{ACTIONS_SUFFIX}"
     pose_path = out_dir / f"{info.id}{POSE_SUFFIX}"

@@ -1,25 +1,5 @@
-"""The `vizdoom:<scenario>` recorder: ViZDoom scenarios played offline by a seeded agent.
-
-Any scenario whose .cfg ships in `vizdoom.scenarios_path` can be named (`vizdoom:my_way_home`,
-`vizdoom:health_gathering`, ...). Each episode is played headless at 160x120 RGB with no HUD,
-weapon, crosshair or messages, by the explorer (vizdoom_agents.Explorer, the default) or the sticky
-random agent, and recorded through pipeline.data.sources.recording: `<id>.mp4` at 35/frame_skip fps
-(17.5 by default), `<id>.actions.npy` (actions[t] is chosen on seeing frame t and held for the
-frame_skip tics that lead to frame t+1) and `<id>.pose.npy` (POSITION_X, POSITION_Y, ANGLE of
-every frame).
-
-Episode ends are disabled: the scenario's timeout is set to none, and the player starts with blue
-armor (200, given with sv_cheats). In my_way_home the goal is the green armor (100), which then
-can never be picked up, so the episode never ends; in other scenarios the armor only absorbs
-damage. An episode that still ends (the player dies) simply stops the recording early: a video
-never contains a cut to a new episode.
-
-Determinism: the game seed and the agent's Generator both derive from SeedSequence([seed,
-episode]), and the game runs in synchronous PLAYER mode, so the same (seed, episode, params) give
-bit-identical frames, actions and poses. ViZDoom writes `_vizdoom.ini` and `_vizdoom/` into its
-working directory: the game is started in a temporary directory so that nothing lands in the
-caller's.
-"""
+"""The `vizdoom:<scenario>` recorder: a shipped scenario, headless at 160x120 without HUD, 35/frame_skip
+fps, endless episodes, poses (x, y, angle); bit-identical per (seed, episode, params). docs/sources.md."""
 
 from __future__ import annotations
 
@@ -77,9 +57,8 @@ def scenario_names() -> list[str]:
 
 @functools.cache  # resolved once per scenario, before any work and again per episode
 def scenario_config(scenario: str) -> Path:
-    """The .cfg of a shipped scenario; ValueError naming the source and the closest names if none,
-    if the cfg needs a WAD that ViZDoom does not ship (doom.cfg wants the commercial doom.wad), or
-    if the scenario is known not to start."""
+    """The .cfg of a shipped scenario; ValueError naming the source if there is none (with the closest
+    names), if it needs a WAD ViZDoom does not ship, or if it is known not to start."""
     cfg = _scenarios_dir() / f"{scenario}.cfg"
     if scenario in UNPLAYABLE:
         raise ValueError(f"vizdoom:{scenario}: cannot be recorded: {UNPLAYABLE[scenario]}")
@@ -100,11 +79,8 @@ def episode_id(scenario: str, seed: int, episode: int) -> str:
 
 # -- the game --------------------------------------------------------------------------------------
 def make_game(scenario: str, game_seed: int, depth: bool, workdir: Path):
-    """A headless, HUD-less game of `scenario` with delta controls, on a new endless episode.
-
-    ViZDoom's engine process writes its config (`_vizdoom.ini`) and a `_vizdoom/` directory into its
-    working directory; it is started in `workdir`.
-    """
+    """A headless, HUD-less game of `scenario` with delta controls, on a new endless episode; its engine
+    starts in `workdir`, where it writes `_vizdoom.ini` and `_vizdoom/`."""
     import vizdoom as vzd
 
     game = vzd.DoomGame()
@@ -153,11 +129,8 @@ def turn_per_tic(turn_deg: float, frame_skip: int) -> float:
 
 
 def tic_inputs(action: int, tic_turn_deg: float, angle_deg: float, velocity: tuple[float, float]) -> list[float]:
-    """[forward, right, turn] delta inputs for one tic of `action`; BRAKE reads the velocity.
-
-    BRAKE thrusts against the velocity (delta moves are 1/32 map unit per tic per unit, at most 50);
-    below STOPSPEED it sends nothing and the engine zeroes the velocity, so the player stops exactly.
-    """
+    """[forward, right, turn] delta inputs for one tic of `action`. BRAKE thrusts against the velocity;
+    below STOPSPEED it sends nothing and the engine zeroes it, so the player stops exactly."""
     if action == FORWARD:
         return [FORWARD_THRUST, 0.0, 0.0]
     if action == TURN_LEFT:

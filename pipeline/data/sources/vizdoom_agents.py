@@ -1,22 +1,6 @@
-"""The action set of the `vizdoom:` recorder and the agents that play it: an explorer that
-revisits views on purpose, and the sticky random agent.
-
-Why an explorer: the benchmark asks which past frames a video model should keep, so the recordings
-must contain frames whose best predictor is an *old* frame, not one of the last few. The explorer
-plays motifs that return to earlier views: pans (turn out, hold, turn back), spins (a full turn and
-more), out-and-back walks, and exploration walks that carry it through the maze. On my_way_home,
-about 57% of predicted frames have their best copy more than 4 frames back (13.5 dB better than the
-best of the last 4), against 29% (4.3 dB) for the random agent (measured on 4 episodes of 500
-frames, 64x64 frames, windows of 36 + 36).
-
-Exactness: turns are 22.5 degrees a frame, a whole number of Doom angle units per tic, so a pan or
-a spin comes back to the bit-identical view (the game layer in vizdoom.py applies them as delta
-turns: binary turns accelerate and drift). Doom has momentum, so a motif starts from standstill:
-the BRAKE action cancels the velocity with a counter-thrust until the player stands exactly still.
-
-The explorer reads the depth buffer (walls and openings) and the velocity; neither is recorded.
-It keeps a visit count per CELL-unit grid cell and prefers open headings toward unvisited cells.
-Its only randomness is the Generator it is given, so it is as deterministic as the game.
+"""The `vizdoom:` recorder's action set and agents: an explorer that revisits views on purpose (exact
+turns, motifs from standstill, so a pan or spin returns to the bit-identical view), and the sticky
+random agent. Why, and measurements: docs/sources.md (Inside the recorders).
 """
 
 from __future__ import annotations
@@ -50,22 +34,8 @@ Pose = tuple[float, float, float]  # x, y (map units), angle (degrees, counter-c
 
 @dataclass(frozen=True)
 class ExplorerConfig:
-    """Parameters of the explorer; the defaults are the measured best mix. Ranges are inclusive
-    (lo, hi) frame counts.
-
-    Motif weights choose what the agent does next once its plan is empty:
-      explore: stop; if less than `look_min_deg` of the surroundings have been seen from this spot,
-               spin 360 degrees; turn toward the best heading (long free view x novelty of where it
-               leads); walk `walk` frames. A wall ahead stops the walk: stop, look, face, walk on.
-      pan:     stop, turn one way for `pan` frames, hold `hold` frames, turn back the same amount
-               (every frame of the way back is an exact copy of one `2j + hold` frames earlier).
-      spin:    stop, turn 360 degrees plus `spin_extra` frames the same way (after a full circle
-               every frame repeats the one 360/turn_deg frames earlier).
-      outback: stop, walk `outback` frames, stop, turn 180, walk back, stop, turn 180 the other way
-               (back at the start pose to within a few map units), walk the first leg again (a
-               replay of frames seen ~2n+20 frames earlier). Only taken with room ahead.
-      pause:   noop for `hold` frames (at least 1).
-    """
+    """Parameters of the explorer (defaults: the measured best mix). Ranges are inclusive (lo, hi) frame
+    counts; `weights` choose the next motif (explore, pan, spin, outback, pause) once the plan is empty."""
 
     turn_deg: float = 22.5  # per frame: 180 degrees = 8 frames, 360 = 16
     walk: tuple[int, int] = (8, 20)
@@ -112,12 +82,8 @@ def _free_ahead(depth: np.ndarray | None) -> float:
 
 
 class Explorer:
-    """Plans motifs (explore / pan / spin / out-and-back / pause) and plays them frame by frame.
-
-    Memory: a visit count per CELL-unit grid cell, and a panorama (free depth per PANO_BIN-degree
-    absolute heading) of the spot where it stands, filled from the depth buffer while it stands
-    still and cleared when it moves.
-    """
+    """Plans motifs and plays them frame by frame. Memory: visits per CELL grid cell, and the free depth
+    per PANO_BIN-degree heading seen from the current spot (filled standing still, cleared on moving)."""
 
     def __init__(self, rng: np.random.Generator, config: ExplorerConfig = ExplorerConfig()):
         self.rng = rng
@@ -168,12 +134,8 @@ class Explorer:
         return float(profile[np.abs(offsets) < WALK_HALF_DEG].min()) < self.cfg.clear_depth
 
     def _best_heading(self, obs: Observation) -> float | None:
-        """Absolute heading (degrees) of the best known direction from here, None if none is open.
-
-        A heading scores (free distance) x novelty**cfg.novelty, where the free distance is the
-        smallest depth within +-WALK_HALF_DEG (the opening must be wide enough to walk through) and
-        novelty = 1 / (1 + visits) of the grid cell where that free distance ends.
-        """
+        """Absolute heading (degrees) of the best known direction from here, None if none is open. Score:
+        free distance (min within +-WALK_HALF_DEG) x novelty**cfg.novelty, novelty = 1 / (1 + visits)."""
         n = len(self.pano)
         half = int(round(WALK_HALF_DEG / PANO_BIN))
         stack = np.stack([np.roll(self.pano, k) for k in range(-half, half + 1)])

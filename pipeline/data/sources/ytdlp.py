@@ -1,15 +1,5 @@
-"""URL sources through yt-dlp's Python API: videos, playlists, channels, direct links, file:// URLs.
-
-How a careful crawl behaves here:
-- A source is listed first (flat: a channel is one cheap request per page), capped at max_videos,
-  then each video is fetched on its own, so one failing video is recorded and the rest go on.
-- yt-dlp writes into a staging folder (`data/.raw-partial/`, resumable `.part` files); a finished
-  file is renamed into data/raw/<id>.mp4 by a post hook, *before* yt-dlp records the id in the
-  download archive. So data/raw never holds a partial file and the archive never names a file
-  that is not there.
-- "Confirm you're not a bot" or HTTP 429 means the site is throttling us: every further request
-  makes it worse, so we stop the whole stage (SourceBlockedError) instead of hammering.
-"""
+"""URL sources through yt-dlp's Python API: list a source cheaply, then fetch each video alone; a
+finished file lands in data/raw before yt-dlp archives its id. Crawl behaviour: docs/sources.md."""
 
 from __future__ import annotations
 
@@ -65,13 +55,8 @@ _FILE_NAMED = ("Generic", "HTML5MediaEmbed")
 
 
 def media_file_id(item: dict) -> str | None:
-    """The id of a video that yt-dlp names after its file alone, else None (site ids are stable).
-
-    yt-dlp calls both http://a/clip.mp4 and http://b/clip.mp4 "clip": the second would be taken
-    for the first (download archive) or overwrite it. Such videos are named by the media file's
-    location instead: scheme, host and path, without the query (a signed or tracking query does
-    not make another video), so two pages embedding one file still share one id.
-    """
+    """The id of a video that yt-dlp names after its file alone ("clip" for both a/clip.mp4 and
+    b/clip.mp4), from the file's scheme, host and path (no query); None for site ids, which are stable."""
     if item.get("extractor_key") not in _FILE_NAMED:
         return None
     formats = item.get("formats") or [{}]
@@ -80,9 +65,8 @@ def media_file_id(item: dict) -> str | None:
 
 
 def format_selector(max_height: int) -> str:
-    """Best video stream within the cap; `<=?` also passes formats whose height is unknown
-    (direct links). If nothing fits, `bv*` under the `res:<cap>` sort is the smallest one above
-    the cap. Frames need no audio, so no separate audio stream is fetched or merged."""
+    """Best video-only stream within the cap (`<=?` passes unknown heights: direct links), else the
+    smallest above it (`bv*` under the `res:<cap>` sort). Frames need no audio."""
     return f"bv*[height<=?{max_height}]/bv*"
 
 
@@ -197,10 +181,8 @@ def _single_video(ydl: YoutubeDL, entry: dict) -> bool:
 
 
 def fetch(url: str, source: str, p: DownloadParams, out_dir: Path, staging: Path) -> Iterator[VideoEntry]:
-    """Download up to p.max_videos videos of one URL source into out_dir, one entry per video.
-
-    Raises SourceBlockedError on a bot check / HTTP 429 (the dispatcher stops the stage).
-    """
+    """Download up to p.max_videos videos of one URL source into out_dir, one entry per video;
+    SourceBlockedError on a bot check or HTTP 429."""
     out_dir, staging = Path(out_dir), Path(staging)
     staging.mkdir(parents=True, exist_ok=True)
     (staging / ".gitignore").write_text("*\n")  # resumable .part files, never committed

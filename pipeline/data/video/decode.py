@@ -1,23 +1,5 @@
-"""Decode a video into fixed-rate, fixed-size RGB frames, streamed from ffmpeg's pipe in chunks.
-
-The filter graph (built with ffmpeg-python, run by :func:`pipeline.data.video.ffmpeg.ffmpeg_exe`):
-
-    fps=F:round=up -> trim=start_frame:end_frame -> drawbox (HUD masks) -> crop -> scale -> rgb24 [-> pad]
-
-* Rate first, so every later filter runs only on kept frames (a 60 fps replay at 20 fps scales a
-  third of its frames). ``round=up`` makes output frame k show the source frame on screen at time
-  k/F (sample and hold: source frame floor(k * fps_src / F)), which is the rule actions are resampled
-  with (:func:`source_frame_index`).
-* Skipping is done on that output grid with ``trim``, not with ``-ss``: input seeking would shift
-  timestamps off the grid and break the frame-to-action alignment. The price is decoding the
-  skipped seconds at the start, which is small next to a replay.
-* HUD masks are painted in source pixels before any scaling, so no HUD pixel leaks into the output.
-* Crop offsets are even, because yuv420 chroma is subsampled by 2: an odd crop would shift the
-  chroma by half a pixel. ``crop_box`` records exactly what was kept.
-* ``area`` scaling averages the source pixels under each output pixel (no aliasing when
-  shrinking 720p to 64 px); the same swscale pass converts to RGB.
-
-Memory is constant: frames come out of the pipe ``chunk_frames`` at a time, whatever the length.
+"""Decode a video into fixed-rate, fixed-size RGB frames streamed from ffmpeg's pipe in chunks, through
+fps=F:round=up -> trim -> drawbox (HUD masks) -> crop -> scale (area) -> rgb24 [-> pad] (why: docs/stages.md).
 """
 
 from __future__ import annotations
@@ -98,10 +80,8 @@ def frame_window(info: VideoInfo, fps: float, skip_start_s: float = 0.0, skip_en
 
 
 def source_frame_index(k: np.ndarray, src_fps: float, out_fps: float) -> np.ndarray:
-    """Index of the source frame that output frame k (on the whole video's grid) shows: floor(k * src / out).
-
-    The small epsilon keeps exact multiples (30 -> 20 fps: k = 2 -> 3.0) from rounding down.
-    """
+    """The source frame that output frame k (on the whole video's grid) shows, as fps=round=up: floor(k * src / out)."""
+    # + 1e-6: exact multiples (30 -> 20 fps: k = 2 -> 3.0) must not round down.
     return np.floor(np.asarray(k, dtype=np.float64) * (src_fps / out_fps) + 1e-6).astype(np.int64)
 
 
@@ -157,11 +137,8 @@ def _widen_pipe(pipe, size: int = 1 << 20) -> None:
 
 
 class FrameStream:
-    """Iterate (n, size, size, 3) uint8 chunks out of ffmpeg's stdout.
-
-    A reader thread fills a small bounded queue, so ffmpeg keeps decoding while the consumer
-    compresses and writes (both release the GIL); the queue bound keeps memory constant.
-    """
+    """Iterate (n, size, size, 3) uint8 chunks out of ffmpeg's stdout; a reader thread fills a small
+    bounded queue, so ffmpeg decodes while the consumer writes. DecodeError if ffmpeg fails."""
 
     def __init__(self, args: list[str], size: int, chunk_frames: int = 32, prefetch: int = 4, name: str = ""):
         self.args, self.name = args, name or args[args.index("-i") + 1]

@@ -1,7 +1,5 @@
-"""Which ffmpeg binary to run: a configured one wins, else the one the imageio-ffmpeg wheel ships.
-
-So no system ffmpeg is needed. That wheel ships no ffprobe: probe with ``ffmpeg -i`` instead.
-"""
+"""Which ffmpeg binary to run: $FFMPEG_BINARY, else the imageio-ffmpeg wheel's (no system ffmpeg needed;
+that wheel ships no ffprobe)."""
 
 from __future__ import annotations
 

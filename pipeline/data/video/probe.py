@@ -1,10 +1,5 @@
-"""Probe a video's size, frame rate and duration with ``ffmpeg -i`` (the imageio-ffmpeg wheel ships no ffprobe).
-
-``ffmpeg -i FILE`` with no output prints the container and stream header on stderr and exits;
-that header holds everything extraction needs. When the container has no duration (some
-streamed WebM/MKV files), the video stream is remuxed to the null muxer, which is fast (no
-decoding), and the last timestamp it reached is the duration.
-"""
+"""Probe a video's size, frame rate and duration from the header ``ffmpeg -i`` prints (no ffprobe in the
+imageio-ffmpeg wheel); without a declared duration, remux to the null muxer (no decoding) to find it."""
 
 from __future__ import annotations
 

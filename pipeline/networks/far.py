@@ -1,23 +1,7 @@
-"""FAR and FAR_Long (Gu et al., "Long-Context Autoregressive Video Modeling with Next-Frame
-Prediction", arXiv 2503.19325), built from diffusers blocks with the official module names so
-that the official checkpoints (``guyuchao/FAR_Models``) load with ``strict=True``.
-
-A video is a sequence of latent frames; every frame carries its own flow-matching timestep
-(clean context frames carry timestep -1). Each frame is cut into patches (tokens) and a stack of
-adaLN-zero transformer blocks attends *block-causally*: a token sees every token of its own
-frame and of earlier frames. Positions are a 3-axis RoPE over (frame, row, column).
-
-FAR_Long (``context_patch_size`` set) keeps the ``short_term_ctx_winsize`` newest frames as
-fine patches and feeds the older frames as coarse ``context_patch_size`` patches through their
-own projections (``context_embedder``, ``add_{q,k,v}_proj``, ``to_add_out``,
-``context_proj_out``); frame actions are added to the timestep embedding (index
-``num_action_classes`` is the null action).
-
-The KV cache (:class:`FarKVCache`) holds pre-RoPE keys and values of clean context frames per
-layer, as the official implementation does: RoPE is applied to the whole key sequence at every
-call, so dropping frames from the cache re-indexes the remaining ones exactly as a recompute of
-the kept frames would.
-"""
+"""FAR and FAR_Long (Gu et al., arXiv 2503.19325) from diffusers blocks, under the official module names so
+that the official checkpoints load with ``strict=True`` (docs/benchmark.md#far-as-host-official-weights).
+Frames carry their own flow-matching timestep (-1: clean); attention is block-causal with a 3-axis RoPE;
+FAR_Long feeds frames older than ``short_term_ctx_winsize`` as coarse patches through ``add_*`` projections."""
 
 from __future__ import annotations
 
@@ -125,10 +109,8 @@ class AdaLayerNormContinuous(nn.Module):
 
 @dataclass
 class RowLayout:
-    """Ragged rows of one FAR call (``FAR.forward(rows=...)``): per batch row, the token order
-    of its keys over [cached | new] tokens (its cached frames, its new frames, then padding),
-    its queries' rotary tables (cos, sin), each (B, 1, queries, D), and how many key tokens
-    (in that order) the cache keeps afterwards (0: none)."""
+    """Ragged rows of one FAR call: per row, the key token order over [cached | new] (own cached, own new,
+    padding), its queries' rotary tables (cos, sin), each (B, 1, queries, D), and the key tokens the cache keeps."""
 
     key_order: torch.Tensor
     query_rotary: tuple[torch.Tensor, torch.Tensor]
@@ -136,8 +118,7 @@ class RowLayout:
 
 
 def _rotate(x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """diffusers' ``apply_rotary_emb`` (real, interleaved pairs) with tables that broadcast
-    against x (B, H, S, D) as they are (e.g. one per row)."""
+    """diffusers' ``apply_rotary_emb`` (interleaved pairs) with tables broadcast against x (B, H, S, D) as they are."""
     cos, sin = rotary
     x_real, x_imag = x.reshape(*x.shape[:-1], -1, 2).unbind(-1)
     x_rotated = torch.stack([-x_imag, x_real], dim=-1).flatten(3)
@@ -153,13 +134,9 @@ class LayerKV:
 
 
 class FarAttnProcessor:
-    """Block-causal attention over [long-term context tokens | short-term tokens].
-
-    Long-term tokens (the first ``n_long`` of the sequence, FAR_Long only) use the ``add_*``
-    projections and norms. With a layer cache, the cached keys/values are prepended to the new
-    ones, and the keys/values of the first ``cache_tokens`` new tokens are appended to it.
-    ``rotary_emb`` covers the whole key sequence; queries take its last rows.
-    """
+    """Block-causal attention over [long-term tokens (``add_*`` projections, FAR_Long) | short-term tokens].
+    With a layer cache, cached keys/values come first and those of the first ``cache_tokens`` new tokens
+    join it; ``rotary_emb`` covers all keys, the queries take its last rows."""
 
     def __call__(
         self,
@@ -268,7 +245,8 @@ class FARBlock(nn.Module):
 # KV cache
 # ----------------------------------------------------------------------------------------------
 class FarKVCache:
-    """Per-layer keys/values of ``n_frames`` clean context frames (short-term tokens only)."""
+    """Per layer, pre-RoPE keys/values of clean context frames (short-term tokens only), as the official code:
+    RoPE is applied at every call, so evicting frames re-indexes the kept ones as a recompute would."""
 
     def __init__(self, num_layers: int):
         self.layers = [LayerKV() for _ in range(num_layers)]
@@ -295,9 +273,8 @@ class FarKVCache:
 
     @classmethod
     def stack(cls, caches: list["FarKVCache"], rows: int = 1) -> "FarKVCache":
-        """One cache whose batch rows are those of ``caches`` in order (``rows`` batch rows each,
-        e.g. 2 under CFG), each padded to the most frames; ``row_frames`` says how many each
-        batch row really holds (for ``FAR.forward``'s ``rows``)."""
+        """One cache of ``caches``' batch rows in order (``rows`` each, e.g. 2 under CFG), padded to the most
+        frames; ``row_frames`` gives each row's real count (for ``FAR.forward(rows=...)``)."""
         out = cls(len(caches[0].layers))
         out.tokens_per_frame = max(c.tokens_per_frame for c in caches)
         out.n_frames = max(c.n_frames for c in caches)
@@ -319,8 +296,7 @@ class FarKVCache:
         return out
 
     def split(self, sizes: list[int]) -> list["FarKVCache"]:
-        """Back to one cache per member of :meth:`stack` (``sizes``: its batch rows), each with
-        its own frames (``row_frames``) only."""
+        """Back to one cache per member of :meth:`stack` (``sizes``: its batch rows), each with its own frames."""
         frames = self.row_frames or [self.n_frames] * sum(sizes)
         out, row = [], 0
         for size in sizes:
@@ -385,8 +361,7 @@ class FAR(nn.Module):
         return emb.repeat_interleave(tokens_per_frame, dim=1)
 
     def _mask(self, frame_idx: torch.Tensor, n_query: int) -> torch.Tensor:
-        """Block-causal mask for the last ``n_query`` tokens; with ``slope_scale`` an ALiBi-like
-        bias over frame distance (0 in every official checkpoint)."""
+        """Block-causal mask for the last ``n_query`` tokens (an ALiBi-like bias with ``slope_scale``, 0 officially)."""
         rel = frame_idx[None, :] - frame_idx[-n_query:, None]  # key frame - query frame
         allowed = rel <= 0
         if not self.cfg.slope_scale:
@@ -394,8 +369,7 @@ class FAR(nn.Module):
         return (self.cfg.slope_scale * rel.float()).masked_fill(~allowed, float("-inf"))
 
     def _long_term(self, frames: torch.Tensor, timestep: torch.Tensor, actions: torch.Tensor | None):
-        """FAR_Long's coarse path for the n_long oldest frames (B, n_long, C, H, W): their tokens,
-        conditioning, rotary ids and frame indices, to go before the short-term ones."""
+        """FAR_Long's coarse path for the n_long oldest frames: tokens, conditioning, rotary ids, frame indices."""
         n_long, (h, w) = frames.shape[1], frames.shape[-2:]
         p, cp = self.cfg.patch_size, self.cfg.context_patch_size
         ctpf = (h // cp) * (w // cp)
@@ -417,19 +391,10 @@ class FAR(nn.Module):
         attention: list | None = None,
         rows: list[int] | None = None,
     ) -> torch.Tensor:
-        """Predict the flow-matching velocity of every frame of ``x``.
-
-        x: (B, T, C, H, W) latents; timestep: (B, T) per frame (-1 = clean context);
-        actions: (B, T) ints (action-conditioned models); labels: (B,) (label-conditioned).
-        With ``cache``, ``x`` holds only the frames after the cached ones, and the keys/values of
-        its first ``cache_frames`` frames are added to the cache. Returns (B, T, C_out, H, W);
-        for FAR_Long the long-term frames come back from ``context_proj_out``.
-
-        ``rows``: ragged rows (a batch of rollouts with histories of different lengths): row b's
-        real frames are its first ``rows[b]`` frames of ``x`` (the rest padding), after its
-        ``cache.row_frames[b]`` cached frames (a :meth:`FarKVCache.stack`), and
-        ``cache_frames[b]`` of them join the cache; see :meth:`_forward_rows`.
-        """
+        """Flow-matching velocity of every frame: x (B, T, C, H, W), timestep (B, T) (-1 = clean context),
+        actions (B, T) or labels (B,) as the model is conditioned -> (B, T, C_out, H, W). With ``cache``, x holds
+        the frames after the cached ones and its first ``cache_frames`` (per row with ``rows``) join the cache.
+        ``rows``: ragged rows, row b's first ``rows[b]`` frames are real (:meth:`_forward_rows`)."""
         if rows is not None:
             return self._forward_rows(x, timestep, actions, labels, cache, cache_frames, attention, rows)
         cfg = self.cfg
@@ -497,11 +462,8 @@ class FAR(nn.Module):
         return out
 
     def _forward_rows(self, x, timestep, actions, labels, cache, cache_frames, attention, rows):
-        """``forward`` for ragged rows, the short-term path only. Every row attends to its own
-        cached frames and real frames (block-causally) at its own frame indices; padding is
-        masked, and keys are gathered per row as [cached | new | padding] so that a row sums
-        its keys in the order it would alone: its result equals its unbatched result to float
-        rounding. With ``attention``, appends (B, frames) for each row's last real frame."""
+        """``forward`` for ragged rows (short-term path only): each row attends to its own cached and real frames,
+        keys gathered [cached | new | padding], so a row gets its unbatched result to float rounding."""
         cfg = self.cfg
         b, t, _, h, w = x.shape
         p = cfg.patch_size

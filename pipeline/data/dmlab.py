@@ -1,9 +1,5 @@
-"""DMLab episodes in FAR's npz format, as benchmark clips.
-
-One ``.npz`` per episode with ``video`` (T, 64, 64, 3) uint8 and ``actions`` (T,) ints, the
-action at index t being the one recorded with frame t. As in the reference's evaluation split
-(``DMLabDataset`` with ``split != 'training'``), a clip is the episode's first frames.
-"""
+"""DMLab episodes in FAR's npz format (``video`` uint8 (T, 64, 64, 3), ``actions`` (T,) ints) as
+benchmark clips: an episode's first frames, as FAR's evaluation split takes them."""
 
 from __future__ import annotations
 
@@ -56,8 +52,7 @@ def read_dmlab_episode(path: str | Path, n_frames: int | None = None) -> FarClip
 
 
 def episode_paths(directory: str | Path, n_clips: int, n_frames: int) -> list[Path]:
-    """The first ``n_clips`` episodes (sorted by path) that hold ``n_frames`` frames; ValueError
-    when none does."""
+    """The first ``n_clips`` episodes (by path) with ``n_frames`` frames; ValueError when none has."""
     paths = []
     for path in list_dmlab_episodes(directory):
         with np.load(path) as data:

@@ -16,7 +16,7 @@ def seed_everything(seed: int) -> None:
 
 
 def seeded_generator(*keys: int) -> torch.Generator:
-    """A CPU torch.Generator determined by `keys` alone, e.g. (seed, step, stream): the same keys
-    give the same numbers in a resumed run and on every DDP rank, whatever was drawn before."""
+    """A CPU torch.Generator determined by `keys` alone, e.g. (seed, step, stream): the same numbers
+    in a resumed run and on every DDP rank, whatever was drawn before."""
     state = np.random.SeedSequence(list(keys)).generate_state(1)[0]
     return torch.Generator().manual_seed(int(state))

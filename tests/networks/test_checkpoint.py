@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.training.checkpoint import (
+from pipeline.networks.checkpoint import (
     CheckpointError,
     checkpoint_hash,
     load_model,

@@ -1,6 +1,6 @@
 """FAR, FAR_Long and the DCAE reproduce the reference implementation (showlab/FAR) exactly.
 
-The reference data (tests/far/reference, see its README) holds tiny random-weight models and
+The reference data (tests/hosts/far_reference, see its README) holds tiny random-weight models and
 their outputs: single forwards, the DCAE, and whole next-frame rollouts with and without the KV
 cache, FAR_Long with actions and with null actions. Tolerance: float32 on CPU.
 """
@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.far.host import FarHost
-from pipeline.far.model import FAR, FARConfig, far_config
-from pipeline.far.weights import DCAE_8X_C32, VARIANTS
+from pipeline.hosts.far_host import FarHost
+from pipeline.hosts.far_weights import DCAE_8X_C32, VARIANTS
+from pipeline.networks.far import FAR, FARConfig, far_config
 from pipeline.rollout.api import FrameInfo
 
-REF = Path(__file__).resolve().parent / "reference"
+REF = Path(__file__).resolve().parent / "far_reference"
 ATOL, RTOL = 1e-5, 1e-5
 
 

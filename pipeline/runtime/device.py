@@ -12,8 +12,7 @@ def pick_device() -> torch.device:
 
 
 def autocast(device: torch.device, precision: str):
-    """bf16 autocast where the device supports it ("auto": CUDA with bf16 only; CPU stays fp32
-    so that CPU runs are exactly reproducible)."""
+    """bf16 autocast for "bf16", and for "auto" on CUDA with bf16 (CPU stays fp32: reproducible)."""
     use_bf16 = precision == "bf16" or (
         precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
     )

@@ -1,38 +1,10 @@
 """The rollout host for this pipeline's own models: the tokenizer and the dynamics transformer.
 
-Generation of one frame is K shortcut Euler steps (``ShortcutEulerSampler``) of the new frame
-at its time in the clip, with its action and pose, the retained history attending as context
-at noise level tau_ctx:
-
-- ``recompute``: for every generated frame the whole retained history is re-run through the
-  model from its latents, each at its own time in the clip (one batched pass that the K
-  denoising calls share), as the ar-video-kv-temporal-policy harness re-runs its kept latents
-  (it re-indexes them 0..n-1; the model here was trained on gapped histories at their own times);
-- ``kv``: each history frame is run once when it enters (``prefill`` stores its keys/values;
-  the frames one ``append`` adds go through in one pass), denoising calls only run the new frame
-  against the cache, and eviction removes keys/values (``KVCache.evict_rows``): nothing is
-  recomputed, and the survivors keep their absolute time positions and the keys/values they got
-  while evicted frames were still there.
-
-**Batches.** ``start_batch(mode, generators)`` holds B rollouts at once (one row each, see
-``pipeline.rollout.batch``), and ``start`` is a batch of one. Design: *padding with attention
-masks*. The rows share one KVCache whose frame axis is as long as the longest row; each row's
-frames sit left-aligned at their own time positions, poses and noise levels, and every
-temporal attention gathers, per row, [its own frames | the new frames | padding] with a mask
-that hides the padding (``DynamicsTransformer._extend``), so a row's keys are summed in the
-order it would sum them alone and its result equals its unbatched result to float rounding
-(~1e-6: BLAS picks other kernels for other matrix sizes). Rows of equal length take the plain
-path (no mask, no gather).
-Per-clip caches batched at the kernel would avoid the padding but need a varlen attention
-kernel per device; with the explicit soft-capped attention and the float biases (pose distance,
-clean context) that the model uses, a mask is the portable way.
-
-The model is block-causal, so history frames never see the new frame: under full history the two
-modes compute the same thing. Context corruption is drawn once per frame, when it enters the
-history, so both modes see identical noisy context. A model with pose recall
-(``model.pose_recall``) also keeps each history frame's clean latent (in the cache, or beside the
-corrupted one), the view later frames recall; evicted frames cannot be recalled. Each frame's
-``FrameInfo.observed`` goes with it: the recall prefers the clip's own frames to generated ones.
+One frame is K shortcut Euler steps (``ShortcutEulerSampler``) with the retained history as context
+at noise level tau_ctx, every frame at its own time in the clip. ``recompute`` re-runs the kept
+latents once per generated frame (one prefill shared by the K calls); ``kv`` runs each frame once
+and evicts keys/values. Rows of a batch share one cache, padded and masked. Details:
+docs/benchmark.md (Hosts).
 """
 
 from __future__ import annotations
@@ -42,13 +14,13 @@ from pathlib import Path
 import torch
 
 from pipeline.diffusion.sampler import ShortcutEulerSampler
+from pipeline.networks.checkpoint import load_trained
 from pipeline.networks.dynamics import KIND as DYNAMICS_KIND
 from pipeline.networks.dynamics import build_dynamics
 from pipeline.networks.tokenizer import KIND as TOKENIZER_KIND
 from pipeline.networks.tokenizer import build_tokenizer
 from pipeline.rollout.api import FrameInfo, Mode
 from pipeline.rollout.batch import OneRow
-from pipeline.training.checkpoint import load_trained
 
 
 class PipelineHost:
@@ -67,6 +39,7 @@ class PipelineHost:
         self.d_context = 1.0 / k_max  # context frames are (nearly) clean: the finest step size
         self.uses_actions = int(getattr(dynamics.config, "n_actions", 0) or 0) > 0
         self.uses_poses = bool(getattr(dynamics.config, "pose_conditioning", False))
+        self.pose_bias_rate = float(dynamics.config.pose_bias) if self.uses_poses and dynamics.config.pose_bias > 0 else None
         self.attention_signal = attention_signal  # False: no attention_mass (bench/bench_rollout.py measures its cost)
 
     @classmethod
@@ -114,19 +87,9 @@ class PipelineHost:
 
 
 class PipelineBatchSession:
-    """The histories of B rollouts (rows) on one host, in either mode (see the module docstring).
-
-    ``recompute``: each row keeps its (corrupted) latents; every generated frame re-runs every
-    row's history in one padded prefill into a fresh cache, shared by the K denoising calls
-    (the model is block-causal: context frames never see the noisy frame, so re-running them per
-    call would compute the same keys/values K times, as the ar-video-kv-temporal-policy harness
-    did). ``kv``: the rows' histories live in one ragged KVCache; appended frames enter it in one
-    padded prefill per ``append`` and eviction removes each row's own keys/values.
-
-    Rows of different lengths are padded and masked (``DynamicsTransformer._extend``); each row
-    draws its context corruption and its sampling noise from its own generator, in the order a
-    one-row session does, so a row's frames equal those it gets alone to float rounding.
-    """
+    """The histories of B rollouts (rows) on one host: corrupted latents re-run per frame
+    (``recompute``) or one ragged KVCache (``kv``). Each row draws its noise from its own generator,
+    so its frames equal those it gets alone to float rounding."""
 
     def __init__(self, host: PipelineHost, mode: Mode, generators: list[torch.Generator]):
         self.host, self.mode, self.generators = host, mode, list(generators)
@@ -139,9 +102,8 @@ class PipelineBatchSession:
         self.last_attention: list[list[float]] | None = None  # see attention_mass
 
     def append(self, frames) -> None:
-        """Add each row's frames (latent, FrameInfo) as clean context: corrupted to tau_ctx with
-        the row's generator, frame by frame (the clean latent stays beside it, for a model that
-        recalls views); in kv mode run through the model in one prefill."""
+        """Add each row's (latent, FrameInfo) frames as context: corrupted to tau_ctx with the row's
+        generator (the clean latent kept for pose recall); kv mode prefills them in one pass."""
         host = self.host
         clean = [[(host.dynamics.normalize(x.to(host.device, torch.float32)), info) for x, info in row] for row in frames]
         rows = [[(host.sampler.corrupt(x, g), x, info) for x, info in row]
@@ -231,15 +193,12 @@ class PipelineBatchSession:
         return host.dynamics.denormalize(z)
 
     def attention_mass(self) -> list[list[float] | None]:
-        """Per row, per retained frame (oldest first): the share of the temporal attention of the
-        last generated frame's final denoising call that landed on it, mean over layers and
-        heads (and token positions); the rest went to the new frame itself. None before a
-        generation."""
+        """Per row, per retained frame: its share of the last frame's final denoising call's temporal
+        attention (mean over layers, heads, tokens; the rest went to the new frame). None before."""
         return self.last_attention or [None] * self.rows
 
     def retained_bytes(self) -> list[int]:
-        """Per row: the latents it keeps (recompute: corrupted, and clean for a model that recalls
-        views) or its own keys/values (kv, and clean latents for recall)."""
+        """Per row: its kept latents (recompute) or its own keys/values (kv), plus clean latents for recall."""
         if self.cache is not None:
             return self.cache.row_nbytes()
         kept = [self.latents] + ([self.memory] if self.host.dynamics.recall is not None else [])

@@ -1,14 +1,6 @@
-"""Checkpoints: safetensors weights + JSON config, and the training state needed to resume.
-
-Layout of a checkpoint directory (written atomically; never pickle)::
-
-    config.json             {"kind": ..., "config": {...}, "step": N, "extra": {...}}
-    model.safetensors       raw weights
-    ema.safetensors         EMA weights (what inference uses), if training kept an EMA
-    train_state.safetensors optimizer moments + RNG state, if saved for resume
-    train_state.json        optimizer param_groups and non-tensor state (+ "extra": what only
-                            resuming needs, if given)
-"""
+"""Checkpoints: a directory written atomically, never pickle: config.json ({kind, config, step, extra}),
+model.safetensors, ema.safetensors (what inference uses) and, for resuming, train_state.safetensors
+(optimizer moments, RNG) + train_state.json (param groups, scalars)."""
 
 from __future__ import annotations
 
@@ -27,8 +19,7 @@ CONFIG_FILE = "config.json"
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint is missing, damaged, or does not match the model it is loaded into; the
-    message names the file and what to do."""
+    """A checkpoint is missing, damaged or does not fit its model; the message names the file and the fix."""
 
 
 class NoCheckpointError(CheckpointError):
@@ -55,8 +46,7 @@ def _missing(file: Path) -> CheckpointError:
 
 
 def read_tensors(file: str | Path) -> dict[str, torch.Tensor]:
-    """A safetensors file's tensors, or a CheckpointError naming the file if it is missing or
-    unreadable (truncated, not safetensors)."""
+    """A safetensors file's tensors; CheckpointError naming the file if missing or unreadable."""
     file = Path(file)
     if not file.is_file():
         raise _missing(file)
@@ -67,8 +57,7 @@ def read_tensors(file: str | Path) -> dict[str, torch.Tensor]:
 
 
 def read_json(file: str | Path) -> dict:
-    """A checkpoint's JSON object, or a CheckpointError naming the file if it is missing or not
-    a JSON object."""
+    """A checkpoint JSON object; CheckpointError naming the file if missing or not a JSON object."""
     file = Path(file)
     if not file.is_file():
         raise _missing(file)
@@ -142,8 +131,7 @@ def save_checkpoint(
 
 
 def read_config(directory: str | Path, kind: str) -> dict:
-    """The checkpoint's JSON header; NoCheckpointError if absent, CheckpointError if damaged or
-    of another kind."""
+    """The checkpoint's JSON header; NoCheckpointError if absent, CheckpointError if damaged or another kind."""
     path = Path(directory) / CONFIG_FILE
     if not path.is_file():
         raise NoCheckpointError(f"{path}: no checkpoint here (run the stage that trains it first: `dvc repro`)")
@@ -156,8 +144,8 @@ def read_config(directory: str | Path, kind: str) -> dict:
 
 
 def state_dict_drift(module: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
-    """What keeps `state` from loading strictly into `module` (empty: nothing): missing and
-    unexpected keys and shape mismatches, the first five of each."""
+    """Why `state` would not load strictly into `module` (empty: it would): missing and unexpected keys,
+    shape mismatches, the first five of each."""
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -181,8 +169,7 @@ def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], source:
 
 
 def load_weights(module: nn.Module, file: str | Path) -> None:
-    """Strict load: every key present, no extras, same shapes, or an error that lists the drift
-    (or names the file if it is missing or damaged)."""
+    """Strict load of a safetensors file; CheckpointError listing the drift, or naming a missing/damaged file."""
     file = Path(file)
     load_state_strict(module, read_tensors(file), file, CheckpointError, "does not match the model built from its config")
 
@@ -207,11 +194,8 @@ def load_training_state(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> tuple[int, dict]:
-    """Restore everything needed to continue training; returns (step, extra): the config's
-    extra and the training state's (``train_extra`` of :func:`save_checkpoint`) together.
-
-    Every file is read and checked before anything is loaded: a missing, damaged or mismatched
-    file raises CheckpointError naming it, with `model`, `ema` and the optimizer untouched."""
+    """Restore model, EMA, optimizer, schedule and RNG: (step, config's and train state's extras merged).
+    Every file is checked first: on a CheckpointError nothing has been loaded."""
     directory = Path(directory)
     header = read_config(directory, kind)
     weights = {"model.safetensors": (model, read_tensors(directory / "model.safetensors"))}
@@ -252,8 +236,7 @@ def checkpoint_hash(directory: str | Path) -> str:
 
 def load_trained(directory: str | Path, kind: str, build: Callable[[dict], nn.Module],
                  device: str | torch.device = "cpu") -> nn.Module:
-    """A trained model for inference: built from its checkpoint's config, EMA weights loaded
-    strictly, on `device`, in eval mode, without gradients. ``kind`` and ``build`` come from
-    the network's module (e.g. ``networks.tokenizer.KIND, build_tokenizer``)."""
+    """A trained model for inference: built from the checkpoint's config, EMA weights loaded strictly, on
+    `device`, eval mode, no gradients (``kind``, ``build``: e.g. ``tokenizer.KIND, build_tokenizer``)."""
     model, _ = load_model(directory, kind, build, ema=True)
     return model.to(device).eval().requires_grad_(False)

@@ -4,8 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.far.model import far_config
-from pipeline.far.weights import (
+from pipeline.hosts.far_weights import (
     VARIANTS,
     FarWeightsError,
     MissingFarWeightError,
@@ -14,6 +13,7 @@ from pipeline.far.weights import (
     read_state_dict,
     weights_dtype,
 )
+from pipeline.networks.far import far_config
 
 NAME = "short_video_prediction/FAR_B_UCF101_Uncond64-381d295f.pth"
 
@@ -80,7 +80,7 @@ def test_checkpoints_are_read_plain_or_wrapped_and_non_tensors_are_refused(tmp_p
 def test_a_truncated_checkpoint_is_a_checkpoint_error_naming_the_file(tmp_path, name):
     from safetensors.torch import save_file
 
-    from pipeline.training.checkpoint import CheckpointError
+    from pipeline.networks.checkpoint import CheckpointError
 
     path = tmp_path / name
     save_file({"a": torch.ones(64)}, path) if name.endswith(".safetensors") else torch.save({"a": torch.ones(64)}, path)

@@ -4,11 +4,12 @@ import pytest
 import torch
 
 from pipeline.diffusion.sampler import ShortcutEulerSampler
-from pipeline.networks.dynamics import PoseStats, build_dynamics, config_dict
+from pipeline.hosts.pipeline_host import PipelineHost
+from pipeline.networks.dynamics import build_dynamics, config_dict
+from pipeline.networks.pose_memory import PoseStats
 from pipeline.networks.tokenizer import build_tokenizer, tokenizer_config
 from pipeline.rollout.api import FrameInfo
 from pipeline.rollout.loop import run_rollout
-from pipeline.rollout.pipeline_host import PipelineHost
 from pipeline.rollout.policies import load_policy
 from tests.builders import dynamics_config
 
@@ -128,6 +129,11 @@ def posed_host():
 def posed_roll(host, policy, mode, poses, max_frames=None):
     return run_rollout(host, load_policy(policy), context(), 4, max_frames=max_frames, mode=mode,
                        generator=torch.Generator().manual_seed(0), actions=[0, 1, 2, 1, 0, 2, 1, 0, 2], poses=poses)
+
+
+def test_a_posed_host_reports_its_models_pose_bias_rate_and_an_unposed_one_none(posed_host, host):
+    assert posed_host.pose_bias_rate == posed_host.dynamics.config.pose_bias > 0
+    assert host.pose_bias_rate is None
 
 
 def test_with_poses_kv_equals_recompute_under_full_history_and_the_poses_matter(posed_host):

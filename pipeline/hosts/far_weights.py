@@ -1,10 +1,7 @@
 """The official FAR checkpoints (``guyuchao/FAR_Models``): where they are, what they build.
 
-Files are looked up under a weights directory with the official relative names (the param
-``benchmark.far.weights_dir``, else ``$FAR_WEIGHTS_DIR``), and, only when allowed, downloaded
-through ``huggingface_hub``. Loading is strict: a checkpoint that does not have exactly the
-network's keys and shapes is an error that names the file and the offending keys. Weights run in
-bfloat16 on CUDA and float32 elsewhere.
+Files keep their official relative paths under ``benchmark.far.weights_dir`` (else ``$FAR_WEIGHTS_DIR``)
+or come from the hub when allowed; loading is strict (``load_state_dict(strict=True)``).
 """
 
 from __future__ import annotations
@@ -16,8 +13,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipeline.far.model import FAR, FARConfig, far_config
-from pipeline.training.checkpoint import CheckpointError, load_state_strict, read_tensors
+from pipeline.networks.checkpoint import CheckpointError, load_state_strict, read_tensors
+from pipeline.networks.far import FAR, FARConfig, far_config
 
 HUB_REPO = "guyuchao/FAR_Models"
 ENV_VAR = "FAR_WEIGHTS_DIR"
@@ -116,8 +113,7 @@ def _unreadable(path: Path, exc: BaseException) -> FarWeightsError:
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a checkpoint (.safetensors, or a torch file read with ``weights_only``); a file
-    that cannot be read (truncated, damaged) is a FarWeightsError that names it."""
+    """Tensors of a .safetensors or torch (``weights_only``) checkpoint; FarWeightsError if unreadable."""
     path = Path(path)
     if path.suffix == ".safetensors":
         try:

@@ -1,24 +1,9 @@
 """FAR as a rollout host: the official FAR / FAR_Long transformers with their DCAE.
 
-Generation of one frame is FAR's next-frame protocol (``FARPipeline.generate`` of the
-reference): the new frame starts from Gaussian noise and takes ``sampling_steps`` Euler steps of
-diffusers' ``FlowMatchEulerDiscreteScheduler``; at every step the model sees the retained
-history as clean context (timestep -1) and predicts the velocity of the new frame.
-
-- ``recompute``: every denoising call re-runs the whole retained history (as the
-  ar-video-kv-temporal-policy harness);
-- ``kv``: history frames enter the KV cache once, together with the first denoising call of the
-  next frame (as the reference's cache step), later calls run only the new frame, and eviction
-  drops the frames' keys/values: nothing is recomputed.
-
-FAR_Long sends frames older than its short-term window (16) through the coarse long-term path,
-which the reference has no KV cache for: while history + new frame fit the window, ``kv`` works
-as above; beyond it the session recomputes that frame from the kept latents (warned once).
-
-Actions (FAR_Long on DMLab): each frame carries the action recorded at that frame (the loop
-passes the actions of the frames it actually keeps); ``None`` or -1 becomes the null action.
-``guidance_scale``: 1 = conditioned on the actions, -1 = every action null (the reference's
-unconditional mode), > 1 = classifier-free guidance against the null actions.
+One frame is FAR's next-frame protocol: ``sampling_steps`` flow-matching Euler steps from noise, the
+retained history as clean context (timestep -1). ``kv`` caches history frames during the next frame's
+first denoising call; FAR_Long beyond its short-term window recomputes (no long-term cache).
+``guidance_scale``: 1 = actions, -1 = null actions, > 1 = CFG. Details: docs/benchmark.md (FAR as host).
 """
 
 from __future__ import annotations
@@ -28,14 +13,14 @@ import warnings
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
-from pipeline.far.model import FAR, FarKVCache
-from pipeline.far.weights import (
+from pipeline.hosts.far_weights import (
     SCHEDULER_CONFIG,
     VARIANTS,
     FarVariant,
     load_dcae,
     load_transformer,
 )
+from pipeline.networks.far import FAR, FarKVCache
 from pipeline.rollout.api import FrameInfo, Mode
 from pipeline.rollout.batch import OneRow
 
@@ -101,18 +86,9 @@ class FarHost:
 
 
 class FarBatchSession:
-    """The retained histories of B rollouts (rows): latents and actions, plus one KV cache per
-    row in kv mode.
-
-    Batching: each row keeps its own cache (FAR's caches hold pre-RoPE keys, positioned by
-    order, so a row's cache is just its frames' keys). A generated frame stacks the caches of
-    the rows that use them into one padded cache (``FarKVCache.stack``) for its denoising
-    calls, and the model attends per row with a mask over the padding (``FAR.forward(rows=)``):
-    *per-clip caches batched at the kernel* through padding, one stack per frame (not per call).
-    Rows whose history takes FAR_Long's long-term path (no cache; each with its own number of
-    long-term frames) run as separate groups. Every row draws its noise from its own generator,
-    so its frames equal its unbatched frames to float rounding.
-    """
+    """The retained histories of B rollouts (rows): latents and actions, plus one KV cache per row
+    in kv mode. Per generated frame the rows' caches are stacked into one padded, masked cache
+    (``FarKVCache.stack``); FAR_Long rows past their window run as separate groups."""
 
     def __init__(self, host: FarHost, mode: Mode, generators: list[torch.Generator]):
         self.host, self.mode, self.generators = host, mode, list(generators)
@@ -157,17 +133,13 @@ class FarBatchSession:
             self.actions[b] = [self.actions[b][i] for i in k]
 
     def attention_mass(self) -> list[list[float] | None]:
-        """Per row, per retained frame (oldest first): the share of the attention of the last
-        generated frame's final denoising call (its queries, mean over layers and heads) that
-        landed on the frame's tokens; None before a generation."""
+        """Per row, per retained frame: its share of the last frame's final denoising call's attention
+        (mean over layers and heads); None before a generation."""
         return list(self.last_attention)
 
     def retained_bytes(self) -> list[int]:
-        """Per row: latents held plus KV bytes; frames waiting for the cache count at their KV size.
-
-        In kv mode plain FAR holds cached frames as keys/values only; FAR_Long also keeps their
-        latents (for the recompute beyond its window), and they count.
-        """
+        """Per row: latents held plus KV bytes (frames waiting for the cache count at their KV size;
+        FAR_Long also keeps cached frames' latents, for its recompute fallback)."""
         def latent_bytes(frames):
             return sum(x.numel() * x.element_size() for x in frames if x is not None)
 
@@ -299,8 +271,7 @@ class FarBatchSession:
 
 
 class FarSession(OneRow):
-    """One rollout's session: a batch of one, with that row's state (latents, actions, cache)
-    in view, and ``generate(info, noise=None)``."""
+    """One rollout's session: a batch of one, exposing its latents, actions and cache."""
 
     def __init__(self, host: FarHost, mode: Mode, generator: torch.Generator):
         super().__init__(FarBatchSession(host, mode, [generator]))

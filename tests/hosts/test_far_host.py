@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from pipeline.config import FarParams
-from pipeline.far.data import dmlab_clips, read_dmlab_episode
-from pipeline.far.host import FarBatchSession, FarHost, load_far_host
-from pipeline.far.model import FAR, FARConfig
-from pipeline.far.weights import FarVariant, MissingFarWeightError
+from pipeline.data.dmlab import dmlab_clips, read_dmlab_episode
+from pipeline.hosts.far_host import FarBatchSession, FarHost, load_far_host
+from pipeline.hosts.far_weights import FarVariant, MissingFarWeightError
+from pipeline.networks.far import FAR, FARConfig
 from pipeline.rollout.api import ChunkDecision, FrameInfo, TemporalCachePlan
 from pipeline.rollout.loop import run_rollout
 
