@@ -9,7 +9,7 @@ import difflib
 import math
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
@@ -180,7 +180,15 @@ class ExtractParams(Section):
     splits: SplitParams = Field(SplitParams(), description="train/val/test shares of the videos")
     chunk_frames: int = Field(32, ge=1, description="frames per zarr chunk (also per decoder read)")
     shard_frames: int = Field(1024, ge=1, description="frames per zarr shard file, a multiple of chunk_frames (keep files few)")
-    workers: int = Field(2, ge=1, description="videos decoded in parallel processes (1 = serial)")
+    workers: int = Field(2, ge=1, description="videos decoded in parallel processes (1 = serial); with engine ray and "
+                                              "no ray_address, the CPUs of the Ray instance the stage starts")
+    engine: Literal["local", "ray"] = Field("local", description="local: a process pool on this machine | ray: one "
+                                                                  "Ray task per video (the store on a shared filesystem)")
+    ray_address: str | None = Field(None, description="engine ray: null starts a Ray instance here; 'auto' or host:port "
+                                                      "joins a running cluster")
+    ray_retries: int = Field(3, ge=0, description="engine ray: times a video's task is rerun after its worker died")
+
+    EXECUTION: ClassVar[set[str]] = {"workers", "engine", "ray_address", "ray_retries"}  # how, not what: not in the store
 
     @field_validator("hud_masks")
     @classmethod
@@ -219,6 +227,8 @@ class TrainingLoopParams(Section):
     log_every: int = Field(ge=1, description="steps between logged training points")
     val_every: int = Field(ge=1, description="steps between validations (and at the last step)")
     checkpoint_every: int = Field(ge=1, description="steps between checkpoints a killed run resumes from")
+    loader_workers: int = Field(ge=0, description="DataLoader processes that read batches from the store ahead of the "
+                                                  "steps (0: read in the training process); any number gives the same batches")
 
 
 class TokenizerParams(TrainingLoopParams):
@@ -236,6 +246,8 @@ class TokenizerParams(TrainingLoopParams):
     mask_max: float = Field(ge=0.0, lt=1.0, description="masking probability ~ U(0, mask_max)")
     lpips_weight: float = Field(ge=0.0, description="weight of the LPIPS term next to MSE (each RMS-normalised); 0 = MSE only")
     batch_size: int = Field(ge=1, description="frames per training step")
+    frames_per_chunk: int = Field(ge=1, description="frames a batch draws from each chunk it reads (one decompressed chunk "
+                                                    "serves that many; 1: every frame from its own chunk)")
     val_frames: int = Field(ge=1, description="val frames (spread over the val videos) each validation scores")
 
     @field_validator("downsample")

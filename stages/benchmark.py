@@ -77,7 +77,7 @@ def main(argv: Sequence[str] = ()) -> int:
     args = ap.parse_args(argv)
     params = load_params_or_exit()
     relaunch_under_torchrun(params.benchmark.nproc_per_node, "stages.benchmark", argv)
-    with user_errors("benchmark", args.debug):
+    with user_errors("benchmark", args.debug, writes=f"{paths.BENCHMARK_METRICS} and {paths.BENCHMARK_REPORTS}"):
         benchmark(params)
     return 0
 

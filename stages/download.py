@@ -33,7 +33,7 @@ def main(argv: Sequence[str] = ()) -> int:
     args = add_debug_flag(argparse.ArgumentParser(prog="python -m stages.download", description=__doc__)).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     params = load_params_or_exit()
-    with user_errors("download", ADVICE, args.debug):
+    with user_errors("download", ADVICE, args.debug, writes=f"{paths.RAW}"):
         entries = download(params.download, seed=params.seed, out_dir=paths.RAW)
     ok = sum(e.status == "ok" for e in entries)
     print(f"download: {ok}/{len(entries)} videos ready in {paths.RAW} (manifest: {paths.RAW}/manifest.json)")

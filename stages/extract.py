@@ -24,7 +24,7 @@ ADVICE = {ExtractError: ""}  # the message names the file or video and says what
 def main(argv: Sequence[str] = ()) -> int:
     args = add_debug_flag(argparse.ArgumentParser(prog="python -m stages.extract", description=__doc__)).parse_args(argv)
     params = load_params_or_exit()
-    with user_errors("extract", ADVICE, args.debug):
+    with user_errors("extract", ADVICE, args.debug, writes=f"{paths.FRAMES}"):
         report = extract_all(paths.RAW, paths.FRAMES, paths.FRAMES_REPORT, params.extract, params.seed)
     for e in report["videos"]:
         if e["status"] != "ok":

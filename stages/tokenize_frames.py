@@ -43,7 +43,7 @@ def main(argv: Sequence[str] = ()) -> int:
     d = init_distributed()
     if d.main:
         remove_stale_tmp(paths.LATENTS_REPORT.parent, paths.LATENTS_REPORT.name)  # what a killed run left
-    with user_errors("tokenize", advice, args.debug):
+    with user_errors("tokenize", advice, args.debug, writes=f"{paths.LATENTS}"):
         device = d.device if d.world > 1 else pick_device()
         if device.type == "cpu" and d.world > 1:
             torch.set_num_threads(max(1, torch.get_num_threads() // d.world))  # the ranks share the cores

@@ -38,7 +38,7 @@ def main(argv: Sequence[str] = ()) -> int:
         NonFiniteLossError: "",
         LPIPSWeightsError: "",
     }
-    with user_errors("train", advice, args.debug):
+    with user_errors("train", advice, args.debug, writes=f"{paths.DYNAMICS}"):
         train_dynamics(
             params,
             latents=paths.LATENTS,

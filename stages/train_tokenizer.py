@@ -33,7 +33,7 @@ def main(argv: Sequence[str] = ()) -> int:
     ap = argparse.ArgumentParser(prog="python -m stages.train_tokenizer", description=__doc__)
     args = add_debug_flag(ap).parse_args(argv)
     params = load_params_or_exit()
-    with user_errors("train_tokenizer", ADVICE, args.debug):
+    with user_errors("train_tokenizer", ADVICE, args.debug, writes=f"{paths.TOKENIZER}"):
         metrics = train_tokenizer(params.tokenizer, params.seed, frames=paths.FRAMES, out_dir=paths.TOKENIZER,
                                   live_dir=paths.TOKENIZER_LIVE, metrics_path=paths.TOKENIZER_METRICS)
     v, p = metrics["val"], metrics["persistence"]

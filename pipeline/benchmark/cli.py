@@ -30,7 +30,7 @@ ADVICE = {  # most specific first
 
 
 @contextlib.contextmanager
-def user_errors(prog: str, debug: bool = False) -> Iterator[None]:
+def user_errors(prog: str, debug: bool = False, writes: str | None = None) -> Iterator[None]:
     """Around a command: a user's error prints its message and advice to stderr and exits with status 1."""
-    with _user_errors(prog, ADVICE, debug):
+    with _user_errors(prog, ADVICE, debug, writes):
         yield

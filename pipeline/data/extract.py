@@ -6,7 +6,6 @@ skipped with its reason; the run fails only when no video is usable. See docs/st
 from __future__ import annotations
 
 import multiprocessing as mp
-import shutil
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -200,14 +199,14 @@ def rate_warning(cfg: ExtractParams, info: VideoInfo) -> str | None:
 # --------------------------------------------------------------------------------------------
 def extract_video(src: Source, info: VideoInfo, window: FrameWindow, cfg: ExtractParams, store: Path,
                   progress: Callable[[int], None] | None = None) -> dict:
-    """Decode one video into group `store/<id>`; returns its attrs. On a bad input the group is removed."""
-    group_dir = Path(store) / src.id
+    """Decode one video into group `store/<id>`; returns its attrs. The group is written under a
+    temporary name and renamed when complete, so a failed or killed attempt leaves no group."""
     fps = output_fps(cfg, info)
-    try:
+    with atomic_dir(Path(store) / src.id) as tmp:
         recorded = {name: load_series(path, SERIES[name]) for name, path in src.series_paths.items()}
         sha = sha256_file(src.path)
         graph, geo = build_graph(info, cfg.size, cfg.resize_mode, fps, window, cfg.hud_masks)
-        group = zarr.open_group(str(store), mode="r+").create_group(src.id)
+        group = zarr.open_group(str(store), mode="r+").create_group(tmp.name)
         stream = FrameStream(raw_args(graph), cfg.size, cfg.chunk_frames, name=str(src.path))
         with ShardedArrayWriter(group, "frames", (cfg.size, cfg.size, 3), np.uint8, cfg.chunk_frames, cfg.shard_frames) as writer:
             for chunk in stream:
@@ -242,10 +241,7 @@ def extract_video(src: Source, info: VideoInfo, window: FrameWindow, cfg: Extrac
         }
         attrs.update(_store_series(group, src, recorded, fps, window.start, n, info))
         group.attrs.update(attrs)
-        return attrs
-    except BaseException:
-        shutil.rmtree(group_dir, ignore_errors=True)
-        raise
+    return attrs
 
 
 def _store_series(group: zarr.Group, src: Source, recorded: dict[str, np.ndarray], fps: float, start: int, n: int,
@@ -303,6 +299,10 @@ def _run_all(jobs: list[tuple], cfg: ExtractParams, store: Path) -> list[dict]:
     total = sum(w.expected for _, _, w in jobs)
     results = []
     with tqdm(total=total, unit="frame", desc="extract", smoothing=0.1) as bar:
+        if cfg.engine == "ray":
+            from pipeline.data.extract_ray import run_on_ray
+
+            return run_on_ray(jobs, cfg, store, _run_one, bar.update)
         source_pixels = sum(info.duration * info.fps * info.width * info.height for _, info, _ in jobs)
         if cfg.workers == 1 or len(jobs) == 1 or source_pixels < SERIAL_BELOW_PIXELS:
             for src, info, window in jobs:
@@ -356,8 +356,9 @@ def _build_store(out: Path, report_path, raw_dir, jobs: list[tuple], entries: li
     """Extract every job into a temporary store, assign splits, rename it into place; returns the report."""
     with atomic_dir(out, settle_s=0.5) as tmp:  # Ctrl-C can land mid-write in zarr's IO thread
         root = zarr.open_group(str(tmp), mode="w")
-        root.attrs.update({**cfg.model_dump(mode="json"), "seed": seed})
+        root.attrs.update({**cfg.model_dump(mode="json", exclude=cfg.EXECUTION), "seed": seed})
         entries += _run_all(jobs, cfg, tmp)
+        remove_stale_tmp(tmp)  # groups of attempts that died (a killed Ray worker's, before its retry)
         ok = [e for e in entries if e["status"] == "ok"]
         if not ok:
             write_json(report_path, _report(entries, cfg, time.perf_counter() - t0))

@@ -1,17 +1,28 @@
-"""Training windows over data/latents.zarr (never across videos), in DreamerV4's alternating short and
-long batches; the batch of step s is a function of (seed, s) alone. A window conditions frame t on
-the action recorded at t-1 (-1: none); its poses are its own frames' (NaN: none).
+"""Training windows over data/latents.zarr, streamed, with DreamerV4's alternating batch lengths.
+
+A window is ``length`` consecutive latent frames of one video, starting every ``stride`` frames;
+windows never cross videos. Training alternates short batches (``seq_len_short`` x
+``batch_size_short``) with long ones (``seq_len_long`` x ``batch_size_long``, with probability
+``long_ratio``). The global batch of step s is a pure function of (seed, s); each DDP rank reads
+only its rows of it. A window is read as one slice, so a decompressed chunk serves every frame of
+the window that lies in it.
+
+Actions: a window's conditioning action for frame t is the one recorded at frame t-1 (the action
+that led to it), -1 ("no action") before a video's first frame or without actions. Poses: the
+pose of each frame itself; NaN for a video without poses.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 
-from pipeline.data.stores import POSE_SHAPE, list_videos, open_store, read_actions, read_array, read_poses
+from pipeline.data.stores import POSE_SHAPE, open_store
+from pipeline.data.streaming import SplitIndex, StoreReader
 
 
 class WindowError(ValueError):
@@ -19,68 +30,105 @@ class WindowError(ValueError):
 
 
 @dataclass
-class LatentVideos:
-    """The latents of one split, held in memory as float16 (4 KiB a frame at 8x16x16)."""
+class Batch:
+    kind: str  # "S" or "L"
+    latents: torch.Tensor  # (B, T, C, h, w) float32: this rank's rows
+    actions: torch.Tensor | None  # (B, T) int64, -1 = no action
+    poses: torch.Tensor | None = None  # (B, T, 3) float32 pose of each frame, NaN = unknown
+    global_rows: int = 0  # rows of the whole step's batch, over every rank
 
-    ids: list[str]
-    latents: list[np.ndarray]  # (T, C, h, w) float16
-    actions: list[np.ndarray | None]  # (T,) int64
-    n_actions: int  # 0 when no video has actions
-    poses: list[np.ndarray | None] = field(default_factory=list)  # (T, 3) float32; [] = not loaded
+    @property
+    def global_shape(self) -> tuple[int, ...]:
+        return (self.global_rows or len(self.latents), *self.latents.shape[1:])
 
-    @classmethod
-    def load(cls, path: str | Path, split: str) -> "LatentVideos":
-        """Every video of `split`; a damaged store raises stores.StoreError naming the file."""
-        entries = list_videos(path, split, array="latents")
-        latents = [read_array(path, e.id, "latents") for e in entries]
-        actions = [read_actions(path, e.id) for e in entries]
-        poses = [read_poses(path, e.id) for e in entries]
-        n_actions = 0
-        for e, a in zip(entries, actions):
-            if a is not None and len(a):
-                n_actions = max(n_actions, int(e.attrs.get("n_actions", 0)), int(a.max()) + 1)
-        return cls([e.id for e in entries], latents, actions, n_actions, poses)
+    def pin_memory(self) -> Batch:
+        pin = lambda t: None if t is None else t.pin_memory()  # noqa: E731
+        return Batch(self.kind, pin(self.latents), pin(self.actions), pin(self.poses), self.global_rows)
+
+
+class LatentWindows:
+    """Reads windows of one split's videos: latents, conditioning actions and poses."""
+
+    def __init__(self, index: SplitIndex):
+        self.index = index
+        self.reader = StoreReader(index.store)
+
+    def count(self, length: int, stride: int) -> np.ndarray:
+        """(V,) windows per video."""
+        return np.maximum((self.index.lengths - length) // stride + 1, 0)
+
+    def window(self, video: int, start: int, length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Latents (length, C, h, w), conditioning actions (length,) and poses (length, 3) of one window."""
+        vid = self.index.ids[video]
+        frames = self.reader.read(vid, "latents", start, start + length)
+        cond = np.full(length, -1, dtype=np.int64)
+        if self.index.has_actions and self.reader.has(vid, "actions") and start + length > 1:
+            first = max(start - 1, 0)
+            recorded = self.reader.read(vid, "actions", first, start + length - 1)
+            cond[first - start + 1:] = recorded
+        poses = np.full((length, *POSE_SHAPE), np.nan, dtype=np.float32)
+        if self.index.with_poses[video]:
+            poses = self.reader.read(vid, "poses", start, start + length)
+        return frames, cond, poses
+
+    def stack(self, picks: list[tuple[int, int]], length: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """The windows at (video, start) picks, stacked: latents float32, actions or None, poses or None."""
+        frames, actions, poses = zip(*(self.window(v, s, length) for v, s in picks)) if picks else ((), (), ())
+        shape = (0, length, *self.index.frame_shape)
+        latents = torch.from_numpy(np.stack(frames).astype(np.float32)) if picks else torch.zeros(shape)
+        acts = torch.from_numpy(np.stack(actions)) if self.index.has_actions and picks else None
+        pos = torch.from_numpy(np.stack(poses)) if self.index.has_poses and picks else None
+        return latents, acts, pos
+
+
+def window_starts(counts: np.ndarray, picks: np.ndarray, stride: int) -> list[tuple[int, int]]:
+    """Global window numbers (video-major, start ascending) -> (video, start)."""
+    ends = np.cumsum(counts)
+    videos = np.searchsorted(ends, picks, side="right")
+    return [(int(v), int(k - (ends[v] - counts[v])) * stride) for v, k in zip(videos, picks)]
+
+
+class AlternatingBatches(Dataset):
+    """Item s: this rank's rows of the global batch of step s (short with probability 1 - long_ratio)."""
+
+    def __init__(self, windows: LatentWindows, *, seq_len_short, seq_len_long, batch_size_short, batch_size_long,
+                 long_ratio, stride, seed, rows: dict[str, slice] | None = None):
+        self.windows = windows
+        self.kinds = {"S": (seq_len_short, batch_size_short, self._counts(seq_len_short, stride, "train.seq_len_short")),
+                      "L": (seq_len_long, batch_size_long, self._counts(seq_len_long, stride, "train.seq_len_long"))}
+        self.long_ratio, self.stride, self.seed = long_ratio, stride, seed
+        self.rows = rows or {"S": slice(None), "L": slice(None)}
+
+    def _counts(self, length: int, stride: int, param: str) -> np.ndarray:
+        counts = self.windows.count(length, stride)
+        if not counts.sum():
+            index = self.windows.index
+            longest = int(index.lengths.argmax()) if len(index) else None
+            which = "none" if longest is None else f"{index.ids[longest]!r} with {index.lengths[longest]} frames"
+            raise WindowError(f"{param}={length}: no video is that long (longest of {len(index)}: {which}); "
+                              f"lower {param} or use longer videos")
+        return counts
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return 2**62  # indexed by step; a sampler says which steps
 
-    @property
-    def has_actions(self) -> bool:
-        return self.n_actions > 0
+    def kind(self, step: int) -> str:
+        return "L" if np.random.default_rng([self.seed, step, 0]).random() < self.long_ratio else "S"
 
-    @property
-    def has_poses(self) -> bool:
-        return any(p is not None for p in self.poses)
+    def picks(self, step: int) -> tuple[str, list[tuple[int, int]]]:
+        """The kind of step ``step`` and the (video, start) of every window of its global batch."""
+        kind = self.kind(step)
+        _, size, counts = self.kinds[kind]
+        total = int(counts.sum())
+        rng = np.random.default_rng([self.seed, step, 1])
+        # Without replacement within a batch while there are enough windows.
+        return kind, window_starts(counts, rng.choice(total, size=size, replace=size > total), self.stride)
 
-    def windows(self, length: int, stride: int, param: str = "train.seq_len") -> np.ndarray:
-        """(video index, start) of every window; a clear error when no video is long enough."""
-        starts = [(v, s) for v, lat in enumerate(self.latents) for s in range(0, len(lat) - length + 1, stride)]
-        if not starts:
-            longest = max(range(len(self)), key=lambda v: len(self.latents[v]), default=None)
-            which = "none" if longest is None else f"{self.ids[longest]!r} with {len(self.latents[longest])} frames"
-            raise WindowError(
-                f"{param}={length}: no video is that long (longest of {len(self)}: {which}); "
-                f"lower {param} or use longer videos"
-            )
-        return np.asarray(starts, dtype=np.int64)
-
-    def window(self, video: int, start: int, length: int) -> tuple[np.ndarray, np.ndarray]:
-        """Latents (length, C, h, w) and conditioning actions (length,) of one window."""
-        frames = self.latents[video][start : start + length]
-        recorded = self.actions[video]
-        cond = np.full(length, -1, dtype=np.int64)
-        if recorded is not None:
-            prev = np.arange(start - 1, start + length - 1)
-            ok = prev >= 0
-            cond[ok] = recorded[prev[ok]]
-        return frames, cond
-
-    def window_poses(self, video: int, start: int, length: int) -> np.ndarray:
-        """Poses (length, 3) float32 of one window's own frames; NaN for a video without poses."""
-        recorded = self.poses[video] if self.poses else None
-        if recorded is None:
-            return np.full((length, *POSE_SHAPE), np.nan, dtype=np.float32)
-        return recorded[start : start + length]
+    def __getitem__(self, step: int) -> Batch:
+        kind, picks = self.picks(step)
+        length = self.kinds[kind][0]
+        latents, actions, poses = self.windows.stack(picks[self.rows[kind]], length)
+        return Batch(kind, latents, actions, poses, global_rows=len(picks))
 
 
 def latent_shape(path: str | Path) -> tuple[int, int, int]:
@@ -92,46 +140,3 @@ def latent_shape(path: str | Path) -> tuple[int, int, int]:
             raise WindowError(f"{path}: the latents store holds no video")
         shape = root[first]["latents"].shape[1:]
     return tuple(int(s) for s in shape)
-
-
-@dataclass
-class Batch:
-    kind: str  # "S" or "L"
-    latents: torch.Tensor  # (B, T, C, h, w) float32
-    actions: torch.Tensor | None  # (B, T) int64, -1 = no action
-    poses: torch.Tensor | None = None  # (B, T, 3) float32 pose of each frame, NaN = unknown
-
-    def rows(self, index: slice) -> "Batch":
-        return Batch(self.kind, self.latents[index], None if self.actions is None else self.actions[index],
-                     None if self.poses is None else self.poses[index])  # fmt: skip
-
-
-class AlternatingBatches:
-    """The global batch of any step: short (cheap) with probability 1 - long_ratio, else long."""
-
-    def __init__(self, videos: LatentVideos, *, seq_len_short, seq_len_long, batch_size_short,
-                 batch_size_long, long_ratio, stride, seed):
-        self.videos = videos
-        self.kinds = {
-            "S": (seq_len_short, batch_size_short, videos.windows(seq_len_short, stride, "train.seq_len_short")),
-            "L": (seq_len_long, batch_size_long, videos.windows(seq_len_long, stride, "train.seq_len_long")),
-        }
-        self.long_ratio = long_ratio
-        self.seed = seed
-
-    def kind(self, step: int) -> str:
-        return "L" if np.random.default_rng([self.seed, step, 0]).random() < self.long_ratio else "S"
-
-    def batch(self, step: int) -> Batch:
-        kind = self.kind(step)
-        length, size, windows = self.kinds[kind]
-        rng = np.random.default_rng([self.seed, step, 1])
-        # Without replacement within a batch while there are enough windows.
-        picks = rng.choice(len(windows), size=size, replace=size > len(windows))
-        frames, actions = zip(*(self.videos.window(int(v), int(s), length) for v, s in windows[picks]))
-        latents = torch.from_numpy(np.stack(frames).astype(np.float32))
-        acts = torch.from_numpy(np.stack(actions)) if self.videos.has_actions else None
-        poses = None
-        if self.videos.has_poses:
-            poses = torch.from_numpy(np.stack([self.videos.window_poses(int(v), int(s), length) for v, s in windows[picks]]))
-        return Batch(kind, latents, acts, poses)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -34,14 +35,23 @@ def typical_step(moves) -> float:
     return float(np.median(moves)) if len(moves) else 1.0
 
 
-def pose_stats(poses: list[np.ndarray | None]) -> PoseStats | None:
-    """The centre and typical step of the recorded poses ((T, 3) per video; None: no poses)."""
-    known = [p for p in poses if p is not None]
-    if not known:
+def pose_stats(tracks: Iterable[np.ndarray | None], max_moves: int = 1 << 20) -> PoseStats | None:
+    """The centre and typical step of recorded poses, one video's (T, 3) track at a time (None: a
+    video without poses); None when no video has any. The median is over at most ~2 * ``max_moves``
+    moves: beyond that, every other move is dropped, so memory stays bounded on any data set."""
+    n, total, kept, thin = 0, np.zeros(2), [], 1
+    for track in tracks:
+        if track is None:
+            continue
+        xy = track[:, :2].astype(np.float64)
+        n, total = n + len(xy), total + xy.sum(axis=0)
+        kept.append(np.linalg.norm(np.diff(xy, axis=0), axis=1)[::thin])
+        while sum(len(m) for m in kept) > 2 * max_moves:
+            kept, thin = [m[::2] for m in kept], thin * 2
+    if n == 0:
         return None
-    xy = np.concatenate([p[:, :2] for p in known]).astype(np.float64)
-    moves = np.concatenate([np.linalg.norm(np.diff(p[:, :2].astype(np.float64), axis=0), axis=1) for p in known])
-    return PoseStats(center=(float(xy[:, 0].mean()), float(xy[:, 1].mean())), step=typical_step(moves))
+    center = total / n
+    return PoseStats(center=(float(center[0]), float(center[1])), step=typical_step(np.concatenate(kept)))
 
 
 def pose_features(poses: torch.Tensor, center, step: float) -> torch.Tensor:

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
 import sys
 from typing import Iterator, Mapping
 
 DEBUG_ENV = "PIPELINE_DEBUG"
 DEBUG_HINT = f"traceback: --debug or {DEBUG_ENV}=1"
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # a user's error in every command: the disk or the quota is full
 
 
 def debug_requested(flag: bool = False) -> bool:
@@ -29,14 +31,23 @@ def advice_for(exc: BaseException, advice: Mapping[type[BaseException], str | No
 
 
 @contextlib.contextmanager
-def user_errors(prog: str, advice: Mapping[type[BaseException], str | None], debug: bool = False) -> Iterator[None]:
-    """Around a command: an exception of a type in `advice` prints its message to stderr and exits 1.
-    Its advice adds a line: text + how to see the traceback; "": the latter only; None: no line."""
+def user_errors(prog: str, advice: Mapping[type[BaseException], str | None], debug: bool = False,
+                writes: str | None = None) -> Iterator[None]:
+    """Around a command: an exception of a type in `advice`, or a full disk, prints its message to
+    stderr and exits 1. Its advice adds a line: text + how to see the traceback; "": the latter
+    only; None: no line. ``writes``: what the command writes, named when a full disk does not say."""
     try:
         yield
-    except tuple(advice) as exc:
-        if debug_requested(debug):
+    except BaseException as exc:
+        disk_full = isinstance(exc, OSError) and exc.errno in DISK_FULL
+        if debug_requested(debug) or not (disk_full or isinstance(exc, tuple(advice))):
             raise
+        if disk_full:
+            target = exc.filename or writes
+            where = f" writing {target}" if target else ""
+            print(f"{prog}: no space left on device{where}: free space on that filesystem and rerun (what was being "
+                  f"written is removed; finished outputs are kept) ({DEBUG_HINT})", file=sys.stderr)
+            raise SystemExit(1) from None
         text = advice_for(exc, advice)
         print(f"{prog}: {exc}", file=sys.stderr)
         if text is not None:

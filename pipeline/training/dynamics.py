@@ -16,14 +16,9 @@ import torch
 from tqdm import tqdm
 
 from pipeline.config import Params
-from pipeline.data.latent_windows import (
-    AlternatingBatches,
-    Batch,
-    LatentVideos,
-    WindowError,
-    latent_shape,
-)
+from pipeline.data.latent_windows import AlternatingBatches, Batch, LatentWindows, WindowError, latent_shape, window_starts
 from pipeline.data.stores import store_identity
+from pipeline.data.streaming import SplitIndex, loader, split_stats
 from pipeline.diffusion.objective import (
     NoisePlan,
     add_noise,
@@ -47,38 +42,31 @@ from pipeline.training.run import TrainingRun, run_fingerprint
 class TrainingData:
     """The latents a run trains and validates on, and how its batches are drawn."""
 
-    train: LatentVideos
-    val: LatentVideos
-    batches: AlternatingBatches
+    train: LatentWindows
+    val: LatentWindows
+    batches: AlternatingBatches  # item s: this rank's rows of step s's global batch
     rows: dict[str, slice]  # this rank's rows of a short ("S") and a long ("L") global batch
     latent_mean: float  # statistics of the train latents: the model's normalisation
     latent_std: float
     poses: PoseStats | None  # where the train split's agent goes; None: the data has no poses
 
 
-def latent_stats(videos: LatentVideos) -> tuple[float, float]:
-    """Mean and std of every latent value of the (train) videos, for the model's normalisation."""
-    n = sum(x.size for x in videos.latents)
-    total = sum(x.astype(np.float64).sum() for x in videos.latents)
-    mean = total / n
-    var = sum(((x.astype(np.float64) - mean) ** 2).sum() for x in videos.latents) / n
-    return float(mean), float(math.sqrt(var))
-
-
 def load_data(params: Params, latents: Path, d: Dist) -> TrainingData:
     """Train windows for the alternating batches, held-out videos for validation."""
     tp = params.train
-    train = LatentVideos.load(latents, "train")
-    if not len(train):
+    train = LatentWindows(SplitIndex.open(latents, "train", "latents"))
+    if not len(train.index):
         raise WindowError(f"{latents}: no video with split 'train'")
+    rows = {"S": shard(tp.batch_size_short, d, "train.batch_size_short"),
+            "L": shard(tp.batch_size_long, d, "train.batch_size_long")}  # fmt: skip
     batches = AlternatingBatches(
         train, seq_len_short=tp.seq_len_short, seq_len_long=tp.seq_len_long,
         batch_size_short=tp.batch_size_short, batch_size_long=tp.batch_size_long,
-        long_ratio=tp.long_ratio, stride=tp.stride, seed=params.seed,
+        long_ratio=tp.long_ratio, stride=tp.stride, seed=params.seed, rows=rows,
     )  # fmt: skip
-    rows = {"S": shard(tp.batch_size_short, d, "train.batch_size_short"),
-            "L": shard(tp.batch_size_long, d, "train.batch_size_long")}  # fmt: skip
-    return TrainingData(train, LatentVideos.load(latents, "val"), batches, rows, *latent_stats(train), pose_stats(train.poses))
+    tracks = (train.reader.read(vid, "poses") if has else None for vid, has in zip(train.index.ids, train.index.with_poses))
+    return TrainingData(train, LatentWindows(SplitIndex.open(latents, "val", "latents")), batches, rows,
+                        *split_stats(train.index, train.reader), pose_stats(tracks))
 
 
 def dynamics_fingerprint(params: Params, latents_identity: str) -> str:
@@ -98,7 +86,7 @@ def step_generator(seed: int, step: int) -> torch.Generator:
 def global_plan(batch: Batch, params: Params, step: int) -> NoisePlan:
     tp = params.train
     return sample_plan(
-        tuple(batch.latents.shape),
+        batch.global_shape,
         k_max=params.model.k_max,
         bootstrap_fraction=tp.bootstrap_fraction,
         single_frame_fraction=tp.single_frame_fraction,
@@ -119,21 +107,18 @@ def local_loss(model, batch: Batch, plan: NoisePlan, bootstrap_space: str, devic
 # Validation: teacher-forced one-step prediction
 # ---------------------------------------------------------------------------------------------
 @torch.no_grad()
-def one_step_psnr(model, videos: LatentVideos, *, length: int, taus, k_max: int, seed: int, device,
+def one_step_psnr(model, videos: LatentWindows, *, length: int, taus, k_max: int, seed: int, device,
                   max_windows: int = 32) -> dict[str, float]:
     """Teacher-forced one-step validation: clean context, each window's last frame noised at tau; latent PSNR
     (data range of the clean windows, so normalisation does not matter) of the model's x0, of the noisy
     input and of persistence."""
-    longest = max(len(x) for x in videos.latents)
-    length = max(2, min(length, longest))
-    windows = videos.windows(length, length, "train.seq_len_short")
-    windows = windows[np.linspace(0, len(windows) - 1, min(max_windows, len(windows))).astype(int)]
-    frames, actions = zip(*(videos.window(int(v), int(s), length) for v, s in windows))
-    x0 = model.normalize(torch.from_numpy(np.stack(frames).astype(np.float32)).to(device))  # (B, T, C, h, w)
-    acts = torch.from_numpy(np.stack(actions)).to(device) if videos.has_actions else None
-    poses = None
-    if videos.has_poses:
-        poses = torch.from_numpy(np.stack([videos.window_poses(int(v), int(s), length) for v, s in windows])).to(device)
+    length = max(2, min(length, int(videos.index.lengths.max())))
+    counts = videos.count(length, length)
+    picks = np.linspace(0, counts.sum() - 1, min(max_windows, counts.sum())).astype(int)
+    latents, acts, poses = videos.stack(window_starts(counts, picks, length), length)
+    x0 = model.normalize(latents.to(device))  # (B, T, C, h, w)
+    acts = None if acts is None else acts.to(device)
+    poses = None if poses is None else poses.to(device)
     data_range = (x0.max() - x0.min()).item()
     eps = torch.randn(x0[:, -1].shape, generator=torch.Generator().manual_seed(seed)).to(device)
     d = torch.full(x0.shape[:2], 1.0 / k_max, device=device)
@@ -177,11 +162,16 @@ class Throughput:
     seconds: float = 0.0
     batches: int = 0
     frames: int = 0
+    waited: float = 0.0  # seconds the loop waited for the loader
+
+    @property
+    def wait_share(self) -> float:
+        return self.waited / max(self.waited + self.seconds, 1e-9)
 
     def add(self, seconds: float, batch: Batch) -> None:
         self.seconds += seconds
         self.batches += 1
-        self.frames += batch.latents.shape[0] * batch.latents.shape[1]
+        self.frames += batch.global_shape[0] * batch.global_shape[1]
 
 
 class Interval:
@@ -243,7 +233,7 @@ def train_dynamics(params: Params, *, latents: Path, out_dir: Path, metrics_path
     data = load_data(params, latents, run.dist)
 
     # Model and optimisation; resume when the fingerprint matches.
-    config = dynamics_config(mp, latent_shape(latents), n_actions=data.train.n_actions,
+    config = dynamics_config(mp, latent_shape(latents), n_actions=data.train.index.n_actions,
                              latent_mean=data.latent_mean, latent_std=data.latent_std, poses=data.poses)
     model = DynamicsTransformer(config).to(run.device)
     opt = Optimization(model, tp)
@@ -255,23 +245,26 @@ def train_dynamics(params: Params, *, latents: Path, out_dir: Path, metrics_path
     if run.main:
         print(f"dynamics: {n_params / 1e6:.2f}M params, latents {config.latent_channels}x{config.latent_height}x"
               f"{config.latent_width} (mean {data.latent_mean:.3f}, std {data.latent_std:.3f}: normalised), "
-              f"{len(data.train)} train / {len(data.val)} val videos, actions: {data.train.n_actions}, "
+              f"{len(data.train.index)} train / {len(data.val.index)} val videos, actions: {data.train.index.n_actions}, "
               f"pose conditioning: {'on' if config.pose_conditioning else 'off'}, "
               f"device {run.device} x{run.dist.world}")
 
     interval, speed, val_metrics = Interval(mp.k_max), Throughput(), {}
     model.train()
+    batches = iter(loader(data.batches, start, tp.steps, workers=tp.loader_workers, device=run.device))
     for step in tqdm(range(start, tp.steps), initial=start, total=tp.steps, desc="train", disable=not run.main):
-        # 1. This step's global batch and noise, and this rank's rows of them.
-        batch = data.batches.batch(step)
-        batch = replace(batch, latents=model.normalize(batch.latents))
+        # 1. This rank's rows of the step's batch (read ahead by the loader), the global batch's noise.
+        t_wait = time.perf_counter()
+        batch = next(batches)
+        speed.waited += time.perf_counter() - t_wait
+        batch = replace(batch, latents=model.normalize(batch.latents.to(run.device, non_blocking=True)))
         plan = global_plan(batch, params, step)
         mine = data.rows[batch.kind]
         t_step = time.perf_counter()
 
         # 2. Loss, gradient (averaged over ranks by DDP), clipped AdamW step, EMA.
         with autocast(run.device, tp.precision):
-            loss, err = local_loss(net, batch.rows(mine), plan.rows(mine), tp.bootstrap_space, run.device)
+            loss, err = local_loss(net, batch, plan.rows(mine), tp.bootstrap_space, run.device)
         mean_loss = all_reduce_sum(loss.detach().float().reshape(1).clone(), run.dist) / run.dist.world
         check_finite(mean_loss, step)  # every rank raises together; the last checkpoint stays
         opt.step(loss, step)
@@ -283,7 +276,7 @@ def train_dynamics(params: Params, *, latents: Path, out_dir: Path, metrics_path
         done = step + 1
         if run.due(done, tp.log_every):
             log_interval(run, done, interval, history, batch, opt.lr)
-        if run.main and len(data.val) and run.due(done, tp.val_every):
+        if run.main and len(data.val.index) and run.due(done, tp.val_every):
             val_metrics = one_step_psnr(opt.ema.module, data.val, length=tp.seq_len_short, taus=tp.val_taus,
                                         k_max=mp.k_max, seed=params.seed, device=run.device)
             tqdm.write("val " + " ".join(f"{k} {v:.2f}" for k, v in val_metrics.items()))
@@ -297,7 +290,7 @@ def train_dynamics(params: Params, *, latents: Path, out_dir: Path, metrics_path
         "tau_min": history.tau_min, "tau_max": history.tau_max,
         "short_batches": history.short_batches, "long_batches": history.long_batches,
         "batches_per_s": speed.batches / max(speed.seconds, 1e-9), "frames_per_s": speed.frames / max(speed.seconds, 1e-9),
-        "train_seconds_this_run": round(speed.seconds, 1),
+        "train_seconds_this_run": round(speed.seconds, 1), "loader_wait_share": speed.wait_share,
         "params": n_params, "processes": run.dist.world, "latent_mean": data.latent_mean, "latent_std": data.latent_std,
         "resumed_from": run.resumed_from, "val": val_metrics,
     })  # fmt: skip

@@ -17,8 +17,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from pipeline.config import TokenizerParams
+from pipeline.data.frame_batches import FrameBatches, val_pairs
 from pipeline.data.pixels import to_pixels
-from pipeline.data.stores import StoreError, list_videos, read_array, store_identity
+from pipeline.data.stores import StoreError, store_identity
+from pipeline.data.streaming import SplitIndex, loader
 from pipeline.metrics import LPIPS, psnr, ssim
 from pipeline.networks.tokenizer import (
     KIND,
@@ -37,25 +39,6 @@ from pipeline.training.run import TrainingRun, run_fingerprint
 def tokenizer_fingerprint(tok: TokenizerParams, seed: int, frames_identity: str) -> str:
     """What a checkpoint must match to be resumed: the tokenizer section, the RNG seed, the frames."""
     return run_fingerprint({"tokenizer": tok.model_dump(), "seed": seed}, frames_identity)
-
-
-def load_split(store: str | Path, split: str) -> list[np.ndarray]:
-    """Frames uint8 (T, H, W, 3) of every video of `split`, in id order."""
-    videos = list_videos(store, split=split)
-    if not videos:
-        raise StoreError(f"{store}: no {split!r} videos (check extract.splits; the tokenizer needs train and val videos)")
-    return [read_array(store, v.id, "frames") for v in videos]
-
-
-def val_pairs(videos: list[np.ndarray], n: int) -> tuple[np.ndarray, np.ndarray]:
-    """`n` frames spread evenly over the val videos, with the frame before each (persistence)."""
-    index = [(v, t) for v, frames in enumerate(videos) for t in range(1, len(frames))]
-    if not index:
-        raise StoreError("val videos have fewer than 2 frames each: no persistence baseline possible")
-    pick = np.linspace(0, len(index) - 1, min(n, len(index))).round().astype(int)
-    prev = np.stack([videos[index[i][0]][index[i][1] - 1] for i in pick])
-    cur = np.stack([videos[index[i][0]][index[i][1]] for i in pick])
-    return prev, cur
 
 
 # --------------------------------------------------------------------------------------------
@@ -125,13 +108,17 @@ def train_tokenizer(tok: TokenizerParams, seed: int, *, frames: str | Path, out_
     run = TrainingRun(KIND, loop=tok, fingerprint=tokenizer_fingerprint(tok, seed, store_identity(frames)),
                       out_dir=out_dir, live_dir=live_dir, metrics_path=metrics_path)
 
-    # Data: train frames in memory as uint8 (64 px Atari: ~12 KB a frame); val pairs fixed.
-    train = torch.from_numpy(np.concatenate(load_split(frames, "train")))
-    prev, cur = val_pairs(load_split(frames, "val"), tok.val_frames)
+    # Data: train frames streamed from the store, chunk-grouped; a fixed set of val pairs.
+    splits = {split: SplitIndex.open(frames, split, "frames") for split in ("train", "val")}
+    for split, index in splits.items():
+        if not len(index):
+            raise StoreError(f"{frames}: no {split!r} videos (check extract.splits; the tokenizer needs train and val videos)")
+    train = FrameBatches(splits["train"], batch_size=tok.batch_size, per_chunk=tok.frames_per_chunk, seed=seed)
+    prev, cur = val_pairs(splits["val"], tok.val_frames)
 
     # Model, optimisation (EMA warmed up), loss normalisation; all randomness from `seed`.
     seed_everything(seed)
-    config = tokenizer_config(tok, tuple(train.shape[1:3]))
+    config = tokenizer_config(tok, tuple(splits["train"].frame_shape[:2]))
     model = build_tokenizer(config).to(run.device)
     opt = Optimization(model, tok, ema_warmup=True)
     lpips = LPIPS().to(run.device)
@@ -140,9 +127,14 @@ def train_tokenizer(tok: TokenizerParams, seed: int, *, frames: str | Path, out_
     run.open_live({"tokenizer": tok.model_dump(), "seed": seed, "latent_shape": config["latent_shape"]})
 
     bar = tqdm(total=tok.steps, initial=step, desc="train_tokenizer", unit="step", dynamic_ncols=True)
+    batches = iter(loader(train, step, tok.steps, workers=tok.loader_workers, device=run.device))
+    waited, t_loop = 0.0, time.perf_counter()  # the share of the loop spent waiting for the loader
     while step < tok.steps:
         model.train()
-        x = to_pixels(train[torch.randint(len(train), (tok.batch_size,))], run.device)
+        t_wait = time.perf_counter()
+        frames_in = next(batches)
+        waited += time.perf_counter() - t_wait
+        x = to_pixels(frames_in, run.device)
         mask = random_patch_mask(len(x), model.mask_grid, tok.mask_max, run.device)
         recon, _ = model(x, mask)
         mse = F.mse_loss(recon, x)
@@ -170,5 +162,6 @@ def train_tokenizer(tok: TokenizerParams, seed: int, *, frames: str | Path, out_
     metrics = final_metrics(evaluate(opt.ema.module, lpips, prev, cur), config, step, len(cur), n_params)
     run.save(step, config=config, model=model, opt=opt,
              extra={"rms": {k: r.state() for k, r in rms.items()}, "metrics": metrics})
-    metrics |= {"resumed_from": run.resumed_from, "train_seconds_this_run": round(time.perf_counter() - t_start, 1)}
+    metrics |= {"resumed_from": run.resumed_from, "train_seconds_this_run": round(time.perf_counter() - t_start, 1),
+                "loader_wait_share": waited / max(time.perf_counter() - t_loop, 1e-9)}
     return run.finish(metrics)

@@ -298,7 +298,7 @@ def test_ctrl_c_stops_the_process_pool_at_once(tmp_path, clip, pool_always, monk
 
     def interrupted_wait(*args, **kw):
         result = real_wait(*args, **kw)
-        if any(tmp_path.glob("frames.zarr.tmp-*/a")) and any(tmp_path.glob("frames.zarr.tmp-*/b")):
+        if any(tmp_path.glob("frames.zarr.tmp-*/a.tmp-*")) and any(tmp_path.glob("frames.zarr.tmp-*/b.tmp-*")):
             raise KeyboardInterrupt  # as Ctrl-C would, once both workers are decoding
         return result
 
@@ -376,3 +376,20 @@ def test_a_source_slower_than_extract_fps_warns_and_fps_null_keeps_its_own_rate(
     frames = read_array(store, "slow", "frames")
     assert len(frames) == 14 and len(np.unique(frames.mean(axis=(1, 2, 3)).round())) == 14  # every frame once
     np.testing.assert_array_equal(read_poses(store, "slow"), np.load(raw / "slow.pose.npy"))
+
+
+def test_a_video_is_written_under_a_temporary_name_and_appears_only_when_complete(tmp_path, clip, monkeypatch):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "a.mp4").write_bytes(clip.read_bytes())
+    seen = []
+    real_writer = extract_mod.ShardedArrayWriter
+
+    def watching_writer(group, *args, **kw):
+        seen.append(sorted(p.name for p in Path(group.store.root).iterdir() if p.is_dir()))
+        return real_writer(group, *args, **kw)
+
+    monkeypatch.setattr(extract_mod, "ShardedArrayWriter", watching_writer)
+    run(raw, tmp_path, params(workers=1))
+    assert len(seen[0]) == 1 and seen[0][0].startswith("a.tmp-")  # while it is written
+    assert sorted(p.name for p in (tmp_path / "frames.zarr").iterdir() if p.is_dir()) == ["a"]

@@ -2,38 +2,42 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.data.latent_windows import (
-    AlternatingBatches,
-    LatentVideos,
-    WindowError,
-    latent_shape,
-)
+from pipeline.data.latent_windows import AlternatingBatches, LatentWindows, WindowError, latent_shape
 from pipeline.data.stores import read_actions, read_array, read_poses
+from pipeline.data.streaming import SplitIndex, loader
 from tests.builders import write_latents_store
+
+
+def windows_of(store, split="train"):
+    return LatentWindows(SplitIndex.open(store, split, "latents"))
 
 
 def make_batches(store, **overrides):
     kw = dict(seq_len_short=8, seq_len_long=16, batch_size_short=4, batch_size_long=2,
               long_ratio=0.25, stride=4, seed=0)
     kw.update(overrides)
-    return AlternatingBatches(LatentVideos.load(store, "train"), **kw)
+    return AlternatingBatches(windows_of(store), **kw)
 
 
-def test_loads_only_the_train_split_with_latent_shape_and_action_count(latents_store):
-    videos = LatentVideos.load(latents_store, "train")
-    assert videos.ids == ["v0", "v1", "v2"]
-    assert videos.n_actions == 3
+def test_the_index_holds_the_split_its_lengths_and_action_count_without_the_latents(latents_store):
+    index = SplitIndex.open(latents_store, "train", "latents")
+    assert index.ids == ("v0", "v1", "v2") and list(index.lengths) == [40, 40, 40]
+    assert index.n_actions == 3 and index.frame_shape == (4, 8, 8) and index.chunk == 8
     assert latent_shape(latents_store) == (4, 8, 8)
 
 
 def test_windows_start_every_stride_and_never_cross_videos(latents_store):
-    videos = LatentVideos.load(latents_store, "train")
-    windows = videos.windows(16, 4)
-    # 40 frames: starts 0, 4, ..., 24 in each of the 3 videos
-    assert len(windows) == 3 * 7
-    assert set(windows[:, 1]) == set(range(0, 25, 4))
-    for v, s in windows:
-        assert s + 16 <= len(videos.latents[v])
+    batches = make_batches(latents_store)
+    # 40 frames: windows of 16 start at 0, 4, ..., 24 in each of the 3 videos
+    assert list(batches.kinds["L"][2]) == [7, 7, 7]
+    seen = set()
+    for step in range(300):
+        kind, picks = batches.picks(step)
+        length = batches.kinds[kind][0]
+        for v, s in picks:
+            assert s % 4 == 0 and 0 <= s and s + length <= 40
+            seen.add((kind, v, s))
+    assert {(v, s) for k, v, s in seen if k == "L"} == {(v, s) for v in range(3) for s in range(0, 25, 4)}
 
 
 def test_too_long_windows_name_the_param_and_the_longest_video(latents_store):
@@ -46,41 +50,59 @@ def test_long_batches_come_at_long_ratio_with_their_own_length_and_size(latents_
     kinds = [batches.kind(s) for s in range(2000)]
     assert abs(kinds.count("L") / 2000 - 0.25) < 0.03
     for step in range(40):
-        b = batches.batch(step)
+        b = batches[step]
         expected = (2, 16) if b.kind == "L" else (4, 8)
-        assert tuple(b.latents.shape[:2]) == expected
+        assert tuple(b.latents.shape[:2]) == expected and b.global_shape[:2] == expected
         assert b.latents.shape[2:] == (4, 8, 8) and b.latents.dtype == torch.float32
         assert tuple(b.actions.shape) == expected
 
 
-def test_batch_of_a_step_depends_only_on_seed_and_step(latents_store):
+def test_the_batch_of_a_step_depends_only_on_seed_and_step(latents_store):
     a, b = make_batches(latents_store), make_batches(latents_store)
     for step in (7, 3, 7, 100):
-        x, y = a.batch(step), b.batch(step)
+        x, y = a[step], b[step]
         assert x.kind == y.kind and torch.equal(x.latents, y.latents)
-    assert not torch.equal(a.batch(1).latents, make_batches(latents_store, seed=1).batch(1).latents)
+    assert not torch.equal(a[1].latents, make_batches(latents_store, seed=1)[1].latents)
 
 
-def test_window_holds_the_video_frames_and_the_action_that_led_to_each(latents_store):
-    videos = LatentVideos.load(latents_store, "train")
+def test_each_rank_reads_only_its_rows_and_the_ranks_together_hold_the_global_batch(latents_store):
+    whole = make_batches(latents_store)
+    ranks = [make_batches(latents_store, rows={"S": slice(r * 2, r * 2 + 2), "L": slice(r, r + 1)}) for r in (0, 1)]
+    for step in range(12):
+        parts = [r[step] for r in ranks]
+        assert all(p.global_shape == whole[step].global_shape for p in parts)
+        assert torch.equal(torch.cat([p.latents for p in parts]), whole[step].latents)
+        assert torch.equal(torch.cat([p.actions for p in parts]), whole[step].actions)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_loader_started_at_a_step_yields_the_batches_an_uninterrupted_run_sees_for_any_worker_count(latents_store, workers):
+    batches = make_batches(latents_store)
+    expected = [batches[s] for s in range(3, 9)]
+    got = list(loader(batches, 3, 9, workers=workers, device=torch.device("cpu")))
+    assert [b.kind for b in got] == [b.kind for b in expected]
+    assert all(torch.equal(g.latents, e.latents) and torch.equal(g.actions, e.actions) for g, e in zip(got, expected))
+
+
+def test_a_window_holds_the_video_frames_and_the_action_that_led_to_each(latents_store):
+    windows = windows_of(latents_store)
     recorded = read_actions(latents_store, "v1")
-    frames, cond = videos.window(1, 0, 8)
+    frames, cond, _ = windows.window(1, 0, 8)
     np.testing.assert_array_equal(frames, read_array(latents_store, "v1", "latents", 0, 8))
     assert cond[0] == -1  # nothing led to a video's first frame
     np.testing.assert_array_equal(cond[1:], recorded[:7])
-    _, cond = videos.window(1, 4, 8)
+    _, cond, _ = windows.window(1, 4, 8)
     np.testing.assert_array_equal(cond, recorded[3:11])
 
 
 def test_windows_and_batches_carry_the_poses_of_their_own_frames(tmp_path):
     store = write_latents_store(tmp_path / "latents.zarr", poses_for=("v1",))
-    videos = LatentVideos.load(store, "train")
-    assert videos.has_poses
+    windows = windows_of(store)
+    assert windows.index.has_poses
     recorded = read_poses(store, "v1")
-    np.testing.assert_array_equal(videos.window_poses(1, 4, 8), recorded[4:12])  # unshifted, unlike actions
-    assert np.isnan(videos.window_poses(0, 4, 8)).all()  # a video without poses
+    np.testing.assert_array_equal(windows.window(1, 4, 8)[2], recorded[4:12])  # unshifted, unlike actions
+    assert np.isnan(windows.window(0, 4, 8)[2]).all()  # a video without poses
 
-    batch = make_batches(store).batch(3)
+    batch = make_batches(store)[3]
     assert batch.poses.dtype == torch.float32 and batch.poses.shape == (*batch.latents.shape[:2], 3)
-    assert batch.rows(slice(0, 2)).poses.shape[0] == 2
-    assert make_batches(write_latents_store(tmp_path / "none.zarr")).batch(3).poses is None
+    assert make_batches(write_latents_store(tmp_path / "none.zarr"))[3].poses is None

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import zarr
 
-from pipeline.data.latent_windows import LatentVideos
+from pipeline.data.latent_windows import LatentWindows
 from pipeline.data.stores import (
     ShardedArrayWriter,
     StoreError,
@@ -19,6 +19,7 @@ from pipeline.data.stores import (
     store_summary,
     verify_store,
 )
+from pipeline.data.streaming import SplitIndex
 from tests.builders import write_frames_store
 
 REPO = Path(__file__).resolve().parents[2]
@@ -154,7 +155,7 @@ def test_a_damaged_latents_shard_is_named_with_what_to_do(latents_store):
         zarr.open_group(str(latents_store), mode="r")["v1"]["latents"][:]
 
     with pytest.raises(StoreError) as exc:
-        LatentVideos.load(latents_store, "train")
+        LatentWindows(SplitIndex.open(latents_store, "train", "latents")).window(1, 32, 8)
     message = str(exc.value)
     assert f"{latents_store}: video 'v1', array 'latents': shard file {shard} (frames from 32) is damaged" in message
     assert f"python -m pipeline.data.stores verify {latents_store}" in message and "dvc repro -f tokenize" in message

@@ -38,8 +38,8 @@ MODULES = {"tokenize": "tokenize_frames"}  # a stage's module under stages/, whe
 VOLATILE_JSON = {
     "data/frames_report.json": {"seconds", "frames_per_second"},
     "data/latents_report.json": {"seconds"},
-    "metrics/tokenizer.json": {"train_seconds_this_run", "resumed_from"},
-    "metrics/train.json": {"batches_per_s", "frames_per_s", "train_seconds_this_run", "resumed_from"},
+    "metrics/tokenizer.json": {"train_seconds_this_run", "loader_wait_share", "resumed_from"},
+    "metrics/train.json": {"batches_per_s", "frames_per_s", "train_seconds_this_run", "loader_wait_share", "resumed_from"},
     "dvclive/train/metrics.json": {"batches_per_s"},
     "metrics/benchmark.json": {"seconds", "fps", "policy_time_share"},
     "metrics/headline.json": {"benchmark_seconds"},

@@ -15,7 +15,9 @@ from safetensors.torch import load_file, save_file
 import pipeline.training.dynamics as dt
 import pipeline.training.run as training_run
 from pipeline.config import parse_params
-from pipeline.data.latent_windows import AlternatingBatches, LatentVideos, WindowError
+from pipeline.data.latent_windows import AlternatingBatches, LatentWindows, WindowError
+from pipeline.data.stores import read_array
+from pipeline.data.streaming import SplitIndex
 from pipeline.networks.checkpoint import read_config
 from pipeline.networks.dynamics import DynamicsTransformer, dynamics_config
 from pipeline.runtime.distributed import Dist, shard
@@ -70,7 +72,8 @@ def test_the_model_normalises_latents_by_the_train_split_statistics(tmp):
     import numpy as np
 
     out, metrics = run(tmp, tiny_params(steps=2))
-    train = np.concatenate([x.astype(np.float64).ravel() for x in LatentVideos.load(tmp / "latents.zarr", "train").latents])
+    store = tmp / "latents.zarr"
+    train = np.concatenate([read_array(store, v, "latents").astype(np.float64).ravel() for v in ("v0", "v1", "v2")])
     config = read_config(out / "models" / "dynamics", "dynamics")["config"]
     assert config["latent_mean"] == pytest.approx(train.mean()) and config["latent_std"] == pytest.approx(train.std())
     assert (metrics["latent_mean"], metrics["latent_std"]) == (config["latent_mean"], config["latent_std"])
@@ -201,13 +204,14 @@ def test_windows_longer_than_every_video_name_train_seq_len_long(tmp):
 # DDP: two CPU processes (gloo) compute the first-step gradient of the same global batch
 # ---------------------------------------------------------------------------------------------
 def first_step_grads(model, params, d: Dist) -> dict[str, torch.Tensor]:
-    batches = AlternatingBatches(LatentVideos.load(params_store(), "train"), seq_len_short=8, seq_len_long=16,
-                                 batch_size_short=4, batch_size_long=2, long_ratio=0.0, stride=2, seed=params.seed)
-    batch = batches.batch(0)
+    rows = shard(4, d, "train.batch_size_short")
+    batches = AlternatingBatches(LatentWindows(SplitIndex.open(params_store(), "train", "latents")), seq_len_short=8,
+                                 seq_len_long=16, batch_size_short=4, batch_size_long=2, long_ratio=0.0, stride=2,
+                                 seed=params.seed, rows={"S": rows, "L": rows})
+    batch = batches[0]  # this rank's rows
     plan = dt.global_plan(batch, params, 0)
-    rows = shard(batch.latents.shape[0], d, "train.batch_size_short")
     net = torch.nn.parallel.DistributedDataParallel(model) if d.world > 1 else model
-    loss, _ = dt.local_loss(net, batch.rows(rows), plan.rows(rows), "velocity", torch.device("cpu"))
+    loss, _ = dt.local_loss(net, batch, plan.rows(rows), "velocity", torch.device("cpu"))
     loss.backward()
     return {k: p.grad.clone() for k, p in model.named_parameters()}
 

@@ -1,0 +1,101 @@
+"""Peak memory of the two training stages when the data set grows 5x, for one or more checkouts.
+
+    python bench/bench_memory.py                                # this checkout, 4 vs 20 episodes at 256 px
+    python bench/bench_memory.py --code /path/to/old/checkout   # ... side by side with another checkout
+
+Records the embedded default (ViZDoom my_way_home) with 4 and with 20 episodes, extracts them at
+``extract.size`` 256, and runs ``train_tokenizer``, ``tokenize`` and ``train`` as the stages run
+(``python -m stages.<stage>``, same settings, few steps), watching each training stage's process
+tree: peak RSS of its main process, and peak PSS summed over the tree (DataLoader workers
+included; PSS splits the pages they share). Data and latents are made once, by this checkout;
+each checkout trains on them with its own code. Writes bench/results/memory.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from measure import MB, project, run_stage, write_block  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def overrides(episodes: int, size: int, steps: int) -> dict:
+    return {"download": {"max_videos": episodes, "recorder": {"episodes": episodes}},
+            "extract": {"size": size},
+            "tokenizer": {"steps": steps, "val_every": 10**6, "checkpoint_every": 10**6},
+            "train": {"steps": max(2, steps // 4), "val_every": 10**6, "checkpoint_every": 10**6}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--code", type=Path, action="append", default=[], help="another checkout to measure beside this one")
+    ap.add_argument("--episodes", type=int, nargs=2, default=[4, 20])
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=20, help="tokenizer steps (train: a quarter)")
+    ap.add_argument("--work", type=Path, default=None, help="keep the data here (default: a temporary directory)")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench/results/memory.json")
+    ap.add_argument("--docs", type=Path, default=ROOT / "docs/scale.md")
+    args = ap.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench-memory-"))
+    codes = {"this checkout": ROOT, **{str(c): c.resolve() for c in args.code}}
+    results: dict = {"episodes": args.episodes, "size": args.size, "runs": {}}
+    for episodes in args.episodes:
+        data = project(ROOT, work / f"data-{episodes}", overrides(episodes, args.size, args.steps))
+        if not (data / "data/latents.zarr").is_dir():
+            for stage in ("download", "extract", "train_tokenizer", "tokenize_frames"):
+                print(f"{episodes} episodes: {stage} ...", flush=True)
+                run_stage(ROOT, data, stage)
+        frames = sum(f.stat().st_size for f in (data / "data/frames.zarr").rglob("*") if f.is_file())
+        raw = json.loads((data / "data/frames_report.json").read_text())["n_frames"] * args.size**2 * 3
+        results["runs"][episodes] = {"frames": raw // (args.size**2 * 3), "raw_frame_mb": round(raw / MB),
+                                     "store_mb": round(frames / MB), "code": {}}
+        for name, code in codes.items():
+            run = project(code, work / f"run-{episodes}-{abs(hash(name)) % 10**6}", overrides(episodes, args.size, args.steps))
+            shutil.rmtree(run / "data", ignore_errors=True)
+            (run / "data").mkdir()
+            for store in ("frames.zarr", "latents.zarr"):
+                (run / "data" / store).symlink_to(data / "data" / store)
+            measured = {}
+            for stage in ("train_tokenizer", "train"):
+                print(f"{episodes} episodes, {name}: {stage} ...", flush=True)
+                measured[stage] = run_stage(code, run, stage)
+            results["runs"][episodes]["code"][name] = measured
+    text = memory_table(results, {name: commit_of(code) for name, code in codes.items()})
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    write_block(args.docs, "memory table", text)
+
+
+def commit_of(code: Path) -> str:
+    """A checkout named by its commit (and whether its working tree differs from it)."""
+    head = subprocess.run(["git", "-C", str(code), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout
+    dirty = subprocess.run(["git", "-C", str(code), "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                           text=True).stdout
+    return f"commit {head.strip() or '?'}" + (" + uncommitted changes" if dirty.strip() else "")
+
+
+def memory_table(results: dict, labels: dict[str, str]) -> str:
+    small, large = (results["runs"][e] for e in results["episodes"])
+    lines = [f"{results['size']} px frames: {small['frames']:,} vs {large['frames']:,} frames "
+             f"({large['raw_frame_mb'] - small['raw_frame_mb']:,} MB more raw frames).", "",
+             "| code | stage | peak RSS, small | peak RSS, large | growth | tree PSS growth |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for name, label in labels.items():
+        for stage in ("train_tokenizer", "train"):
+            a, b = small["code"][name][stage], large["code"][name][stage]
+            lines.append(f"| {label} | {stage} | {a['peak_rss_mb']:,} MB | {b['peak_rss_mb']:,} MB | "
+                         f"{b['peak_rss_mb'] - a['peak_rss_mb']:+,} MB | {b['peak_tree_pss_mb'] - a['peak_tree_pss_mb']:+,} MB |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
