@@ -10,6 +10,7 @@ a running cluster, whose nodes need this project installed at the same path.
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Callable
 
@@ -20,6 +21,19 @@ class RayClusterError(RuntimeError):
     """Ray could not start or reach the cluster named by extract.ray_address."""
 
 
+def check_reachable(address: str | None, timeout: float = 5.0) -> None:
+    """Fail at once, naming the address, where a host:port cluster does not answer (Ray itself
+    keeps retrying for minutes)."""
+    if address in (None, "auto") or address.startswith("ray://"):
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except (OSError, ValueError) as exc:
+        raise RayClusterError(f"extract.ray_address: no Ray cluster answers at {address!r} ({exc}); start one with "
+                              "`ray start --head` there, or set extract.engine: local") from None
+
+
 def run_on_ray(jobs: list[tuple], cfg: ExtractParams, store: Path, run_one: Callable,
                progress: Callable[[int], None]) -> list[dict]:
     """``run_one(src, info, window, cfg, store)`` of every job as Ray tasks; their results in job order.
@@ -28,6 +42,7 @@ def run_on_ray(jobs: list[tuple], cfg: ExtractParams, store: Path, run_one: Call
 
     started_here = not ray.is_initialized()
     if started_here:
+        check_reachable(cfg.ray_address)
         try:
             ray.init(address=cfg.ray_address, num_cpus=cfg.workers if cfg.ray_address is None else None,
                      include_dashboard=False, log_to_driver=False, configure_logging=False)
