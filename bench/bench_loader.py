@@ -33,7 +33,7 @@ import torch
 import zarr
 
 from pipeline.config import merge_files, parse_params, read_param_files
-from pipeline.data.frame_batches import FrameBatches
+from pipeline.data.frame_batches import FrameBlocks
 from pipeline.data.latent_windows import AlternatingBatches, LatentWindows
 from pipeline.data.stores import ShardedArrayWriter, read_array
 from pipeline.data.streaming import SplitIndex, loader
@@ -106,9 +106,9 @@ def main() -> None:
         for label, size in (("tokenizer frames, default", ex.size), ("tokenizer frames, GPU preset", GPU_PRESET["frame_size"])):
             videos = {v: source_frames(500, size) for v in splits}
             store = write_store(tmp / f"frames{size}.zarr", "frames", videos, splits, ex.chunk_frames, ex.shard_frames)
-            batches = FrameBatches(SplitIndex.open(store, "train", "frames"), batch_size=tok.batch_size,
-                                   per_chunk=tok.frames_per_chunk, seed=0)
-            cases.append((label, store, batches, len, size == ex.size))
+            batches = FrameBlocks(SplitIndex.open(store, "train", "frames"), batch_size=tok.batch_size,
+                                  per_chunk=tok.frames_per_chunk, block_steps=tok.block_steps, seed=0)
+            cases.append((label, store, batches, lambda b: b.shape[0] * b.shape[1], size == ex.size))
         rng = np.random.default_rng(0)
         default_latent = (tok.latent_channels, ex.size // tok.downsample, ex.size // tok.downsample)
         for label, shape, lens in (("dynamics windows, default", default_latent, tp),

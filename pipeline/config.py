@@ -246,8 +246,10 @@ class TokenizerParams(TrainingLoopParams):
     mask_max: float = Field(ge=0.0, lt=1.0, description="masking probability ~ U(0, mask_max)")
     lpips_weight: float = Field(ge=0.0, description="weight of the LPIPS term next to MSE (each RMS-normalised); 0 = MSE only")
     batch_size: int = Field(ge=1, description="frames per training step")
-    frames_per_chunk: int = Field(ge=1, description="frames a batch draws from each chunk it reads (one decompressed chunk "
-                                                    "serves that many; 1: every frame from its own chunk)")
+    frames_per_chunk: int = Field(ge=1, description="frames drawn from each chunk read (one decompressed chunk serves that "
+                                                    "many; 1: every frame from its own chunk)")
+    block_steps: int = Field(ge=1, description="steps whose frames are drawn together and shuffled across them, so that "
+                                               "a batch holds frames of different chunks")
     val_frames: int = Field(ge=1, description="val frames (spread over the val videos) each validation scores")
 
     @field_validator("downsample")

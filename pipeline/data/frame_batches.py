@@ -1,58 +1,74 @@
-"""The tokenizer's training frames, streamed from data/frames.zarr in chunk-sized groups.
+"""The tokenizer's training frames, streamed from data/frames.zarr a block of steps at a time.
 
-A batch of ``batch_size`` frames is drawn as groups of ``per_chunk`` frames, each group from one
-chunk of one video (chunks drawn in proportion to their frames, so every frame is as likely as
-in uniform sampling): one decompressed chunk serves ``per_chunk`` frames instead of one.
+Steps come in blocks of ``block_steps``. A block's frames are drawn as groups of ``per_chunk``
+frames, each group from one chunk of one video (chunks in proportion to their frames, so every
+frame is as likely as under uniform sampling) and read in one slice, so one decompressed chunk
+serves ``per_chunk`` frames; then the block's frames are shuffled across its steps, so a batch
+holds frames of about as many chunks as it has frames (neighbouring frames of one chunk in one
+batch would make it less diverse). The batch of step s is a pure function of (seed, s).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from pipeline.data.stores import StoreError
-from pipeline.data.streaming import SplitIndex, StoreReader
+from pipeline.data.streaming import SplitIndex, StoreReader, loader
 
 
-class FrameBatches(Dataset):
-    """Item s: the uint8 frames (batch_size, H, W, 3) of training step s, a pure function of (seed, s)."""
+class FrameBlocks(Dataset):
+    """Item b: uint8 frames (block_steps, batch_size, H, W, 3), the batches of steps
+    b * block_steps ... (b + 1) * block_steps - 1."""
 
-    def __init__(self, index: SplitIndex, *, batch_size: int, per_chunk: int, seed: int):
+    def __init__(self, index: SplitIndex, *, batch_size: int, per_chunk: int, block_steps: int, seed: int):
         if not len(index) or not index.frames:
             raise StoreError(f"{index.store}: no frames in the split (check extract.splits)")
-        self.index, self.batch_size, self.per_chunk, self.seed = index, batch_size, max(1, per_chunk), seed
+        self.index, self.batch_size, self.seed = index, batch_size, seed
+        self.per_chunk, self.block_steps = max(1, per_chunk), max(1, block_steps)
         self.reader = StoreReader(index.store)
         starts = [(v, s) for v, n in enumerate(index.lengths) for s in range(0, int(n), index.chunk)]
         self.chunks = np.asarray(starts, dtype=np.int64).reshape(-1, 2)  # (chunks, 2): video, first frame
-        sizes = np.minimum(index.chunk, index.lengths[self.chunks[:, 0]] - self.chunks[:, 1])
-        self.sizes = sizes
-        self.weights = sizes / sizes.sum()
+        self.sizes = np.minimum(index.chunk, index.lengths[self.chunks[:, 0]] - self.chunks[:, 1])
+        self.weights = self.sizes / self.sizes.sum()
 
     def __len__(self) -> int:
-        return 2**62  # indexed by step; a sampler says which steps
+        return 2**62  # indexed by block; a sampler says which
 
-    def picks(self, step: int) -> list[tuple[int, np.ndarray]]:
-        """(chunk, frame offsets in it) of each group of step ``step``."""
-        rng = np.random.default_rng([self.seed, step, 3])
-        groups = math.ceil(self.batch_size / self.per_chunk)
-        chunks = rng.choice(len(self.chunks), size=groups, p=self.weights)
-        out, left = [], self.batch_size
+    def picks(self, block: int) -> tuple[list[tuple[int, np.ndarray]], np.ndarray]:
+        """(chunk, frame offsets in it) of each group of a block, and the order that deals the
+        block's frames (groups concatenated) to its steps."""
+        rng = np.random.default_rng([self.seed, block, 3])
+        total = self.block_steps * self.batch_size
+        chunks = rng.choice(len(self.chunks), size=math.ceil(total / self.per_chunk), p=self.weights)
+        groups, left = [], total
         for c in chunks:
             n = min(self.per_chunk, left)
-            out.append((int(c), np.sort(rng.choice(self.sizes[c], size=n, replace=n > self.sizes[c]))))
+            groups.append((int(c), np.sort(rng.choice(self.sizes[c], size=n, replace=n > self.sizes[c]))))
             left -= n
-        return out
+        return groups, rng.permutation(total)
 
-    def __getitem__(self, step: int) -> torch.Tensor:
+    def __getitem__(self, block: int) -> torch.Tensor:
+        groups, order = self.picks(block)
         frames = []
-        for c, offsets in self.picks(step):
+        for c, offsets in groups:
             video, first = self.chunks[c]
-            block = self.reader.read(self.index.ids[video], "frames", int(first), int(first + offsets[-1] + 1))
-            frames.append(block[offsets])
-        return torch.from_numpy(np.concatenate(frames))
+            frames.append(self.reader.read(self.index.ids[video], "frames", int(first), int(first + offsets[-1] + 1))[offsets])
+        frames = np.concatenate(frames)[order]
+        return torch.from_numpy(frames.reshape(self.block_steps, self.batch_size, *frames.shape[1:]))
+
+
+def frame_batches(blocks: FrameBlocks, start: int, stop: int, *, workers: int, device: torch.device) -> Iterator[torch.Tensor]:
+    """The batches of steps start..stop-1, in order, from blocks read ahead by ``workers`` processes."""
+    k = blocks.block_steps
+    first, last = start // k, (stop - 1) // k
+    for b, block in zip(range(first, last + 1), loader(blocks, first, last + 1, workers=workers, device=device)):
+        for step in range(max(start, b * k), min(stop, (b + 1) * k)):
+            yield block[step - b * k]
 
 
 def val_pairs(index: SplitIndex, n: int, reader: StoreReader | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -64,11 +64,10 @@ class LatentWindows:
         cond = np.full(length, -1, dtype=np.int64)
         if self.index.has_actions and self.reader.has(vid, "actions") and start + length > 1:
             first = max(start - 1, 0)
-            recorded = self.reader.read(vid, "actions", first, start + length - 1)
-            cond[first - start + 1:] = recorded
+            cond[first - start + 1:] = self.reader.side(vid, "actions")[first : start + length - 1]
         poses = np.full((length, *POSE_SHAPE), np.nan, dtype=np.float32)
         if self.index.with_poses[video]:
-            poses = self.reader.read(vid, "poses", start, start + length)
+            poses = self.reader.side(vid, "poses")[start : start + length]
         return frames, cond, poses
 
     def stack(self, picks: list[tuple[int, int]], length: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:

@@ -8,6 +8,7 @@ starts the loader at its step.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,14 +68,28 @@ class SplitIndex:
 
 class StoreReader:
     """Reads slices of a store's videos; opens the store lazily, once per process (a DataLoader
-    worker opens its own after it starts)."""
+    worker opens its own after it starts). A video's side arrays (actions, poses: a few bytes a
+    frame, stored as one chunk) are read whole and kept for the ``side_videos`` most recent videos."""
 
-    def __init__(self, store: str | Path):
+    def __init__(self, store: str | Path, side_videos: int = 64):
         self.store = Path(store)
+        self.side_videos = side_videos
         self._groups: dict[str, zarr.Group] = {}
+        self._sides: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
 
-    def __getstate__(self) -> dict:
-        return {"store": self.store, "_groups": {}}  # open handles stay in the process that opened them
+    def __getstate__(self) -> dict:  # open handles and cached arrays stay in the process that made them
+        return {"store": self.store, "side_videos": self.side_videos, "_groups": {}, "_sides": OrderedDict()}
+
+    def side(self, video_id: str, array: str) -> np.ndarray:
+        """A side array of a video, whole (least recently used videos' are dropped beyond ``side_videos``)."""
+        key = (video_id, array)
+        if key in self._sides:
+            self._sides.move_to_end(key)
+        else:
+            self._sides[key] = self.read(video_id, array)
+            if len(self._sides) > 2 * self.side_videos:
+                self._sides.popitem(last=False)
+        return self._sides[key]
 
     def group(self, video_id: str) -> zarr.Group:
         if video_id not in self._groups:

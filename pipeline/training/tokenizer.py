@@ -17,10 +17,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from pipeline.config import TokenizerParams
-from pipeline.data.frame_batches import FrameBatches, val_pairs
+from pipeline.data.frame_batches import FrameBlocks, frame_batches, val_pairs
 from pipeline.data.pixels import to_pixels
 from pipeline.data.stores import StoreError, store_identity
-from pipeline.data.streaming import SplitIndex, loader
+from pipeline.data.streaming import SplitIndex
 from pipeline.metrics import LPIPS, psnr, ssim
 from pipeline.networks.tokenizer import (
     KIND,
@@ -113,7 +113,8 @@ def train_tokenizer(tok: TokenizerParams, seed: int, *, frames: str | Path, out_
     for split, index in splits.items():
         if not len(index):
             raise StoreError(f"{frames}: no {split!r} videos (check extract.splits; the tokenizer needs train and val videos)")
-    train = FrameBatches(splits["train"], batch_size=tok.batch_size, per_chunk=tok.frames_per_chunk, seed=seed)
+    train = FrameBlocks(splits["train"], batch_size=tok.batch_size, per_chunk=tok.frames_per_chunk,
+                        block_steps=tok.block_steps, seed=seed)
     prev, cur = val_pairs(splits["val"], tok.val_frames)
 
     # Model, optimisation (EMA warmed up), loss normalisation; all randomness from `seed`.
@@ -127,7 +128,7 @@ def train_tokenizer(tok: TokenizerParams, seed: int, *, frames: str | Path, out_
     run.open_live({"tokenizer": tok.model_dump(), "seed": seed, "latent_shape": config["latent_shape"]})
 
     bar = tqdm(total=tok.steps, initial=step, desc="train_tokenizer", unit="step", dynamic_ncols=True)
-    batches = iter(loader(train, step, tok.steps, workers=tok.loader_workers, device=run.device))
+    batches = frame_batches(train, step, tok.steps, workers=tok.loader_workers, device=run.device)
     waited, t_loop = 0.0, time.perf_counter()  # the share of the loop spent waiting for the loader
     while step < tok.steps:
         model.train()

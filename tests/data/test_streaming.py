@@ -28,3 +28,13 @@ def test_the_index_of_a_split_with_poses_says_which_videos_have_them(tmp_path):
     index = SplitIndex.open(store, "train", "latents")
     assert index.with_poses == (False, True, False) and index.has_poses
     assert pose_stats(StoreReader(store).read(v, "poses") if p else None for v, p in zip(index.ids, index.with_poses))
+
+
+def test_side_arrays_are_read_once_per_video_and_only_the_most_recent_videos_are_kept(latents_store):
+    reader = StoreReader(latents_store, side_videos=1)
+    first = reader.side("v0", "actions")
+    assert reader.side("v0", "actions") is first  # kept
+    np.testing.assert_array_equal(first, read_array(latents_store, "v0", "actions"))
+    for vid in ("v1", "v2", "v3"):
+        reader.side(vid, "actions")
+    assert len(reader._sides) <= 2 and ("v0", "actions") not in reader._sides
