@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -42,30 +43,29 @@ def run_stage(code: Path, cwd: Path, stage: str, threads: int | None = None) -> 
     pages processes share, so the sum does not count shared libraries twice)."""
     env = os.environ | {"PYTHONPATH": str(code), "OMP_NUM_THREADS": str(threads or os.cpu_count())}
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", f"stages.{stage}"], cwd=cwd, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    main, peak_rss, peak_pss = psutil.Process(proc.pid), 0, 0
-    lines: list[str] = []
-    os.set_blocking(proc.stdout.fileno(), False)
-    while proc.poll() is None:
-        try:
-            peak_rss = max(peak_rss, main.memory_info().rss)
-            pss = 0
-            for p in (main, *main.children(recursive=True)):
-                try:
-                    pss += p.memory_full_info().pss
-                except (psutil.NoSuchProcess, psutil.AccessDenied):
-                    pass
-            peak_pss = max(peak_pss, pss)
-        except psutil.NoSuchProcess:
-            break
-        lines.append(proc.stdout.read() or "")
-        time.sleep(0.2)
-    lines.append(proc.stdout.read() or "")
-    output = "".join(lines)
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen([sys.executable, "-m", f"stages.{stage}"], cwd=cwd, env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
+        main, peak_rss, peak_pss = psutil.Process(proc.pid), 0, 0
+        while proc.poll() is None:
+            try:
+                peak_rss = max(peak_rss, main.memory_info().rss)
+                pss = 0
+                for p in (main, *main.children(recursive=True)):
+                    try:
+                        pss += p.memory_full_info().pss
+                    except (psutil.NoSuchProcess, psutil.AccessDenied):
+                        pass
+                peak_pss = max(peak_pss, pss)
+            except psutil.NoSuchProcess:
+                break
+            time.sleep(0.2)
+        seconds = time.perf_counter() - start
+        log.seek(0)
+        output = log.read().decode(errors="replace")
     if proc.wait() != 0:
         raise SystemExit(f"{stage} failed in {cwd}:\n{output[-3000:]}")
-    return {"seconds": round(time.perf_counter() - start, 1), "peak_rss_mb": round(peak_rss / MB),
+    return {"seconds": round(seconds, 1), "peak_rss_mb": round(peak_rss / MB),
             "peak_tree_pss_mb": round(peak_pss / MB)}
 
 

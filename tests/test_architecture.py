@@ -1,7 +1,7 @@
 """The library's packages import one way: each may use the ones listed before it, never after.
 
     config, atomic, paths, fingerprint  (flat, shared)
-    runtime -> data -> metrics -> networks -> diffusion -> training -> rollout -> hosts -> benchmark -> report
+    runtime -> data -> metrics -> networks -> diffusion -> training -> rollout -> hosts -> benchmark -> report -> play
 """
 
 import ast
@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tests.project_clone import PROJECT_ROOT
 
-ORDER = ["runtime", "data", "metrics", "networks", "diffusion", "training", "rollout", "hosts", "benchmark", "report"]
+ORDER = ["runtime", "data", "metrics", "networks", "diffusion", "training", "rollout", "hosts", "benchmark", "report", "play"]
 FLAT = {"config", "atomic", "paths", "fingerprint"}
 MAX_FLAT_MODULES = 5
 

@@ -2,8 +2,8 @@
 stages (a contract one stage writes and the next one reads), and checks what a researcher sees
 afterwards: `dvc exp show` fits a screen, `dvc plots` and the report draw with no network.
 
-One `dvc repro` (a module fixture) serves every test here; the test that changes the clone runs
-last."""
+One `dvc repro` (the session fixture tiny_run, tests/conftest.py) serves every test here and the
+play tests; the test that changes the clone runs last."""
 
 import csv
 import io
@@ -14,31 +14,9 @@ import pytest
 
 from pipeline.report.headline import leaves
 from tests.browser import open_offline
-from tests.project_clone import make_project_clone
-
-TINY = {
-    "download": {"recorder": {"episodes": 3, "max_frames": 60}},
-    "extract": {"size": 32},
-    "tokenizer": {"steps": 12, "batch_size": 8, "base_channels": 8, "warmup_steps": 2,
-                  "val_every": 6, "checkpoint_every": 6, "val_frames": 16},
-    "tokenize": {"batch_size": 64},
-    "model": {"dim": 32, "depth": 2, "heads": 2, "kv_heads": 1, "temporal_every": 1, "k_max": 4},
-    "train": {"steps": 8, "seq_len_short": 4, "seq_len_long": 8, "batch_size_short": 2,
-              "batch_size_long": 1, "warmup_steps": 2, "log_every": 4, "val_every": 4, "checkpoint_every": 4},
-    "benchmark": {"workloads": {"short": {"context": 3, "predict": 3}, "long": {"context": 10, "predict": 4}},
-                  "budgets": {"full": None, "tight": 2}, "n_clips": 2, "sampling_steps": 2, "media_clips": 1},
-}
 
 STAGES = ("fingerprint", "download", "extract", "train_tokenizer", "tokenize", "train", "benchmark", "report")
 MAX_EXP_SHOW_COLUMNS = 80  # what a 250-column terminal can still show without eliding every cell
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    clone = make_project_clone(tmp_path_factory.mktemp("e2e") / "project")
-    clone.set_params(TINY)
-    out = clone.run("dvc", "repro", timeout=900).stdout
-    return clone, out
 
 
 def exp_show_header(clone) -> list[str]:

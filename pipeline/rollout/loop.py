@@ -117,13 +117,14 @@ def run_rollout(
 
 @dataclass
 class _Row:
-    """One rollout of a batch: its clip, policy and the loop's bookkeeping."""
+    """One rollout of a batch: its clip, policy, budget and the loop's bookkeeping."""
 
     policy: object
     name: str
     context: torch.Tensor
     actions: Sequence[int] | None
     poses: Sequence[Sequence[float]] | None
+    max_frames: int | None
     budget_state: dict
     kept_lat: list[torch.Tensor] = field(default_factory=list)
     kept_rec: list[FrameRecord] = field(default_factory=list)
@@ -136,6 +137,87 @@ class _Row:
         return FrameInfo(time=t, action=None if self.actions is None else int(self.actions[t]),
                          pose=None if self.poses is None else tuple(float(v) for v in self.poses[t]),
                          observed=t < len(self.context))
+
+    def set_budget(self, max_frames: int | None) -> None:
+        ref = self.context[0]
+        self.max_frames = max_frames
+        self.budget_state = {"max_frames": max_frames,
+                             "capacity_mb": capacity_mb(max_frames, ref.numel() * ref.element_size() / 2**20)}
+
+
+class Rollouts:
+    """B rollouts advanced one generated frame per :meth:`step`. :func:`run_rollouts` steps it
+    ``n_predict`` times; an interactive driver (pipeline.play) extends a row's ``actions`` and
+    ``poses`` before each step and may swap its policy or budget between steps."""
+
+    def __init__(self, host: RolloutHost, policies: Sequence, contexts: Sequence[torch.Tensor], *,
+                 max_frames: int | None, mode: Mode, generators: Sequence[torch.Generator],
+                 actions: Sequence, poses: Sequence, total_steps: int, protocol: Protocol = "default"):
+        self.harness = protocol == "harness"
+        self.total_steps = total_steps
+        self.host = host
+        self.rows = []
+        for pol, context, acts, pos in zip(policies, contexts, actions, poses, strict=True):
+            row = _Row(pol, getattr(pol, "name", type(pol).__name__), context.float(), acts, pos, max_frames, {})
+            row.set_budget(max_frames)
+            row.new_lat = list(row.context)
+            row.new_rec = [FrameRecord(time=t, pose=row.info(t).pose) for t in range(len(row.context))]
+            self.rows.append(row)
+        self.device = contexts[0].device
+        self.session = start_batch(host, mode, generators)
+        self.steps_done = 0
+
+    @torch.no_grad()
+    def step(self) -> torch.Tensor:
+        """Plan, evict, append and generate the next frame of every row: (B, C, h, w) latents."""
+        step, harness = self.steps_done, self.harness
+        finish_queued_work(self.device)  # else the policy's timer absorbs the last generation
+        evictions, appends = [], []
+        for row in self.rows:
+            t0 = time.perf_counter()
+            t_new = len(row.context) + step
+            cand_lat, cand_rec = row.kept_lat + row.new_lat, row.kept_rec + row.new_rec
+            over_budget = row.max_frames is not None and len(cand_lat) > row.max_frames
+            if harness and (step == 0 or not over_budget):  # the harness consults its policy only when over budget
+                keep, demoted = list(range(len(cand_lat))), set()
+            else:
+                # feature_drift's reference: the clip's first context frame, even once evicted
+                metas = build_frame_meta(torch.stack(cand_lat), row.context[0], cand_rec, step, fixed_access=harness)
+                state = RolloutState(step=step, budget_capacity_mb=row.budget_state["capacity_mb"],
+                                     total_steps=self.total_steps, target_pose=row.info(t_new).pose,
+                                     pose_bias_rate=getattr(self.host, "pose_bias_rate", None))
+                plan = plan_step(row.policy, row.name, metas, state, dict(row.budget_state))
+                keep, demoted = apply_plan(plan, len(cand_lat), row.max_frames, row.name)
+            row.result.policy_seconds += time.perf_counter() - t0
+
+            n_old = len(row.kept_lat)
+            old_keep = [i for i in keep if i < n_old]
+            evictions.append(old_keep if len(old_keep) < n_old else None)
+            appends.append([(cand_lat[i], row.info(cand_rec[i].time)) for i in keep if i >= n_old])
+            if not harness:  # the harness never marks frames long-term resident
+                for i in demoted:
+                    cand_rec[i].long_term_resident = True
+            row.kept_lat = [cand_lat[i] for i in keep]
+            row.kept_rec = [cand_rec[i] for i in keep]
+            for rec in row.kept_rec:
+                rec.touch(step)
+            row.result.kept_per_step.append(len(keep))
+            row.result.history_per_step.append([rec.time for rec in row.kept_rec])
+        if any(e is not None for e in evictions):
+            self.session.evict(evictions)
+        self.session.append(appends)
+        for row, held in zip(self.rows, self.session.retained_bytes()):
+            row.result.peak_retained_bytes = max(row.result.peak_retained_bytes, held)
+
+        x = self.session.generate([row.info(len(row.context) + step) for row in self.rows]).float()
+        shares = getattr(self.session, "attention_mass", lambda: None)() or [None] * len(self.rows)
+        for row, x_b, share in zip(self.rows, x, shares):
+            _record_attention(share, row.kept_rec)
+            row.generated.append(x_b)
+            t_new = len(row.context) + step
+            row.new_lat, row.new_rec = [x_b], [FrameRecord(time=t_new, pose=row.info(t_new).pose)]
+        self.steps_done += 1
+        return x
 
 
 @torch.no_grad()
@@ -162,75 +244,21 @@ def run_rollouts(
     if not b or not len(policies) == len(generators) == len(actions) == len(poses) == b:
         raise ValueError(f"{b} contexts, {len(policies)} policies, {len(generators)} generators, {len(actions)} "
                          f"action and {len(poses)} pose tracks: need one of each per rollout (at least one)")
-    harness = protocol == "harness"
-    rows = []
-    for pol, context, acts, pos in zip(policies, contexts, actions, poses):
+    for context, acts, pos in zip(contexts, actions, poses):
         _check_rollout(len(context), n_predict, max_frames, acts, pos, protocol)
-        context = context.float()
-        ref = context[0]
-        frame_mb = ref.numel() * ref.element_size() / 2**20
-        row = _Row(pol, getattr(pol, "name", type(pol).__name__), context, acts, pos,
-                   {"max_frames": max_frames, "capacity_mb": capacity_mb(max_frames, frame_mb)})
-        row.new_lat = list(context)
-        row.new_rec = [FrameRecord(time=t, pose=row.info(t).pose) for t in range(len(context))]
-        rows.append(row)
-    device = contexts[0].device
 
     start = time.perf_counter()
-    session = start_batch(host, mode, generators)
-    for step in range(n_predict):
-        finish_queued_work(device)  # else the policy's timer absorbs the last generation
-        evictions, appends = [], []
-        for row in rows:
-            t0 = time.perf_counter()
-            t_new = len(row.context) + step
-            cand_lat, cand_rec = row.kept_lat + row.new_lat, row.kept_rec + row.new_rec
-            over_budget = max_frames is not None and len(cand_lat) > max_frames
-            if harness and (step == 0 or not over_budget):  # the harness consults its policy only when over budget
-                keep, demoted = list(range(len(cand_lat))), set()
-            else:
-                # feature_drift's reference: the clip's first context frame, even once evicted
-                metas = build_frame_meta(torch.stack(cand_lat), row.context[0], cand_rec, step, fixed_access=harness)
-                state = RolloutState(step=step, budget_capacity_mb=row.budget_state["capacity_mb"],
-                                     total_steps=n_predict, target_pose=row.info(t_new).pose,
-                                     pose_bias_rate=getattr(host, "pose_bias_rate", None))
-                plan = plan_step(row.policy, row.name, metas, state, dict(row.budget_state))
-                keep, demoted = apply_plan(plan, len(cand_lat), max_frames, row.name)
-            row.result.policy_seconds += time.perf_counter() - t0
-
-            n_old = len(row.kept_lat)
-            old_keep = [i for i in keep if i < n_old]
-            evictions.append(old_keep if len(old_keep) < n_old else None)
-            appends.append([(cand_lat[i], row.info(cand_rec[i].time)) for i in keep if i >= n_old])
-            if not harness:  # the harness never marks frames long-term resident
-                for i in demoted:
-                    cand_rec[i].long_term_resident = True
-            row.kept_lat = [cand_lat[i] for i in keep]
-            row.kept_rec = [cand_rec[i] for i in keep]
-            for rec in row.kept_rec:
-                rec.touch(step)
-            row.result.kept_per_step.append(len(keep))
-            row.result.history_per_step.append([rec.time for rec in row.kept_rec])
-        if any(e is not None for e in evictions):
-            session.evict(evictions)
-        session.append(appends)
-        for row, held in zip(rows, session.retained_bytes()):
-            row.result.peak_retained_bytes = max(row.result.peak_retained_bytes, held)
-
-        x = session.generate([row.info(len(row.context) + step) for row in rows]).float()
-        shares = getattr(session, "attention_mass", lambda: None)() or [None] * b
-        for row, x_b, share in zip(rows, x, shares):
-            _record_attention(share, row.kept_rec)
-            row.generated.append(x_b)
-            t_new = len(row.context) + step
-            row.new_lat, row.new_rec = [x_b], [FrameRecord(time=t_new, pose=row.info(t_new).pose)]
-    finish_queued_work(device)
+    rollouts = Rollouts(host, policies, contexts, max_frames=max_frames, mode=mode, generators=generators,
+                        actions=actions, poses=poses, total_steps=n_predict, protocol=protocol)
+    for _ in range(n_predict):
+        rollouts.step()
+    finish_queued_work(rollouts.device)
     seconds = time.perf_counter() - start
-    for row in rows:
+    for row in rollouts.rows:
         row.result.generated = torch.stack(row.generated)
         row.result.seconds = seconds / b
         row.result.batch_size = b
-    return [row.result for row in rows]
+    return [row.result for row in rollouts.rows]
 
 
 def _check_rollout(n_ctx: int, n_predict: int, max_frames: int | None, actions, poses, protocol: str) -> None:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pipeline.rollout.api import ChunkDecision, TemporalCachePlan
-from pipeline.rollout.loop import PlanError, PolicyError, apply_plan, run_rollout
+from pipeline.rollout.loop import PlanError, PolicyError, Rollouts, apply_plan, run_rollout
 from pipeline.rollout.policies import BASELINES, load_policy
 from tests.rollout.toy_host import ToyHost
 
@@ -110,6 +110,30 @@ def test_same_seed_same_rollout_and_another_seed_differs():
     c, _ = rollout("packcache", max_frames=4, seed=2)
     assert torch.equal(a.generated, b.generated)
     assert not torch.equal(a.generated, c.generated)
+
+
+def test_stepping_with_actions_given_as_they_come_generates_what_a_whole_rollout_does():
+    actions = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+    whole, _ = rollout("full_history", max_frames=3, mode="kv", actions=actions)
+    given = actions[:6]  # the context's; each next action arrives just before its frame
+    stepped = Rollouts(ToyHost(), [load_policy("full_history")], [clip(6)], max_frames=3, mode="kv",
+                       generators=[torch.Generator().manual_seed(0)], actions=[given], poses=[None], total_steps=5)
+    frames = []
+    for action in actions[6:]:
+        given.append(action)
+        frames.append(stepped.step()[0])
+    assert torch.equal(torch.stack(frames), whole.generated)
+    assert stepped.rows[0].result.history_per_step == whole.history_per_step
+
+
+def test_a_budget_changed_between_steps_holds_from_the_next_frame():
+    stepped = Rollouts(ToyHost(), [load_policy("full_history")], [clip(6)], max_frames=None, mode="kv",
+                       generators=[torch.Generator().manual_seed(0)], actions=[None], poses=[None], total_steps=4)
+    stepped.step()
+    stepped.rows[0].set_budget(2)
+    stepped.step()
+    assert stepped.rows[0].result.kept_per_step == [6, 2]
+    assert stepped.rows[0].budget_state["max_frames"] == 2
 
 
 def test_actions_reach_the_host_aligned_to_generated_frames():

@@ -48,21 +48,44 @@ def _make_ale(rom: str, ale_seed: int):
     return ale
 
 
+class Game:
+    """One seeded episode of a ROM, advanced a frame (60/fps emulator frames) per action: what the
+    recorder's agent plays, and what a person drives in pipeline.play."""
+
+    def __init__(self, game: str, seed: int, episode: int, fps: int):
+        self.rng = np.random.default_rng([seed, episode])  # the ALE seed, then the recorder's agent
+        self.ale = _make_ale(rom_id(game), int(self.rng.integers(2**31 - 1)))
+        self.action_set = self.ale.getMinimalActionSet()
+        self.action_meanings = tuple(a.name for a in self.action_set)
+        self.frameskip = ALE_HZ // fps
+
+    @property
+    def finished(self) -> bool:
+        return self.ale.game_over()
+
+    def observe(self):
+        """The current frame (uint8 HxWx3) and its pose (None: Atari games have none)."""
+        return self.ale.getScreenRGB(), None
+
+    def act(self, action: int) -> None:
+        for _ in range(self.frameskip):
+            self.ale.act(self.action_set[action])
+
+    def close(self) -> None:
+        pass
+
+
 def play_episode(
     game: str, seed: int, episode: int, rec: RecorderParams, actions: Iterable[int] | None = None
 ) -> Iterator[Step]:
     """The steps (frame uint8 HxWx3, action index) of one episode at rec.atari.fps: the seeded agent
     plays, or `actions` are replayed (the same frames again)."""
-    rng = np.random.default_rng([seed, episode])
-    ale = _make_ale(rom_id(game), int(rng.integers(2**31 - 1)))
-    action_set = ale.getMinimalActionSet()
-    policy = iter(actions) if actions is not None else sticky_random_actions(rng, len(action_set), rec.atari.sticky_prob)
-    frameskip = ALE_HZ // rec.atari.fps
+    env = Game(game, seed, episode, rec.atari.fps)
+    policy = iter(actions) if actions is not None else sticky_random_actions(env.rng, len(env.action_set), rec.atari.sticky_prob)
     for _, action in zip(range(rec.max_frames), policy):
-        yield Step(ale.getScreenRGB(), int(action))
-        for _ in range(frameskip):
-            ale.act(action_set[action])
-        if ale.game_over():
+        yield Step(env.observe()[0], int(action))
+        env.act(action)
+        if env.finished:
             return
 
 

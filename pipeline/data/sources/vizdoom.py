@@ -162,30 +162,61 @@ def _advance(game, action: int, frame_skip: int, tic_turn_deg: float) -> None:
         game.advance_action(1, action == BRAKE or tic == frame_skip - 1)
 
 
+class Game:
+    """One seeded episode of a scenario, advanced a frame (frame_skip tics) per action: what the
+    recorder's agent plays, and what a person drives in pipeline.play."""
+
+    action_meanings = ACTION_MEANINGS
+
+    def __init__(self, scenario: str, seed: int, episode: int, frame_skip: int, depth: bool = False):
+        self.game_seed, self.agent_seed = np.random.SeedSequence([seed, episode]).generate_state(2)
+        self.frame_skip = frame_skip
+        self.tic_turn_deg = turn_per_tic(ExplorerConfig().turn_deg, frame_skip)
+        self._workdir = tempfile.TemporaryDirectory(prefix="vizdoom-")
+        try:
+            self.game = make_game(scenario, self.game_seed, depth=depth, workdir=Path(self._workdir.name))
+        except BaseException:
+            self._workdir.cleanup()
+            raise
+
+    @property
+    def finished(self) -> bool:
+        return self.game.is_episode_finished()
+
+    def observe(self):
+        """The current frame's state: screen (uint8 HxWx3), pose (x, y, angle), velocity, depth."""
+        state = self.game.get_state()
+        x, y, angle, vx, vy = (float(v) for v in state.game_variables)
+        return state.screen_buffer.copy(), (x, y, angle), (vx, vy), state.depth_buffer
+
+    def act(self, action: int) -> None:
+        _advance(self.game, action, self.frame_skip, self.tic_turn_deg)
+
+    def close(self) -> None:
+        self.game.close()
+        self._workdir.cleanup()
+
+
 def play_episode(scenario: str, seed: int, episode: int, rec: RecorderParams) -> Iterator[Step]:
     """The steps (frame, action, pose) of one seeded episode, up to rec.max_frames frames."""
     params = rec.vizdoom
-    game_seed, agent_seed = np.random.SeedSequence([seed, episode]).generate_state(2)
-    rng = np.random.default_rng(agent_seed)
     explore = params.agent == "explorer"
+    game = Game(scenario, seed, episode, params.frame_skip, depth=explore)
+    rng = np.random.default_rng(game.agent_seed)
     agent = Explorer(rng, ExplorerConfig()) if explore else RandomAgent(rng, params.sticky_prob)
-    tic_turn_deg = turn_per_tic(ExplorerConfig().turn_deg, params.frame_skip)
-    with tempfile.TemporaryDirectory(prefix="vizdoom-") as workdir:
-        game = make_game(scenario, game_seed, depth=explore, workdir=Path(workdir))
-        try:
-            previous_xy = None
-            for _ in range(rec.max_frames):
-                if game.is_episode_finished():
-                    return
-                state = game.get_state()
-                x, y, angle, vx, vy = (float(v) for v in state.game_variables)
-                moved = 0.0 if previous_xy is None else float(np.hypot(x - previous_xy[0], y - previous_xy[1]))
-                previous_xy = (x, y)
-                action = agent.act(Observation((x, y, angle), (vx, vy), state.depth_buffer, moved))
-                yield Step(state.screen_buffer.copy(), action, (x, y, angle))
-                _advance(game, action, params.frame_skip, tic_turn_deg)
-        finally:
-            game.close()
+    try:
+        previous_xy = None
+        for _ in range(rec.max_frames):
+            if game.finished:
+                return
+            screen, pose, velocity, depth = game.observe()
+            moved = 0.0 if previous_xy is None else float(np.hypot(pose[0] - previous_xy[0], pose[1] - previous_xy[1]))
+            previous_xy = pose[:2]
+            action = agent.act(Observation(pose, velocity, depth, moved))
+            yield Step(screen, action, pose)
+            game.act(action)
+    finally:
+        game.close()
 
 
 # -- the Recorder interface (pipeline.data.sources.recording) --------------------------------------

@@ -1,0 +1,1 @@
+"""Play the trained world model with the keyboard beside the real game: ``python -m pipeline.play``."""
