@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -40,9 +41,11 @@ def project(code: Path, where: Path, changes: dict) -> Path:
 def run_stage(code: Path, cwd: Path, stage: str, threads: int | None = None) -> dict:
     """``python -m stages.<stage>`` of checkout `code`, run in `cwd`: wall seconds, peak RSS of the
     stage's process and peak PSS summed over its process tree (workers included; PSS splits the
-    pages processes share, so the sum does not count shared libraries twice)."""
+    pages processes share, so the sum does not count shared libraries twice), and the CPU seconds
+    of the whole tree (user + system of every process the stage waited for): unlike wall time, they
+    do not grow when other work shares the cores."""
     env = os.environ | {"PYTHONPATH": str(code), "OMP_NUM_THREADS": str(threads or os.cpu_count())}
-    start = time.perf_counter()
+    start, cpu_before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen([sys.executable, "-m", f"stages.{stage}"], cwd=cwd, env=env, stdout=log,
                                 stderr=subprocess.STDOUT)
@@ -65,7 +68,9 @@ def run_stage(code: Path, cwd: Path, stage: str, threads: int | None = None) -> 
         output = log.read().decode(errors="replace")
     if proc.wait() != 0:
         raise SystemExit(f"{stage} failed in {cwd}:\n{output[-3000:]}")
-    return {"seconds": round(seconds, 1), "peak_rss_mb": round(peak_rss / MB),
+    cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_seconds = cpu.ru_utime + cpu.ru_stime - cpu_before.ru_utime - cpu_before.ru_stime
+    return {"seconds": round(seconds, 1), "cpu_seconds": round(cpu_seconds, 1), "peak_rss_mb": round(peak_rss / MB),
             "peak_tree_pss_mb": round(peak_pss / MB)}
 
 

@@ -83,6 +83,7 @@ def rehearse(work: Path, hours: float) -> dict:
     store = sum(f.stat().st_size for f in (run / "data/frames.zarr").rglob("*") if f.is_file())
     for measured in stages.values():
         measured["seconds_per_hour"] = round(measured["seconds"] / video_hours, 1)
+        measured["cpu_seconds_per_hour"] = round(measured["cpu_seconds"] / video_hours, 1)
     return {"episodes": episodes, "frames": report["n_frames"], "hours": round(video_hours, 2),
             "frames_store_bytes_per_frame": store / report["n_frames"], "stages": stages}
 
@@ -116,7 +117,7 @@ def calibrate(work: Path) -> dict:
     tp = params.train
     mean_step = per_long_window * ((1 - tp.long_ratio) * tp.batch_size_short * tp.seq_len_short / t
                                    + tp.long_ratio * tp.batch_size_long)  # FLOPs scale with frames (short windows: fewer)
-    return {"extract_frames_per_core_s": n / measured["seconds"], "extract_peak_rss_mb": measured["peak_rss_mb"],
+    return {"extract_frames_per_core_s": n / measured["cpu_seconds"], "extract_peak_rss_mb": measured["peak_rss_mb"],
             "store_bytes_per_frame_256": store / n, "tokenizer_encode_flops_per_frame": encode_flops,
             "latent_shape": [c, h, w], "train_flops_per_step": mean_step, "train_steps": tp.steps,
             "dynamics_params": sum(p.numel() for p in model.parameters())}
@@ -142,11 +143,14 @@ def table(result: dict) -> str:
     r, cal = result["rehearsal"], result["calibration"]
     lines = [f"Measured on this machine ({result['machine']}): {r['hours']} h of the embedded default "
              f"({r['frames']:,} frames at 64 px, {r['episodes']} recorded episodes).", "",
-             "| stage | wall time | per hour of video | peak RSS | peak PSS, process tree |", "| --- | --- | --- | --- | --- |"]
+             "| stage | wall time | CPU time | CPU time per hour of video | peak RSS | peak PSS, process tree |",
+             "| --- | --- | --- | --- | --- | --- |"]
     for stage, m in r["stages"].items():
-        lines.append(f"| {stage} | {m['seconds']:,.0f} s | {m['seconds_per_hour']:,.1f} s | {m['peak_rss_mb']:,} MB | "
-                     f"{m['peak_tree_pss_mb']:,} MB |")
-    lines += ["", "(train_tokenizer and train: 50 steps each; their time does not grow with the data.)", "",
+        lines.append(f"| {stage} | {m['seconds']:,.0f} s | {m['cpu_seconds']:,.0f} s | {m['cpu_seconds_per_hour']:,.1f} s | "
+                     f"{m['peak_rss_mb']:,} MB | {m['peak_tree_pss_mb']:,} MB |")
+    lines += ["", "(train_tokenizer and train: 50 steps each; their time does not grow with the data. CPU time is the "
+              "user + system time of the stage's whole process tree: unlike wall time, it does not grow when other work "
+              f"shares the cores; load average during the run: {result['load_average']}.)", "",
               f"Calibration at 256 px: extract of a 640x360 30 fps video at {REPLAY_FPS:g} fps runs "
               f"{cal['extract_frames_per_core_s']:.0f} frames/s per core; a 256 px frame takes "
               f"{cal['store_bytes_per_frame_256'] / 1024:.0f} KiB in the store; the GPU preset's tokenizer encodes a frame in "
@@ -185,6 +189,7 @@ def main() -> None:
     gpu = "GPU " + torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
     result = {"machine": f"{os.cpu_count()} cores, {memory} GiB, {gpu}",
               "rehearsal": rehearse(work, args.hours), "calibration": calibrate(work)}
+    result["load_average"] = f"{os.getloadavg()[1]:.1f} over the last 5 minutes, {os.getloadavg()[2]:.1f} over 15"
     result["prediction"] = predict(result["calibration"])
     result["seconds"] = round(time.perf_counter() - t0)
     args.out.parent.mkdir(parents=True, exist_ok=True)

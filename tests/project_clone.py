@@ -101,3 +101,18 @@ def make_project_clone(root: Path) -> ProjectClone:
     clone.run("git", "config", "user.name", "tests")
     clone.commit("project under test")
     return clone
+
+
+# Every stage at a size that runs in about a minute on 2 cores: the end-to-end, play and fault tests.
+TINY = {
+    "download": {"recorder": {"episodes": 3, "max_frames": 60}},
+    "extract": {"size": 32},
+    "tokenizer": {"steps": 12, "batch_size": 8, "base_channels": 8, "warmup_steps": 2,
+                  "val_every": 6, "checkpoint_every": 6, "val_frames": 16},
+    "tokenize": {"batch_size": 64},
+    "model": {"dim": 32, "depth": 2, "heads": 2, "kv_heads": 1, "temporal_every": 1, "k_max": 4},
+    "train": {"steps": 8, "seq_len_short": 4, "seq_len_long": 8, "batch_size_short": 2,
+              "batch_size_long": 1, "warmup_steps": 2, "log_every": 4, "val_every": 4, "checkpoint_every": 4},
+    "benchmark": {"workloads": {"short": {"context": 3, "predict": 3}, "long": {"context": 10, "predict": 4}},
+                  "budgets": {"full": None, "tight": 2}, "n_clips": 2, "sampling_steps": 2, "media_clips": 1},
+}

@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.faults.harness import LOG, SEED, STAGES, run_watched, snapshot
-from tests.project_clone import ProjectClone, make_project_clone
-from tests.test_pipeline_e2e import TINY
+from tests.project_clone import TINY, ProjectClone, make_project_clone
 
 
 @dataclass
