@@ -76,10 +76,10 @@ def main() -> None:
 
 
 def commit_of(code: Path) -> str:
-    """A checkout named by its commit (and whether its working tree differs from it)."""
+    """A checkout named by its commit (and whether its code, pipeline/ and stages/, differs from it)."""
     head = subprocess.run(["git", "-C", str(code), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout
-    dirty = subprocess.run(["git", "-C", str(code), "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                           text=True).stdout
+    dirty = subprocess.run(["git", "-C", str(code), "status", "--porcelain", "--untracked-files=no", "--", "pipeline",
+                            "stages"], capture_output=True, text=True).stdout
     return f"commit {head.strip() or '?'}" + (" + uncommitted changes" if dirty.strip() else "")
 
 
