@@ -95,6 +95,7 @@ class PlaySession:
                                  generators=[sampling_generator(self.params.seed, self.sample_seed, clip)],
                                  actions=[self.actions], poses=[self.poses], total_steps=HORIZON)
         self.frames = {t: to_uint8(c.pixels[t]) for t in range(n_ctx)}  # clip time -> what the model saw or made
+        self.thumbs: dict[int, str] = {}  # clip time -> its PNG data URL, encoded once
         self.game_frame = game.observe()[0]
         self.model_frame = self.frames[n_ctx - 1]
         self.dropped: list[int] = []
@@ -122,6 +123,7 @@ class PlaySession:
         self.frames[t_new] = self.model_frame
         shown = {rec.time for rec in row.kept_rec + row.new_rec} | set(self.dropped)
         self.frames = {t: f for t, f in self.frames.items() if t in shown}  # memory stays flat however long one plays
+        self.thumbs = {t: url for t, url in self.thumbs.items() if t in shown}
         if self.played is not None:
             self.played.steps.append({"action": action, "policy": self.policy_spec, "budget": self.budget})
             self.played.game.append(self.game_frame)
@@ -164,11 +166,16 @@ class PlaySession:
             "budget": self.budget, "budgets": self.budgets,
             "keys": {k: self.game.action_meanings[a] for k, a in self.keys.items()},
             "game": png_data_url(self.game_frame), "model": png_data_url(self.model_frame),
-            "retained": [{"t": rec.time, "img": png_data_url(self.frames[rec.time])} for rec in row.kept_rec],
+            "retained": [{"t": rec.time, "img": self.thumb(rec.time)} for rec in row.kept_rec],
             "newest": len(row.context) + self.rollouts.steps_done - 1,
-            "dropped": [{"t": t, "img": png_data_url(self.frames[t])} for t in self.dropped],
+            "dropped": [{"t": t, "img": self.thumb(t)} for t in self.dropped],
             "recording": self.recording,
         }
+
+    def thumb(self, t: int) -> str:
+        if t not in self.thumbs:
+            self.thumbs[t] = png_data_url(self.frames[t])
+        return self.thumbs[t]
 
     def close(self) -> None:
         if self.game is not None:
