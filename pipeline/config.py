@@ -86,9 +86,9 @@ class CrafterRecorderParams(Section):
 class RecorderParams(Section):
     """The embedded recorders (`atari:<Game>`, `vizdoom:<scenario>`, `crafter` sources)."""
 
-    episodes: int = Field(20, ge=1, description="episodes recorded per recorder source, one video each (capped by max_videos; "
+    episodes: int = Field(24, ge=1, description="episodes recorded per recorder source, one video each (capped by max_videos; "
                                                 ">= 3 so every split gets one)")
-    max_frames: int = Field(500, ge=8, description="recorded frames per episode (an episode may end sooner)")
+    max_frames: int = Field(1000, ge=8, description="recorded frames per episode (an episode may end sooner)")
     crf: int = Field(18, ge=0, le=51, description="x264 constant rate factor of the recorded video (0 lossless, lower = better)")
     atari: AtariRecorderParams = Field(AtariRecorderParams(), description="the `atari:<Game>` recorder")
     vizdoom: VizdoomRecorderParams = Field(VizdoomRecorderParams(), description="the `vizdoom:<scenario>` recorder")
@@ -107,7 +107,7 @@ class DownloadParams(Section):
 
     sources: list[str] = Field(min_length=1, description="http(s):// or file:// URLs, YouTube @handles, atari:<Game>, "
                                                          "vizdoom:<scenario> or crafter")
-    max_videos: int = Field(20, ge=1, description="videos per source (playlist/channel entries, recorder episodes)")
+    max_videos: int = Field(24, ge=1, description="videos per source (playlist/channel entries, recorder episodes)")
     max_height: int = Field(360, ge=64, description="resolution cap handed to yt-dlp's format selector")
     archive: bool = Field(True, description="keep yt-dlp's download archive (data/raw/archive.txt): a rerun never fetches a "
                                             "video twice")
@@ -315,6 +315,11 @@ class TrainParams(TrainingLoopParams):
     batch_size_short: int = Field(ge=1, description="windows per short batch; global batch (split over DDP processes)")
     batch_size_long: int = Field(ge=1, description="windows per long batch; global batch (split over DDP processes)")
     long_ratio: float = Field(ge=0, le=1, description="probability that a step's batch is long")
+    gapped_ratio: float = Field(ge=0, le=1, description="probability that a step's batch is gapped: batch_size_short "
+                                                        "windows of gapped_span frames, seq_len_short of each kept (the "
+                                                        "newest half and random older ones) at their own times")
+    gapped_span: int = Field(ge=1, description="frames a gapped window spans (>= seq_len_short): the time distances the "
+                                               "model learns, as long as the longest history a rollout keeps")
     stride: int = Field(ge=1, description="frames between the starts of consecutive training windows of a video")
     bootstrap_fraction: float = Field(ge=0, le=1, description="share of each batch with shortcut targets")
     bootstrap_space: Literal["velocity", "x"] = Field(description="space the shortcut target averages the two half "
@@ -334,6 +339,10 @@ class TrainParams(TrainingLoopParams):
             raise ValueError(
                 f"seq_len_long ({self.seq_len_long}) must be >= seq_len_short ({self.seq_len_short})"
             )
+        if self.gapped_span < self.seq_len_short:
+            raise ValueError(f"gapped_span ({self.gapped_span}) must be >= seq_len_short ({self.seq_len_short})")
+        if self.long_ratio + self.gapped_ratio > 1:
+            raise ValueError(f"long_ratio ({self.long_ratio}) + gapped_ratio ({self.gapped_ratio}) must be <= 1")
         if any(not 0 <= t < 1 for t in self.val_taus):
             raise ValueError(f"val_taus must lie in [0, 1), got {self.val_taus}")
         return self
@@ -347,6 +356,11 @@ class WorkloadParams(Section):
 
     context: int = Field(ge=1, description="ground-truth frames a rollout starts from")
     predict: int = Field(ge=1, description="frames generated after the context, each scored against the ground truth")
+    revisit_gap: int | None = Field(
+        None, ge=1, description="clips placed where the predicted frames return to views the context last showed at "
+                                "least this many frames before the prediction (found from poses); null: windows at random")
+    policies: list[str] | None = Field(
+        None, min_length=1, description="the policies run on this workload (a subset of benchmark.policies); null: all")
 
 
 class FarParams(Section):
@@ -375,7 +389,8 @@ class BenchmarkParams(Section):
         "default", description="default: plan before every frame | harness: the published task's loop")
     policies: list[str] = Field(
         default_factory=lambda: ["recent_window", "packcache", "causalcache_vdm", "flowcache", "full_history",
-                                 "sink_recent", "h2o", "tova", "rkv", "pose_retrieval"],
+                                 "sink_recent", "h2o", "tova", "rkv", "random", "pose_retrieval", "pose_coverage",
+                                 "oracle_copy"],
         min_length=1,
         description="retention policies: built-in names, module:Class or path/to/file.py:Class",
     )
@@ -386,6 +401,9 @@ class BenchmarkParams(Section):
         default_factory=lambda: {
             "short": WorkloadParams(context=5, predict=11),
             "long": WorkloadParams(context=36, predict=36),
+            "revisit": WorkloadParams(context=192, predict=16, revisit_gap=64, policies=[
+                "full_history", "sink_recent", "h2o", "tova", "rkv", "random", "pose_retrieval", "pose_coverage",
+                "oracle_copy"]),
         },
         min_length=1,
         description="name -> context and predicted frames of its clips",
@@ -423,6 +441,14 @@ class BenchmarkParams(Section):
         if not _power_of_two(v):
             raise ValueError(f"must be a power of two (a shortcut step d = 1/K), got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _workload_policies(self) -> "BenchmarkParams":
+        for name, w in self.workloads.items():
+            unknown = [p for p in w.policies or [] if p not in self.policies]
+            if unknown:
+                raise ValueError(f"workloads.{name}.policies: {', '.join(unknown)} not in benchmark.policies")
+        return self
 
     @model_validator(mode="after")
     def _every_process_has_clips(self) -> "BenchmarkParams":

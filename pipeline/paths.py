@@ -19,6 +19,7 @@ TRAIN_METRICS = Path("metrics/train.json")
 BENCHMARK_METRICS = Path("metrics/benchmark.json")
 BENCHMARK_HORIZON = Path("metrics/benchmark_horizon.csv")
 BENCHMARK_BUDGET = Path("metrics/benchmark_budget.csv")
+BENCHMARK_REVISIT = Path("metrics/benchmark_revisit.csv")
 
 TOKENIZER_LIVE = Path("dvclive/tokenizer")
 TRAIN_LIVE = Path("dvclive/train")

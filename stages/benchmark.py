@@ -1,5 +1,5 @@
 """Stage `benchmark`: rollouts of every policy under every frame budget on held-out clips ->
-metrics/benchmark.json, metrics/benchmark_{horizon,budget}.csv, reports/benchmark/*.gif.
+metrics/benchmark.json, metrics/benchmark_{horizon,budget,revisit}.csv, reports/benchmark/*.gif.
 Prints one `TEST_METRICS: ...` line per workload x budget x policy x mode.
 
 A policy's error or a setting the data cannot support ends the stage with a message and no
@@ -36,7 +36,8 @@ from pipeline.runtime.errors import add_debug_flag
 from pipeline.runtime.launch import relaunch_under_torchrun
 from pipeline.runtime.seeding import seed_everything
 
-OUTPUTS = (paths.BENCHMARK_METRICS, paths.BENCHMARK_HORIZON, paths.BENCHMARK_BUDGET, paths.BENCHMARK_REPORTS)
+OUTPUTS = (paths.BENCHMARK_METRICS, paths.BENCHMARK_HORIZON, paths.BENCHMARK_BUDGET, paths.BENCHMARK_REVISIT,
+           paths.BENCHMARK_REPORTS)
 
 
 def benchmark(params) -> None:
@@ -57,10 +58,10 @@ def benchmark(params) -> None:
     close_distributed(d)
     if not d.main:
         return
-    run = merge_runs(parts, clips, bench.budgets)
+    run = merge_runs(parts, clips, bench.budgets, bench)
     info = run_info(params, device)
     summary, _, lines = write_outputs(run, bench.budgets, info, paths.BENCHMARK_METRICS, paths.BENCHMARK_HORIZON,
-                                      paths.BENCHMARK_BUDGET)
+                                      paths.BENCHMARK_BUDGET, paths.BENCHMARK_REVISIT)
     with atomic_dir(paths.BENCHMARK_REPORTS) as tmp:
         if bench.media_clips:
             write_media(run, tmp, bench.workloads, mode=bench.modes[0])

@@ -9,7 +9,7 @@ from pipeline import paths
 from pipeline.report.build import Inputs, Outputs, build_report
 from pipeline.report.headline import leaves
 
-INPUTS = Inputs(benchmark=paths.BENCHMARK_METRICS, horizon_csv=paths.BENCHMARK_HORIZON,
+INPUTS = Inputs(benchmark=paths.BENCHMARK_METRICS, horizon_csv=paths.BENCHMARK_HORIZON, revisit_csv=paths.BENCHMARK_REVISIT,
                 tokenizer=paths.TOKENIZER_METRICS, train=paths.TRAIN_METRICS, live=paths.TOKENIZER_LIVE.parent,
                 media=paths.BENCHMARK_REPORTS, frames_report=paths.FRAMES_REPORT, latents_report=paths.LATENTS_REPORT)
 OUTPUTS = Outputs(headline=paths.HEADLINE_METRICS, page=paths.REPORT_HTML, charts=paths.REPORT_CHARTS,

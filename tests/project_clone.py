@@ -14,6 +14,9 @@ PROJECT_FILES = ("pyproject.toml", *PARAM_FILES, "dvc.yaml", ".gitignore", ".dvc
 PROJECT_DIRS = ("pipeline", "stages", ".dvc/plots")
 
 
+REMOVE = object()  # an override value that deletes the key (e.g. a workload tiny recordings cannot hold)
+
+
 def _deep_merge(base: dict, overrides: dict) -> dict:
     out = dict(base)
     for key, value in overrides.items():
@@ -65,15 +68,18 @@ class ProjectClone:
         return merged
 
     def set_params(self, overrides: dict, commit: bool = True) -> None:
-        """Set each leaf of `overrides` (lists are replaced) in the file that holds its key (params.yaml
-        for a new key, unless settings.yaml holds more of its path), and commit."""
+        """Set each leaf of `overrides` (lists are replaced; REMOVE deletes the key) in the file that holds its
+        key (params.yaml for a new key, unless settings.yaml holds more of its path), and commit."""
         files = self.param_files()
         for path, value in _leaves(overrides):
             name = max(PARAM_FILES, key=lambda n: _depth(files[n], path))  # ties: params.yaml
             node = files[name]
             for key in path[:-1]:
                 node = node.setdefault(key, {})
-            node[path[-1]] = value
+            if value is REMOVE:
+                node.pop(path[-1], None)
+            else:
+                node[path[-1]] = value
         for name, tree in files.items():
             (self.root / name).write_text(yaml.safe_dump(tree, sort_keys=False))
         if commit:
@@ -112,7 +118,10 @@ TINY = {
     "tokenize": {"batch_size": 64},
     "model": {"dim": 32, "depth": 2, "heads": 2, "kv_heads": 1, "temporal_every": 1, "k_max": 4},
     "train": {"steps": 8, "seq_len_short": 4, "seq_len_long": 8, "batch_size_short": 2,
-              "batch_size_long": 1, "warmup_steps": 2, "log_every": 4, "val_every": 4, "checkpoint_every": 4},
-    "benchmark": {"workloads": {"short": {"context": 3, "predict": 3}, "long": {"context": 10, "predict": 4}},
+              "batch_size_long": 1, "warmup_steps": 2, "log_every": 4, "val_every": 4, "checkpoint_every": 4,
+              "gapped_span": 16},
+    # 60-frame recordings hold no return of the revisit workload (the explorer is away 100+ frames)
+    "benchmark": {"workloads": {"short": {"context": 3, "predict": 3}, "long": {"context": 10, "predict": 4},
+                                "revisit": REMOVE},
                   "budgets": {"full": None, "tight": 2}, "n_clips": 2, "sampling_steps": 2, "media_clips": 1},
 }

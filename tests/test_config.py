@@ -63,6 +63,8 @@ def test_unknown_nested_key_is_named_with_its_full_path():
         ("download.recorder.crafter.agent", "smart", "download.recorder.crafter.agent: "),
         ("extract.resize_mode", "stretch", "extract.resize_mode: "),
         ("tokenizer.downsample", 3, "tokenizer.downsample: must be a power of two"),
+        ("train.gapped_ratio", 1.5, "train.gapped_ratio: "),
+        ("train.gapped_span", 0, "train.gapped_span: "),
     ],
 )
 def test_wrong_type_or_range_names_the_key(path, value, expected):
@@ -76,6 +78,8 @@ def test_wrong_type_or_range_names_the_key(path, value, expected):
         ({"extract.splits": {"train": 0.5, "val": 0.1, "test": 0.1}}, "extract.splits: train + val + test must be 1"),
         ({"model.heads": 3}, "dim (128) must be divisible by heads (3)"),
         ({"train.seq_len_long": 8}, "seq_len_long (8) must be >= seq_len_short"),
+        ({"train.gapped_span": 8}, "train: gapped_span (8) must be >= seq_len_short (36)"),
+        ({"train.long_ratio": 0.8, "train.gapped_ratio": 0.25}, "train: long_ratio (0.8) + gapped_ratio (0.25) must be <= 1"),
         ({"extract.size": 66}, "tokenizer.downsample: 4 does not divide extract.size (66)"),
     ],
 )

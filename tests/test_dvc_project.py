@@ -50,7 +50,7 @@ def test_dvc_exp_run_with_a_params_override_reruns_download(project_clone):
     assert [v["id"] for v in manifest(project_clone)] == ["vizdoom-my-way-home-s0-e000"]
     exps = json.loads(project_clone.run("dvc", "exp", "show", "--json").stdout)
     text = json.dumps(exps)
-    assert '"max_videos": 1' in text and '"max_videos": 20' in text  # the experiment beside the baseline
+    assert '"max_videos": 1' in text and '"max_videos": 24' in text  # the experiment beside the baseline
 
 
 def queue_finished(clone) -> str:

@@ -105,7 +105,10 @@ def assert_same_numbers(a, b, where=""):
         for i, (x, y) in enumerate(zip(a, b)):
             assert_same_numbers(x, y, f"{where}[{i}]")
     elif isinstance(a, float) or isinstance(b, float):
-        assert a == pytest.approx(b, rel=1e-5, abs=1e-6), where
+        # gap_closed divides two PSNR differences (here often ~0.01 dB) whose PSNRs (~20 dB) agree to 1e-5:
+        # the rounding is amplified by PSNR / difference
+        ratio = "gap_closed" in where
+        assert a == pytest.approx(b, rel=1e-3 if ratio else 1e-5, abs=1e-3 if ratio else 1e-6), where
     else:
         try:
             assert float(a) == pytest.approx(float(b), rel=1e-5, abs=1e-6), where

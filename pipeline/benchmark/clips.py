@@ -10,6 +10,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
+from pipeline.benchmark.revisits import revisit_starts
 from pipeline.data.pixels import to_pixels
 from pipeline.data.stores import (
     StoreError,
@@ -53,19 +54,24 @@ def eligible_videos(frames_path: str | Path, context: int, predict: int, split: 
 
 
 def select_clips(frames_path: str | Path, latents_path: str | Path | None, context: int, predict: int,
-                 n_clips: int, seed: int, split: str = "test") -> list[Clip]:
+                 n_clips: int, seed: int, split: str = "test", revisit_gap: int | None = None,
+                 workload: str = "") -> list[Clip]:
     """``n_clips`` windows of ``context + predict`` frames: videos in a seeded order, round robin, each
-    video's windows placed by :func:`window_starts`. Depends only on (seed, context, predict, n_clips, data)."""
+    video's windows placed by :func:`window_starts`, or with ``revisit_gap`` at its returns
+    (:func:`revisit_placements`). Depends only on (seed, context, predict, n_clips, revisit_gap, data)."""
     length = context + predict
     eligible = eligible_videos(frames_path, context, predict, split)
     latents_root = open_store(latents_path) if latents_path is not None else None
     rng = np.random.default_rng([seed, context, predict])
     order = [eligible[i] for i in rng.permutation(len(eligible))]
-    counts = [len(range(i, n_clips, len(order))) for i in range(len(order))]  # clips per video, round robin
-    starts = [window_starts(video.n_frames, length, count, rng) for video, count in zip(order, counts)]
+    if revisit_gap is None:
+        counts = [len(range(i, n_clips, len(order))) for i in range(len(order))]  # clips per video, round robin
+        starts = [window_starts(video.n_frames, length, count, rng) for video, count in zip(order, counts)]
+        placed = [(order[i % len(order)], int(starts[i % len(order)][i // len(order)])) for i in range(n_clips)]
+    else:
+        placed = revisit_placements(frames_path, order, context, predict, n_clips, revisit_gap, split, workload)
     clips = []
-    for i in range(n_clips):
-        video, start = order[i % len(order)], int(starts[i % len(order)][i // len(order)])
+    for video, start in placed:
         latents = None
         if latents_root is not None:
             if video.id not in latents_root:
@@ -75,6 +81,30 @@ def select_clips(frames_path: str | Path, latents_path: str | Path | None, conte
         poses = read_poses(frames_path, video.id, start, start + length) if video.has_poses else None
         clips.append(Clip(video.id, start, pixels, latents, conditioning_actions(frames_path, video, start, length), poses))
     return clips
+
+
+REVISIT_SHARE = 0.5  # a revisit clip: at least half of its predicted frames show views only the old context saw
+
+
+def revisit_placements(frames_path, order: list, context: int, predict: int, n_clips: int, min_gap: int,
+                       split: str, workload: str) -> list[tuple[object, int]]:
+    """Up to ``n_clips`` (video, start) at returns (:func:`pipeline.benchmark.revisits.revisit_starts`),
+    videos round robin in ``order``; BenchmarkError when the split has none."""
+    per_video = []
+    for video in order:
+        if not video.has_poses:
+            raise BenchmarkError(f"benchmark.workloads.{workload}.revisit_gap: {split} video {video.id!r} has no "
+                                 "poses (revisits are found from poses)")
+        poses = read_poses(frames_path, video.id, 0, video.n_frames)
+        per_video.append(revisit_starts(poses, context, predict, min_gap, REVISIT_SHARE))
+    placed = []
+    for rank in range(max(map(len, per_video), default=0)):
+        placed += [(video, starts[rank]) for video, starts in zip(order, per_video) if rank < len(starts)]
+    if not placed:
+        raise BenchmarkError(f"benchmark.workloads.{workload}: no {split} video returns to a view last seen "
+                             f"{min_gap}+ frames before within a {context} -> {predict} clip (record with the "
+                             "explorer's revisit motif, or lower revisit_gap)")
+    return placed[:n_clips]
 
 
 def window_starts(n_frames: int, length: int, count: int, rng: np.random.Generator) -> np.ndarray:
@@ -118,5 +148,6 @@ def workload_clips(params, workloads: Iterable[str] | None = None, split: str = 
             ]
         else:
             latents = LATENTS if bench.host == "pipeline" else None
-            clips[name] = select_clips(FRAMES, latents, w.context, w.predict, bench.n_clips, params.seed, split)
+            clips[name] = select_clips(FRAMES, latents, w.context, w.predict, bench.n_clips, params.seed, split,
+                                       revisit_gap=w.revisit_gap, workload=name)
     return clips

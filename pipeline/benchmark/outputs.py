@@ -8,11 +8,13 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.atomic import atomic_file, write_json
+from pipeline.benchmark.keys import GAP_CLOSED_KEY, HINDSIGHT_POLICIES, RANDOM_GAP_KEY
 from pipeline.benchmark.run import METRIC_NAMES, BenchmarkRun
 from pipeline.benchmark.summary import (
     GAP_KEY,
     MEMORY_GAIN_KEY,
     PAIRED_BASELINE,
+    revisit_table,
     summarize,
     summarize_references,
     summary_table,
@@ -25,7 +27,9 @@ REFERENCE_KEYS = ("temporal_quality_main", "psnr", "ssim", "lpips")
 UNCERTAINTY_KEYS = ("psnr_sem", GAP_KEY, f"{GAP_KEY}_ci95")
 JSON_KEYS = ("temporal_quality_main", "psnr", *UNCERTAINTY_KEYS, "ssim", "lpips", "fps", "peak_kv_memory_mb",
              "peak_retained_bytes", "n_frames_kept", "mean_frames_kept", "policy_time_share", "memory_oracle_psnr",
-             MEMORY_GAIN_KEY, f"{MEMORY_GAIN_KEY}_ci95")  # the memory gain: full_history cells under a finite budget
+             MEMORY_GAIN_KEY, f"{MEMORY_GAIN_KEY}_ci95",  # the memory gain: full_history cells under a finite budget
+             RANDOM_GAP_KEY, f"{RANDOM_GAP_KEY}_ci95", GAP_CLOSED_KEY, f"{GAP_CLOSED_KEY}_ci95",
+             "returning_frames", "returning_psnr", "returning_lpips", "self_consistency_frames", "self_consistency_psnr")
 HORIZON_COLUMNS = ("workload", "budget", "mode", "policy", "horizon", "psnr", "ssim", "lpips")
 BUDGET_COLUMNS = ("workload", "budget", "max_frames", "mode", "policy", "psnr", *UNCERTAINTY_KEYS, "ssim", "lpips",
                   "temporal_quality_main", "peak_kv_memory_mb", "mean_frames_kept", "fps")
@@ -60,7 +64,8 @@ def ranking_lines(summary: dict) -> list[str]:
             gap = "" if pd.isna(e[GAP_KEY]) else f"{e[GAP_KEY]:+.2f}"
             if gap and not pd.isna(e[f"{GAP_KEY}_ci95"]):
                 gap += f" ± {e[f'{GAP_KEY}_ci95']:.2f}"
-            lines.append(f"  {e['policy']:<20} {e['psnr']:6.2f} {sem:<7}  {gap}".rstrip())
+            note = "  (hindsight reference, not a policy)" if e["policy"] in HINDSIGHT_POLICIES else ""
+            lines.append(f"  {e['policy']:<20} {e['psnr']:6.2f} {sem:<7}  {gap}{note}".rstrip())
     return lines
 
 
@@ -74,7 +79,9 @@ def metrics_json(summary: dict, references: dict, info: dict) -> dict:
     refs = {w: {n: {k: e[k] for k in REFERENCE_KEYS} for n, e in r.items()} for w, r in references.items()}
     policies = dict.fromkeys(policy for _, _, policy, _ in summary)
     baselines = [p for p in policies if p in BASELINES]  # published rules (and full_history); the rest are candidates
-    return {"eval_mode": EVAL_MODE, **info, "baselines": baselines, "references": refs, "rollouts": rollouts}
+    hindsight = [p for p in policies if p in HINDSIGHT_POLICIES]  # run as policies, read the truth: references
+    return {"eval_mode": EVAL_MODE, **info, "baselines": baselines, "hindsight_references": hindsight,
+            "references": refs, "rollouts": rollouts}
 
 
 def _curves(table: pd.DataFrame) -> pd.DataFrame:
@@ -111,11 +118,14 @@ def write_csv(path: str | Path, table: pd.DataFrame) -> None:
 
 
 def write_outputs(run: BenchmarkRun, budgets: dict, info: dict, metrics_path: str | Path,
-                  horizon_csv: str | Path, budget_csv: str | Path) -> tuple[dict, dict, list[str]]:
-    """Write the JSON and both CSV tables; returns (summary, references, TEST_METRICS lines)."""
+                  horizon_csv: str | Path, budget_csv: str | Path,
+                  revisit_csv: str | Path | None = None) -> tuple[dict, dict, list[str]]:
+    """Write the JSON and the CSV tables; returns (summary, references, TEST_METRICS lines)."""
     summary, references = summarize(run), summarize_references(run)
     info = {**info, "seconds": round(run.seconds, 3), "budgets": dict(budgets)}
     write_json(metrics_path, metrics_json(summary, references, info))
     write_csv(horizon_csv, horizon_table(summary, references))
     write_csv(budget_csv, budget_table(summary, budgets))
+    if revisit_csv is not None:
+        write_csv(revisit_csv, revisit_table(run))
     return summary, references, metrics_lines(summary, references)

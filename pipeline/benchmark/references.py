@@ -9,7 +9,9 @@ from typing import Sequence
 
 import torch
 
+from pipeline.benchmark.keys import HINDSIGHT_POLICIES
 from pipeline.metrics import psnr
+from pipeline.rollout.retention import BudgetPolicy
 
 REFERENCES = ("persistence", "tokenizer_ceiling")
 COPY_PSNR_CAP = 60.0  # dB: a bit-exact revisit would score 100 dB and swamp the mean
@@ -66,3 +68,39 @@ def memory_candidates(name: str, n_ctx: int, n_predict: int) -> list[list[int]]:
         return [list(range(n_ctx + i)) for i in range(n_predict)]
     k = int(name.removeprefix("memory_last_"))
     return [list(range(max(0, n_ctx + i - k), n_ctx + i)) for i in range(n_predict)]
+
+
+class OracleCopy(BudgetPolicy):
+    """``oracle_copy``, a hindsight reference, not a policy: it reads the clip's ground truth. It keeps the
+    newest frame and the frames whose ground-truth views best match the frames still to come (greedy: each
+    added frame raises the summed best-copy PSNR of the remaining frames most). No causal policy sees
+    what it sees; where one beats it, the model used its history otherwise than by copying views."""
+
+    name = "oracle_copy"
+    family = "hindsight"
+
+    def __init__(self):
+        self.oracle: CopyOracle | None = None
+
+    def see_truth(self, oracle: CopyOracle) -> None:
+        self.oracle = oracle
+
+    def select(self, metas, state, budget):
+        if self.oracle is None:
+            raise RuntimeError("oracle_copy needs the clip's ground truth: the benchmark gives it (see_truth)")
+        n = len(metas)
+        times = [m.time for m in metas]
+        table = self.oracle.table[state.step :]  # per frame still to come: PSNR against every earlier clip frame
+        score = [[min(float(row[t]), COPY_PSNR_CAP) for row in table] for t in times]  # (n, upcoming)
+        chosen = [n - 1]
+        covered = list(score[n - 1])
+        while len(chosen) < budget:
+            gains = {i: sum(max(0.0, s - c) for s, c in zip(score[i], covered)) for i in range(n) if i not in chosen}
+            best = max(gains, key=lambda i: (gains[i], i))
+            chosen.append(best)
+            covered = [max(c, s) for c, s in zip(covered, score[best])]
+        return sorted(chosen), {i: 0.0 for i in chosen}
+
+
+HINDSIGHT = {cls.name: cls for cls in (OracleCopy,)}  # references that run as policies (with the clip's truth)
+assert set(HINDSIGHT) == set(HINDSIGHT_POLICIES)

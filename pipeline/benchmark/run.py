@@ -27,7 +27,9 @@ from pipeline.benchmark.references import (
     persistence,
     tokenizer_ceiling,
 )
+from pipeline.benchmark.revisits import RETURN_GAP, earlier_generated
 from pipeline.benchmark.validate import load_policies
+from pipeline.metrics import psnr
 from pipeline.rollout.loop import run_rollouts
 
 METRIC_NAMES = ("psnr", "ssim", "lpips")
@@ -70,6 +72,7 @@ class BenchmarkRun:
     seconds: float = 0.0
     clip_references: dict[tuple[int, int], tuple[str, dict, dict]] = field(default_factory=dict)
     # (workload index, clip) -> (workload, reference -> metric -> per frame, reference -> pixels)
+    return_gaps: dict[str, int] = field(default_factory=dict)  # workload -> frames since seen that make a return
 
     def share(self) -> dict:
         """What another process needs to merge this run (not the clips, which every process has)."""
@@ -184,18 +187,23 @@ def run_benchmark(host, bench, clips: dict[str, list[Clip]], *, seed: int, polic
     """All rollouts of ``bench`` on ``clips`` (workload -> clips); policies, budgets, modes and batch size
     default to ``bench``'s. The first ``media_clips`` clips keep their pixels; ``shard`` (rank, world)
     runs the clips ``clip % world == rank`` (:func:`merge_runs`)."""
-    loaded = load_policies(list(policies if policies is not None else bench.policies))
+    specs = list(policies if policies is not None else bench.policies)
+    loaded = load_policies(specs)
     budgets = dict(budgets if budgets is not None else bench.budgets)
     modes = list(modes if modes is not None else bench.modes)
     batch_size = batch_size or getattr(bench, "batch_size", 1)
     scorer = scorer or Scorer()
     rank, world = shard
-    run = BenchmarkRun(clips=clips, budgets=budgets)
+    run = BenchmarkRun(clips=clips, budgets=budgets, return_gaps=return_gaps(bench, clips))
     frames = FrameScorer(host, scorer)
     reuses: list[tuple[RolloutRecord, RolloutRecord]] = []
     start = time.perf_counter()
     mine = {w: [ci for ci in range(len(c)) if ci % world == rank] for w, c in clips.items()}
-    total = sum(map(len, mine.values())) * len(bench.seeds) * len(budgets) * len(loaded) * len(modes)
+    # a workload's own policy subset applies to the params' policies; policies passed in run everywhere
+    runs_on = {w: [p for spec, p in zip(specs, loaded)
+                   if policies is not None or bench.workloads[w].policies is None or spec in bench.workloads[w].policies]
+               for w in clips}
+    total = sum(len(mine[w]) * len(runs_on[w]) for w in clips) * len(bench.seeds) * len(budgets) * len(modes)
     order = {name: i for i, (name, _) in enumerate(largest_first(budgets))}
     with tqdm(total=total, desc="benchmark rollouts", unit="rollout", disable=not progress) as bar:  # closed on errors too
         for wi, (workload, wclips) in enumerate(clips.items()):
@@ -210,7 +218,7 @@ def run_benchmark(host, bench, clips: dict[str, list[Clip]], *, seed: int, polic
                 contexts[ci] = context.to(getattr(host, "device", "cpu"))
             for group in batches(mine[workload], batch_size):
                 for (si, sample_seed), (pi, policy), (mi, mode) in itertools.product(
-                        enumerate(bench.seeds), enumerate(loaded), enumerate(modes)):
+                        enumerate(bench.seeds), enumerate(runs_on[workload]), enumerate(modes)):
                     previous: dict[int, RolloutRecord] = {}
                     for budget, max_frames in largest_first(budgets):
                         cell = Cell(workload, budget, policy.name, mode)
@@ -236,10 +244,17 @@ def run_benchmark(host, bench, clips: dict[str, list[Clip]], *, seed: int, polic
     return run.assemble()
 
 
-def merge_runs(shares: list[dict], clips: dict[str, list[Clip]], budgets: dict[str, int | None]) -> BenchmarkRun:
+def return_gaps(bench, clips) -> dict[str, int]:
+    """Per workload: how long ago a predicted frame's view must have been seen for it to count as a return."""
+    return {w: bench.workloads[w].revisit_gap or RETURN_GAP for w in clips}
+
+
+def merge_runs(shares: list[dict], clips: dict[str, list[Clip]], budgets: dict[str, int | None],
+               bench=None) -> BenchmarkRun:
     """Several processes' shares (:meth:`BenchmarkRun.share`) as one run, in one process's order; seconds
     are the slowest share's."""
-    run = BenchmarkRun(clips=clips, budgets=dict(budgets), seconds=max(s["seconds"] for s in shares))
+    run = BenchmarkRun(clips=clips, budgets=dict(budgets), seconds=max(s["seconds"] for s in shares),
+                       return_gaps={} if bench is None else return_gaps(bench, clips))
     for share in shares:
         run.records.extend(share["records"])
         run.clip_references.update(share["clip_references"])
@@ -254,7 +269,7 @@ def _rollouts(host, policy, frames: FrameScorer, clips: list[Clip], rows: list[i
     records filled once ``frames`` has scored them."""
     if not rows:
         return {}
-    results = run_rollouts(host, [_own_copy(policy) for _ in rows], [contexts[ci] for ci in rows], n_pred,
+    results = run_rollouts(host, [_own_copy(policy, oracles[ci]) for ci in rows], [contexts[ci] for ci in rows], n_pred,
                            max_frames=max_frames, mode=cell.mode,
                            generators=[sampling_generator(seed, sample_seed, ci) for ci in rows],
                            actions=[clips[ci].actions for ci in rows], poses=[clips[ci].poses for ci in rows],
@@ -268,10 +283,12 @@ def _rollouts(host, policy, frames: FrameScorer, clips: list[Clip], rows: list[i
             peak_retained_bytes=result.peak_retained_bytes, kept_per_step=result.kept_per_step,
         )
         oracle = oracles[ci].best(result.history_per_step)[1]
+        drawn_before = None if clip.poses is None else earlier_generated(clip.poses, n_ctx)
 
-        def done(pixels, scores, record=record, oracle=oracle, keep_pixels=ci in media):
+        def done(pixels, scores, record=record, oracle=oracle, keep_pixels=ci in media, drawn_before=drawn_before):
             record.per_frame.update(scores)  # in place: a reused record shares the dict
             record.per_frame["memory_oracle_psnr"] = oracle
+            record.per_frame["self_psnr"] = self_consistency(pixels, drawn_before)
             record.pixels = pixels if keep_pixels else None
 
         frames.put(result.generated, clip.pixels[n_ctx:], done)
@@ -279,12 +296,23 @@ def _rollouts(host, policy, frames: FrameScorer, clips: list[Clip], rows: list[i
     return out
 
 
-def _own_copy(policy):
-    """A rollout's own copy of a policy (a stateful policy sees only its rollout); shared if it cannot be copied."""
+def self_consistency(pixels: torch.Tensor, drawn_before) -> list[float]:
+    """Per predicted frame: PSNR against the model's own earlier frame of the same view (NaN where none)."""
+    if drawn_before is None:
+        return [math.nan] * len(pixels)
+    return [math.nan if s < 0 else float(psnr(pixels[t : t + 1], pixels[s : s + 1])[0]) for t, s in enumerate(drawn_before)]
+
+
+def _own_copy(policy, oracle: CopyOracle):
+    """A rollout's own copy of a policy (a stateful policy sees only its rollout; shared if it cannot be
+    copied); a hindsight reference also gets its clip's ground truth."""
     try:
-        return copy.deepcopy(policy)
+        own = copy.deepcopy(policy)
     except Exception:
-        return policy
+        own = policy
+    if hasattr(own, "see_truth"):
+        own.see_truth(oracle)
+    return own
 
 
 def _score_references(run: BenchmarkRun, host, scorer: Scorer, wi: int, workload: str, clip: Clip, ci: int,

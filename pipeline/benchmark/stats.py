@@ -24,3 +24,19 @@ def paired_difference(a: Sequence[float], b: Sequence[float], confidence: float 
     if sem is None:
         return float(diff.mean()), None
     return float(diff.mean()), float(stats.t.ppf(0.5 + confidence / 2, len(diff) - 1) * sem)
+
+
+def paired_ratio(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> tuple[float | None, float | None]:
+    """mean(a) / mean(b) over paired observations and its delta-method Student-t half-width (None below two
+    pairs; both None when mean(b) is 0). Used for the share of a gap closed, a over the gap b."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if len(a) != len(b):
+        raise ValueError(f"paired_ratio: {len(a)} vs {len(b)} observations")
+    if not len(a) or b.mean() == 0:
+        return None, None
+    ratio = float(a.mean() / b.mean())
+    if len(a) < 2:
+        return ratio, None
+    residual = (a - ratio * b) / b.mean()  # the ratio's influence per observation
+    sem = standard_error(residual)
+    return ratio, float(stats.t.ppf(0.5 + confidence / 2, len(a) - 1) * sem)

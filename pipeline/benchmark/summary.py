@@ -11,9 +11,18 @@ import math
 import numpy as np
 import pandas as pd
 
-from pipeline.benchmark.keys import GAP_KEY, MEMORY_GAIN_KEY, PAIRED_BASELINE
+from pipeline.benchmark.keys import (
+    GAP_CLOSED_KEY,
+    GAP_KEY,
+    GAP_LABELS,
+    MEMORY_GAIN_KEY,
+    PAIRED_BASELINE,
+    RANDOM_BASELINE,
+    RANDOM_GAP_KEY,
+)
+from pipeline.benchmark.revisits import RETURN_GAP, gap_bin, gaps_since_seen
 from pipeline.benchmark.run import METRIC_NAMES, BenchmarkRun
-from pipeline.benchmark.stats import paired_difference, standard_error
+from pipeline.benchmark.stats import paired_difference, paired_ratio, standard_error
 
 PSNR_FOR_FULL_SCORE = 40.0  # temporal_quality_main = min(100, PSNR / 40 * 100)
 CELL = ["workload", "budget", "policy", "mode"]
@@ -55,6 +64,54 @@ def rollout_table(run: BenchmarkRun) -> pd.DataFrame:
     return table
 
 
+def frame_gaps(run: BenchmarkRun) -> dict[tuple[str, int], np.ndarray]:
+    """(workload, clip) -> per predicted frame, frames since the context last showed its view (NaN: never or
+    no poses)."""
+    n_predict = {r.cell.workload: r.n_predict for r in run.records}
+    out = {}
+    for workload, clips in run.clips.items():
+        for ci, clip in enumerate(clips):
+            n_pred = n_predict.get(workload, 0)
+            n_ctx = len(clip.pixels) - n_pred
+            out[workload, ci] = (np.full(n_pred, np.nan) if clip.poses is None
+                                 else gaps_since_seen(np.asarray(clip.poses, dtype=np.float64), n_ctx))
+    return out
+
+
+def returning_frames(rollouts: pd.DataFrame, run: BenchmarkRun) -> pd.DataFrame:
+    """One row per predicted frame of every rollout: its cell, clip, gap since its view was last seen, PSNR,
+    LPIPS and self-consistency PSNR."""
+    gaps = frame_gaps(run)
+    columns = [c for c in ("psnr", "lpips", "self_psnr") if c in rollouts]
+    table = rollouts[[*CELL, "clip", "seed", *columns]].copy()
+    table["gap"] = [gaps[w, c].tolist() for w, c in zip(table["workload"], table["clip"])]
+    frames = table.explode(["gap", *columns]).astype({"gap": float, **{c: float for c in columns}})
+    frames["returning"] = frames["gap"] >= frames["workload"].map(lambda w: run.return_gaps.get(w, RETURN_GAP)).astype(float)
+    return frames
+
+
+def _returns_entry(frames: pd.DataFrame) -> dict:
+    """Mean PSNR / LPIPS of a cell's returning frames, and its self-consistency PSNR (None where it has none)."""
+    back = frames[frames["returning"]]
+    own = frames["self_psnr"].dropna() if "self_psnr" in frames else pd.Series(dtype=float)
+    return {"returning_frames": int(len(back)),
+            "returning_psnr": float(back["psnr"].mean()) if len(back) else None,
+            "returning_lpips": float(back["lpips"].mean()) if len(back) else None,
+            "self_consistency_frames": int(len(own)),
+            "self_consistency_psnr": float(own.mean()) if len(own) else None}
+
+
+def revisit_table(run: BenchmarkRun) -> pd.DataFrame:
+    """PSNR and LPIPS by frames since the view was last seen (GAP_BINS), per cell: the revisit plot's rows."""
+    if not run.records:
+        return pd.DataFrame(columns=[*CELL, "since_seen", "psnr", "lpips", "frames"])
+    frames = returning_frames(rollout_table(run), run)
+    frames["since_seen"] = pd.Categorical([gap_bin(g) for g in frames["gap"]], categories=GAP_LABELS)
+    table = frames.groupby([*CELL, "since_seen"], observed=True).agg(
+        psnr=("psnr", "mean"), lpips=("lpips", "mean"), frames=("psnr", "size")).reset_index()
+    return table[[*CELL, "since_seen", "psnr", "lpips", "frames"]]
+
+
 def _cell_entry(rollouts: pd.DataFrame) -> dict:
     """Means, curves, speed and memory of one cell's rollouts."""
     entry = metric_means({m: rollouts[m].tolist() for m in METRIC_NAMES})
@@ -80,9 +137,9 @@ def per_clip(rollouts: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     return rollouts.groupby("clip")[columns].mean()
 
 
-def paired_gaps(rollouts: pd.DataFrame) -> dict[Key, tuple[float, float | None]]:
-    """Per cell with PAIRED_BASELINE rollouts: mean PSNR gap to it on the same (clip, seed), 95% half-width."""
-    baseline = rollouts.loc[rollouts["policy"] == PAIRED_BASELINE, [*PAIR, "psnr_rollout"]]
+def paired_gaps(rollouts: pd.DataFrame, to: str = PAIRED_BASELINE) -> dict[Key, tuple[float, float | None]]:
+    """Per cell with rollouts of policy ``to``: mean PSNR gap to it on the same (clip, seed), 95% half-width."""
+    baseline = rollouts.loc[rollouts["policy"] == to, [*PAIR, "psnr_rollout"]]
     pairs = rollouts.merge(baseline, on=PAIR, suffixes=("", "_baseline"))
     return _paired_per_cell(pairs, "psnr_rollout", "psnr_rollout_baseline")
 
@@ -101,6 +158,22 @@ def memory_gains(rollouts: pd.DataFrame, budgets: dict[str, int | None]) -> dict
     return _paired_per_cell(pairs, "psnr_rollout_full", "psnr_rollout")
 
 
+def gaps_closed(rollouts: pd.DataFrame, budgets: dict[str, int | None]) -> dict[Key, tuple[float | None, float | None]]:
+    """Per cell under a finite budget B: (policy - newest B) / (full history - newest B), newest B being
+    full_history under B, paired over clips (seeds averaged), with its 95% half-width."""
+    unlimited = [name for name, n in budgets.items() if n is None]
+    if not unlimited:
+        return {}
+    keys = ["workload", "mode", "clip", "seed"]
+    ours = rollouts[rollouts["policy"] == PAIRED_BASELINE]
+    full = ours.loc[ours["budget"] == unlimited[0], [*keys, "psnr_rollout"]].rename(columns={"psnr_rollout": "full"})
+    newest = ours.loc[:, [*keys, "budget", "psnr_rollout"]].rename(columns={"psnr_rollout": "newest"})
+    pairs = rollouts.merge(newest, on=[*keys, "budget"]).merge(full, on=keys)
+    pairs = pairs[pairs["budget"].map(lambda b: budgets.get(b) is not None).astype(bool)]
+    pairs = pairs.assign(closed=pairs["psnr_rollout"] - pairs["newest"], gap=pairs["full"] - pairs["newest"])
+    return {key: paired_ratio(*per_clip(g, ["closed", "gap"]).T.values) for key, g in pairs.groupby(CELL, observed=True)}
+
+
 def _paired_per_cell(pairs: pd.DataFrame, a: str, b: str) -> dict[Key, tuple[float, float | None]]:
     """Per cell: mean of column a minus b over clips (seeds averaged first), 95% half-width."""
     return {key: paired_difference(*per_clip(g, [a, b]).T.values) for key, g in pairs.groupby(CELL, observed=True)}
@@ -113,10 +186,17 @@ def summarize(run: BenchmarkRun) -> dict[Key, dict]:
         return {}
     rollouts = rollout_table(run)
     gaps, gains = paired_gaps(rollouts), memory_gains(rollouts, run.budgets)
+    random_gaps, closed = paired_gaps(rollouts, RANDOM_BASELINE), gaps_closed(rollouts, run.budgets)
+    returns = {key: _returns_entry(g) for key, g in returning_frames(rollouts, run).groupby(CELL, observed=True)}
     out = {}
     for key, cell in rollouts.groupby(CELL, observed=True):
         out[key] = entry = _cell_entry(cell)
+        entry.update(returns.get(key, {}))
         entry[GAP_KEY], entry[f"{GAP_KEY}_ci95"] = gaps.get(key, (None, None))
+        if key in random_gaps:
+            entry[RANDOM_GAP_KEY], entry[f"{RANDOM_GAP_KEY}_ci95"] = random_gaps[key]
+        if key in closed:
+            entry[GAP_CLOSED_KEY], entry[f"{GAP_CLOSED_KEY}_ci95"] = closed[key]
         if key in gains:
             entry[MEMORY_GAIN_KEY], entry[f"{MEMORY_GAIN_KEY}_ci95"] = gains[key]
     return out

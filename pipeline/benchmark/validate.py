@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Sequence
 
 from pipeline.benchmark.clips import BenchmarkError, eligible_videos
+from pipeline.benchmark.references import HINDSIGHT
 from pipeline.paths import FRAMES
 from pipeline.rollout.policies import PolicyLoadError, load_policy
 
@@ -16,7 +17,7 @@ def load_policies(specs: Sequence[str], key: str = "benchmark.policies") -> list
     loaded = []
     for i, spec in enumerate(specs):
         try:
-            loaded.append(load_policy(spec))
+            loaded.append(HINDSIGHT[spec]() if spec in HINDSIGHT else load_policy(spec))
         except PolicyLoadError as exc:
             raise BenchmarkError(f"{key}[{i}]: {exc}") from exc
     names = [p.name for p in loaded]

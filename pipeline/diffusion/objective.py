@@ -138,14 +138,16 @@ def sample_plan(
 
 @torch.no_grad()
 def bootstrap_target(model, z, tau, d, actions=None, poses=None, visible=None, space: str = "velocity",
-                     memory=None) -> torch.Tensor:
+                     memory=None, times=None) -> torch.Tensor:
     """The x target of a step of size d from two stop-gradient half steps (DreamerV4 eq. 7): their
     velocities averaged and mapped back, ``z + tau (u1 + u2) / 2``, so one step of d lands where the two
-    half steps land. ``space="x"`` (ablation) averages the two x predictions instead."""
+    half steps land. ``space="x"`` (ablation) averages the two x predictions instead. ``times`` (B, T):
+    the frames' times (gapped batches), passed to the model only when given."""
     half = d / 2
-    x1 = model(z, tau, half, actions, poses, visible, memory)
+    at = {} if times is None else {"times": times}
+    x1 = model(z, tau, half, actions, poses, visible, memory, **at)
     z_mid = shortcut_step(z, x1, tau, half)
-    x2 = model(z_mid, tau - half, half, actions, poses, visible, memory)
+    x2 = model(z_mid, tau - half, half, actions, poses, visible, memory, **at)
     if space == "x":
         return (x1 + x2) / 2
     if space != "velocity":
@@ -156,22 +158,25 @@ def bootstrap_target(model, z, tau, d, actions=None, poses=None, visible=None, s
     return z + col(tau) * (u1 + u2) / 2
 
 
-def shortcut_forcing_loss(model, x0, actions, plan: NoisePlan, bootstrap_space: str = "velocity", poses=None):
+def shortcut_forcing_loss(model, x0, actions, plan: NoisePlan, bootstrap_space: str = "velocity", poses=None,
+                          times=None):
     """Weighted x-space loss of one batch: (loss, per-frame squared errors (B, T)). x0 is also the
     model's ``memory`` (clean frames for pose recall); every frame weighs equally, so DDP's average
-    over equal shards equals the global batch's gradient."""
+    over equal shards equals the global batch's gradient. ``times`` (B, T): the frames' times for the
+    model's temporal RoPE (a gapped batch's offsets in its windows); None: 0..T-1."""
     z = add_noise(x0, plan.eps, plan.tau)
     target = x0
     rows = plan.bootstrap.nonzero().flatten()
     if len(rows):
         a = None if actions is None else actions[rows]
         p = None if poses is None else poses[rows]
+        tm = None if times is None else times[rows]
         teacher = bootstrap_target(
-            model, z[rows], plan.tau[rows], plan.d[rows], a, p, plan.visible[rows], bootstrap_space, x0[rows]
+            model, z[rows], plan.tau[rows], plan.d[rows], a, p, plan.visible[rows], bootstrap_space, x0[rows], tm
         )
         target = x0.clone()
         target[rows] = teacher.to(target.dtype)
-    pred = model(z, plan.tau, plan.d, actions, poses, plan.visible, x0)
+    pred = model(z, plan.tau, plan.d, actions, poses, plan.visible, x0, **({} if times is None else {"times": times}))
     err = (pred.float() - target.float()).pow(2).mean(dim=(2, 3, 4))  # (B, T)
     loss = (ramp_weight(plan.tau) * err).mean()
     return loss, err.detach()

@@ -265,10 +265,11 @@ class DynamicsTransformer(nn.Module):
 
     # ------------------------------------------------------------------ whole sequences
     def forward(self, x, tau, d, actions=None, poses=None, visible: torch.Tensor | None = None, memory=None,
-                observed: torch.Tensor | None = None):
+                observed: torch.Tensor | None = None, times: torch.Tensor | None = None):
         """Whole sequences: x (B, T, C, h, w) noisy normalised latents, tau, d, actions (B, T), poses (B, T, 3);
         `visible` (B, T, T): frame i may see j (None: causal); `memory` (B, T, C, h, w) clean latents for pose
-        recall, `observed` (B, T) which are data. Returns x0 (B, T, C, h, w)."""
+        recall, `observed` (B, T) which are data; `times` (B, T) each frame's time for the temporal RoPE (None:
+        0..T-1, e.g. a gapped batch's offsets in its window). Returns x0 (B, T, C, h, w)."""
         b, t = x.shape[:2]
         recalled = None
         if self.recall is not None:
@@ -278,7 +279,7 @@ class DynamicsTransformer(nn.Module):
         h = self._tokens(x, tau, d, actions, poses, recalled)
         n = h.shape[2]
         space_rope = self._space_rope(x.device)
-        time_rope = rope_1d(torch.arange(t, device=x.device), self.config.dim // self.config.heads)
+        time_rope = self._time_rope(times, b, t, n, x.device)
         mask, causal = None, True
         if visible is not None:
             mask, causal = repeat(visible.to(x.device), "b i j -> (b n) 1 i j", n=n), False  # one per temporal sequence
@@ -289,6 +290,18 @@ class DynamicsTransformer(nn.Module):
             else:
                 h, _ = block(h, space_rope)
         return self._frames(h, recalled)
+
+    def _time_rope(self, times, b: int, t: int, n: int, device):
+        """The temporal RoPE table: frames 0..T-1 (``times`` None), else one table per temporal sequence
+        ((B*N, 1, T, hd), as ``_extend`` builds for rows at their own times) from (B, T) times."""
+        head_dim = self.config.dim // self.config.heads
+        if times is None:
+            return rope_1d(torch.arange(t, device=device), head_dim)
+        times = torch.as_tensor(times, device=device)
+        if times.shape != (b, t):
+            raise ValueError(f"times of shape {tuple(times.shape)}, expected (B, T) = {(b, t)}")
+        cos, sin = rope_1d(times.flatten(), head_dim)
+        return tuple(repeat(c.view(b, t, -1), "b t e -> (b n) 1 t e", n=n) for c in (cos, sin))
 
     def _recall(self, x, memory, pose_q, pose_k, allowed, observed=None):
         """What frames x recall from ``memory`` (B, Tk, C, h, w): zeros without poses, an error without memory."""

@@ -27,6 +27,7 @@ class Inputs:
     media: Path  # reports/benchmark (<workload>_<budget>.gif)
     frames_report: Path  # data/frames_report.json (extract's time)
     latents_report: Path  # data/latents_report.json (tokenize's time)
+    revisit_csv: Path | None = None  # metrics/benchmark_revisit.csv (quality by frames since a view was seen)
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,14 @@ def read_horizon(path: Path) -> list[dict]:
                 for r in csv.DictReader(f)]
 
 
+def read_revisit(path: Path | None) -> list[dict]:
+    if path is None or not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return [{**r, "psnr": float(r["psnr"]), "lpips": float(r["lpips"]), "frames": int(r["frames"])}
+                for r in csv.DictReader(f)]
+
+
 def gap_cells(benchmark: dict) -> list[dict]:
     cells = []
     for workload, by_budget in benchmark.get("rollouts", {}).items():
@@ -86,7 +95,7 @@ def gap_cells(benchmark: dict) -> list[dict]:
     return cells
 
 
-def build_charts(benchmark: dict, horizon: list[dict], live: Path) -> dict[str, dict | None]:
+def build_charts(benchmark: dict, horizon: list[dict], live: Path, revisit: list[dict] = ()) -> dict[str, dict | None]:
     """name -> Vega-Lite spec (None where the run has nothing to draw)."""
     modes = list(dict.fromkeys(r["mode"] for r in horizon))
     mode = modes[0] if modes else None
@@ -97,7 +106,11 @@ def build_charts(benchmark: dict, horizon: list[dict], live: Path) -> dict[str, 
         "lpips_vs_horizon": ch.horizon_chart(horizon, "lpips", mode) if mode else None,
         "psnr_gap_vs_budget": None,
         "memory_headroom": ch.headroom_chart(benchmark.get("references", {})),
+        "psnr_vs_since_seen": None,
     }
+    if revisit:  # the horizon charts' mode where the table has it
+        revisit_modes = list(dict.fromkeys(r["mode"] for r in revisit))
+        specs["psnr_vs_since_seen"] = ch.since_seen_chart(list(revisit), mode if mode in revisit_modes else revisit_modes[0])
     cells = gap_cells(benchmark)
     if any(c["ci95"] is not None for c in cells):
         specs["psnr_gap_vs_budget"] = ch.gap_chart(cells, ch.budget_order(names, budgets))
@@ -139,7 +152,7 @@ def build_report(inputs: Inputs, outputs: Outputs) -> dict:
         remove_stale_tmp(out.parent, out.name)  # what a killed run left
     benchmark = json.loads(inputs.benchmark.read_text())
     top = headline(benchmark, _json(inputs.tokenizer), _json(inputs.train))
-    specs = build_charts(benchmark, read_horizon(inputs.horizon_csv), inputs.live)
+    specs = build_charts(benchmark, read_horizon(inputs.horizon_csv), inputs.live, read_revisit(inputs.revisit_csv))
     svgs = {name: ch.render_svg(spec) if spec else None for name, spec in specs.items()}
     modes = list(dict.fromkeys(m for by_b in benchmark.get("rollouts", {}).values() for by_p in by_b.values()
                                for by_m in by_p.values() for m in by_m))

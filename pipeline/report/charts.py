@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from typing import Iterable
 
+from pipeline.benchmark.keys import GAP_LABELS
+
 VL_VERSION = "5.21"  # the Vega-Lite of DVC's own templates ($schema v5); vl-convert bundles it
 SCHEMA = "https://vega.github.io/schema/vega-lite/v5.json"  # an identifier: nothing fetches it
 REFERENCE_HIDDEN = ("tokenizer_ceiling",)  # ~15 dB above every rollout: it would flatten the lines
@@ -66,6 +68,34 @@ def gap_chart(cells: list[dict], budgets: list[str]) -> dict:
                  "encoding": {"y": {"field": "gap", "type": "quantitative"}}},
             ],
         },
+    }
+
+
+def since_seen_chart(rows: list[dict], mode: str) -> dict | None:
+    """PSNR by frames since the context last showed the predicted view: a panel per workload (rows) and
+    budget (columns), a line per policy; None without rows in ``mode``."""
+    values = [{k: r[k] for k in ("workload", "budget", "policy", "since_seen", "psnr", "frames")}
+              for r in rows if r["mode"] == mode]
+    if not values:
+        return None
+    return {
+        **_base(f"PSNR by frames since the view was last seen in the context ({mode} mode)"),
+        "data": {"values": values},
+        "facet": {"row": {"field": "workload", "type": "nominal", "sort": list(dict.fromkeys(v["workload"] for v in values)),
+                          "title": "workload"},
+                  "column": {"field": "budget", "type": "nominal", "sort": list(dict.fromkeys(v["budget"] for v in values)),
+                             "title": "budget"}},
+        "spec": {
+            "width": PANEL_WIDTH, "height": PANEL_HEIGHT,
+            "mark": {"type": "line", "point": {"size": 18}},
+            "encoding": {
+                "x": {"field": "since_seen", "type": "ordinal", "sort": GAP_LABELS, "title": "frames since seen"},
+                "y": {"field": "psnr", "type": "quantitative", "title": "PSNR, dB", "scale": {"zero": False}},
+                "color": {"field": "policy", "type": "nominal", "title": "policy"},
+                "tooltip": [{"field": "policy"}, {"field": "since_seen"}, {"field": "psnr"}, {"field": "frames"}],
+            },
+        },
+        "resolve": {"scale": {"y": "independent"}},
     }
 
 

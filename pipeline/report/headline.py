@@ -1,4 +1,4 @@
-"""metrics/headline.json: the ~25 numbers `dvc exp show` and `dvc metrics diff` compare across experiments
+"""metrics/headline.json: a few dozen numbers `dvc exp show` and `dvc metrics diff` compare across experiments
 (the keys: docs/index.md#headline-metrics); the detail stays in metrics/benchmark.json."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import math
 from typing import Any
 
 from pipeline.benchmark.keys import GAP_KEY as GAP
-from pipeline.benchmark.keys import PAIRED_BASELINE
+from pipeline.benchmark.keys import HINDSIGHT_POLICIES, PAIRED_BASELINE
 
 HEADROOM_ALL = "memory_all_past"
 HEADROOM_LAST = "memory_last_4"
@@ -49,7 +49,7 @@ def best_policy(cells: dict[str, dict[str, dict]]) -> tuple[str, str, dict] | No
     excluded); None if no cell has a gap."""
     best = None
     for policy, modes in cells.items():
-        if policy == PAIRED_BASELINE:
+        if policy == PAIRED_BASELINE or policy in HINDSIGHT_POLICIES:
             continue
         for mode, m in modes.items():
             gap = _number(m.get(GAP))

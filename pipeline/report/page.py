@@ -7,6 +7,7 @@ import html
 import re
 from dataclasses import dataclass, field
 
+from pipeline.benchmark.keys import HINDSIGHT_POLICIES
 from pipeline.report.headline import GAP, PAIRED_BASELINE, verdict
 
 STYLE = """
@@ -60,6 +61,8 @@ def claim(policy: str, gap, ci95) -> tuple[str, str]:
     """(css class, words) of a paired gap to the baseline (:func:`~pipeline.report.headline.verdict`)."""
     if policy == PAIRED_BASELINE:
         return "ns", "baseline"
+    if policy in HINDSIGHT_POLICIES:
+        return "ns", "hindsight reference (reads the truth): not a policy"
     if gap is None:
         return "ns", "no baseline run"
     return {None: ("ns", "one rollout: no interval"), "tie": ("ns", "not distinguishable (interval includes 0)"),
@@ -194,6 +197,11 @@ def render_page(report: Report) -> str:
         "<h2>Training</h2>",
         charts_block(report.charts, ["training_tokenizer", "training_dynamics"]) or
         "<p class='note'>No training curves (dvclive/) in this run.</p>",
+        *(["<h2>Returns</h2>",
+           "<p class='note'>PSNR of each predicted frame by how long ago the context last showed its view (from "
+           "poses; <code>new</code>: never). Returning frames are those seen 64+ frames before: only a policy that "
+           "kept such an old frame can draw them from memory.</p>",
+           charts_block(report.charts, ["psnr_vs_since_seen"])] if report.charts.get("psnr_vs_since_seen") else []),
         gifs_section(report.gifs, budgets, report.media_mode),
         "</body>", "</html>",
     ]

@@ -5,10 +5,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.benchmark.keys import GAP_KEY, MEMORY_GAIN_KEY, PAIRED_BASELINE
+from pipeline.benchmark.keys import (
+    GAP_CLOSED_KEY,
+    GAP_KEY,
+    HINDSIGHT_POLICIES,
+    MEMORY_GAIN_KEY,
+    PAIRED_BASELINE,
+    RANDOM_GAP_KEY,
+)
 from pipeline.report.headline import verdict
 
-CHARTS = ("psnr_vs_horizon", "psnr_gap_vs_budget", "memory_headroom")  # drawn on the page, in this order
+CHARTS = ("psnr_vs_horizon", "psnr_gap_vs_budget", "memory_headroom", "psnr_vs_since_seen")  # drawn on the page, in this order
 
 
 @dataclass(frozen=True)
@@ -100,15 +107,44 @@ def leaderboard_lines(rollouts: dict, budgets: dict) -> list[str]:
             rows = []
             for policy, mode, c in cells:
                 baseline = policy == PAIRED_BASELINE
+                note = "hindsight reference, not a policy" if policy in HINDSIGHT_POLICIES else None
                 sem = "" if c.get("psnr_sem") is None else f" ± {_num(c['psnr_sem'])}"
                 rows.append([policy, mode, _num(c["psnr"]) + sem,
                              "–" if baseline else _interval(c.get(GAP_KEY), c.get(f"{GAP_KEY}_ci95")),
                              _num(c.get("lpips"), 3), _num(c.get("mean_frames_kept"), 1),
-                             "baseline" if baseline else claim(c.get(GAP_KEY), c.get(f"{GAP_KEY}_ci95"))])
+                             "baseline" if baseline else note or claim(c.get(GAP_KEY), c.get(f"{GAP_KEY}_ci95"))])
             out += [f"### {workload} / {_budget(budget, budgets)}", "",
                     *_table(["policy", "mode", "PSNR ± s.e.", f"gap to {PAIRED_BASELINE} ± 95% CI", "LPIPS",
                              "frames kept", "claim"], rows)]
     return out
+
+
+def returns_lines(rollouts: dict, budgets: dict) -> list[str]:
+    """Per workload with returning frames and per finite budget: what each policy recovers of memory's gain."""
+    out = []
+    for workload, by_budget in rollouts.items():
+        for budget, by_policy in by_budget.items():
+            cells = [(p, mode, c) for p, by_mode in by_policy.items() for mode, c in by_mode.items()
+                     if budgets.get(budget) is not None and c.get("returning_frames")]
+            if not cells:
+                continue
+            rows = [[p + (" (hindsight reference)" if p in HINDSIGHT_POLICIES else ""), mode,
+                     _num(c.get("returning_psnr")), _num(c.get("returning_lpips"), 3),
+                     _interval(c.get(GAP_KEY), c.get(f"{GAP_KEY}_ci95")),
+                     _interval(c.get(RANDOM_GAP_KEY), c.get(f"{RANDOM_GAP_KEY}_ci95")),
+                     _num(c.get(GAP_CLOSED_KEY)) + ("" if c.get(f"{GAP_CLOSED_KEY}_ci95") is None
+                                                    else f" ± {_num(c[f'{GAP_CLOSED_KEY}_ci95'])}")]
+                    for p, mode, c in sorted(cells, key=lambda pmc: -pmc[2]["psnr"])]
+            out += [f"### {workload} / {_budget(budget, budgets)}", "",
+                    *_table(["policy", "mode", "returning PSNR", "returning LPIPS", f"gap to newest B ({PAIRED_BASELINE})",
+                             "gap to random", "share of memory's gain closed"], rows)]
+    if not out:
+        return []
+    return ["## Returns", "",
+            "Frames whose view the context last showed 64+ frames before (from poses): their PSNR and LPIPS, each "
+            "policy's paired gap to keeping the newest B and to random retention (± 95% interval), and the share of "
+            "the gap between the newest B and every frame that it closes, (policy − newest B) / (all frames − "
+            "newest B), ± its delta-method 95% interval.", "", *out]
 
 
 def headroom_lines(references: dict) -> list[str]:
@@ -153,6 +189,7 @@ def results_markdown(headline: dict, benchmark: dict, times: StageTimes, charts:
              *headline_lines(headline, budgets),
              *memory_gain_lines(benchmark.get("rollouts", {}), budgets),
              *leaderboard_lines(benchmark.get("rollouts", {}), budgets),
+             *returns_lines(benchmark.get("rollouts", {}), budgets),
              *headroom_lines(benchmark.get("references", {})),
              *(["## Charts", "", *[d + "\n" for d in drawn]] if drawn else []),
              *stage_time_lines(times)]

@@ -81,6 +81,8 @@ class RolloutState:
     total_steps: int
     target_pose: tuple[float, float, float] | None = None  # pose of the frame about to be generated, if recorded
     pose_bias_rate: float | None = None  # the host model's initial pose-distance attention rate, if it has one
+    upcoming_poses: list[tuple[float, float, float]] | None = None  # recorded poses of this frame and every later
+    # one the rollout will generate (target_pose first), where the clip is known in advance; None otherwise
 
 
 class RetentionPolicy(Protocol):

@@ -138,6 +138,13 @@ class _Row:
                          pose=None if self.poses is None else tuple(float(v) for v in self.poses[t]),
                          observed=t < len(self.context))
 
+    def upcoming(self, t: int, total_steps: int) -> list[tuple[float, float, float]] | None:
+        """Poses of frames t .. the last to generate, where the track holds them all (a clip; not live play)."""
+        end = len(self.context) + total_steps
+        if self.poses is None or len(self.poses) < end:
+            return None
+        return [tuple(float(v) for v in p) for p in self.poses[t:end]]
+
     def set_budget(self, max_frames: int | None) -> None:
         ref = self.context[0]
         self.max_frames = max_frames
@@ -164,6 +171,7 @@ class Rollouts:
             row.new_rec = [FrameRecord(time=t, pose=row.info(t).pose) for t in range(len(row.context))]
             self.rows.append(row)
         self.device = contexts[0].device
+        self.pose_bias_rate = getattr(host, "pose_bias_rate", None)
         self.session = start_batch(host, mode, generators)
         self.steps_done = 0
 
@@ -185,7 +193,7 @@ class Rollouts:
                 metas = build_frame_meta(torch.stack(cand_lat), row.context[0], cand_rec, step, fixed_access=harness)
                 state = RolloutState(step=step, budget_capacity_mb=row.budget_state["capacity_mb"],
                                      total_steps=self.total_steps, target_pose=row.info(t_new).pose,
-                                     pose_bias_rate=getattr(self.host, "pose_bias_rate", None))
+                                     pose_bias_rate=self.pose_bias_rate, upcoming_poses=row.upcoming(t_new, self.total_steps))
                 plan = plan_step(row.policy, row.name, metas, state, dict(row.budget_state))
                 keep, demoted = apply_plan(plan, len(cand_lat), row.max_frames, row.name)
             row.result.policy_seconds += time.perf_counter() - t0

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from pipeline.networks.pose_memory import POSE_BIAS_STEPS, pose_distance, typical_step
@@ -288,5 +289,60 @@ class PoseRetrieval(BudgetPolicy):
         return RKV().select(metas, state, budget)
 
 
-BUDGET_BASELINES = (FIFO, SinkRecent, H2O, TOVA, RKV)
-OURS = (PoseRetrieval,)
+class PoseCoverage(PoseRetrieval):
+    """Pose coverage (ours, for revisits): keep the newest frame, then the frames that together cover the
+    views of every frame still to come (``upcoming_poses``), not only the next: greedy facility location
+    on pose distance, each upcoming view costing its distance to the closest kept frame, capped at
+    ``cap`` (45 degrees or 4.4 typical steps: farther frames hardly help a copy), a generated frame's
+    ``generated_penalty`` more than a ground-truth one's. Frames are gone once evicted,
+    so a view needed 10 frames from now must be kept now. Leftover slots, and clips without upcoming
+    poses: pose retrieval's ranking. Failure cases: docs/benchmark.md (pose_coverage)."""
+
+    name = "pose_coverage"
+    family = "pose_coverage"
+    cap = 0.3
+    generated_penalty = 0.15
+
+    def select(self, metas, state, budget):
+        n, upcoming = len(metas), state.upcoming_poses
+        poses = poses_of(metas)
+        if not upcoming or any(p is None for p in poses):
+            return super().select(metas, state, budget)
+        distance = pose_distances(poses, list(upcoming), candidates_step(metas, poses))  # (n, upcoming)
+        is_context = context_flags(metas, state.step)
+        cost = [[min(self.cap, d + (0.0 if is_context[i] else self.generated_penalty)) for d in row]
+                for i, row in enumerate(distance)]
+        chosen = newest(n, min(self.n_recent, budget))
+        covered = [min(cost[i][f] for i in chosen) for f in range(len(upcoming))]
+        gains = {}
+        while len(chosen) < budget:
+            gains = {i: sum(c - min(c, cost[i][f]) for f, c in enumerate(covered)) for i in range(n) if i not in chosen}
+            best = max(gains, key=lambda i: (gains[i], i), default=None)
+            if best is None or gains[best] <= 0:
+                break
+            chosen.append(best)
+            covered = [min(c, cost[best][f]) for f, c in enumerate(covered)]
+        if len(chosen) < budget:  # every upcoming view is as covered as it can be: fill as pose retrieval would
+            rest, _ = super().select(metas, state, budget)
+            chosen += [i for i in sorted(rest, key=lambda i: -i) if i not in chosen][: budget - len(chosen)]
+        return sorted(chosen), {i: gains.get(i, 0.0) for i in chosen}
+
+
+class RandomKeep(BudgetPolicy):
+    """Random retention (a bound from below): the newest frame plus ``max_frames - 1`` others drawn
+    uniformly, seeded by the step and the candidates' clip times (same history, same draw; no global RNG)."""
+
+    name = "random"
+    family = "random"
+
+    def select(self, metas, state, budget):
+        n = len(metas)
+        times = [getattr(m, "time", None) for m in metas]
+        seed = [state.step, n, *(-1 if t is None else int(t) for t in times)]
+        others = np.random.default_rng(seed).permutation(n - 1)[: budget - 1].tolist()
+        keep = sorted([n - 1, *others])
+        return keep, {i: 0.0 for i in keep}
+
+
+BUDGET_BASELINES = (FIFO, SinkRecent, H2O, TOVA, RKV, RandomKeep)
+OURS = (PoseRetrieval, PoseCoverage)

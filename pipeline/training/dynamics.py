@@ -45,7 +45,7 @@ class TrainingData:
     train: LatentWindows
     val: LatentWindows
     batches: AlternatingBatches  # item s: this rank's rows of step s's global batch
-    rows: dict[str, slice]  # this rank's rows of a short ("S") and a long ("L") global batch
+    rows: dict[str, slice]  # this rank's rows of a short ("S"), long ("L") and gapped ("G") global batch
     latent_mean: float  # statistics of the train latents: the model's normalisation
     latent_std: float
     poses: PoseStats | None  # where the train split's agent goes; None: the data has no poses
@@ -59,10 +59,12 @@ def load_data(params: Params, latents: Path, d: Dist) -> TrainingData:
         raise WindowError(f"{latents}: no video with split 'train'")
     rows = {"S": shard(tp.batch_size_short, d, "train.batch_size_short"),
             "L": shard(tp.batch_size_long, d, "train.batch_size_long")}  # fmt: skip
+    rows["G"] = rows["S"]  # a gapped batch has batch_size_short rows
     batches = AlternatingBatches(
         train, seq_len_short=tp.seq_len_short, seq_len_long=tp.seq_len_long,
         batch_size_short=tp.batch_size_short, batch_size_long=tp.batch_size_long,
         long_ratio=tp.long_ratio, stride=tp.stride, seed=params.seed, rows=rows,
+        gapped_ratio=tp.gapped_ratio, gapped_span=tp.gapped_span,
     )  # fmt: skip
     tracks = (train.reader.read(vid, "poses") if has else None for vid, has in zip(train.index.ids, train.index.with_poses))
     return TrainingData(train, LatentWindows(SplitIndex.open(latents, "val", "latents")), batches, rows,
@@ -97,10 +99,12 @@ def global_plan(batch: Batch, params: Params, step: int) -> NoisePlan:
 
 
 def local_loss(model, batch: Batch, plan: NoisePlan, bootstrap_space: str, device):
-    """Loss on this rank's rows (already selected), on `device`."""
+    """Loss on this rank's rows (already selected: the batch's latents and times, as `plan`), on `device`."""
     actions = None if batch.actions is None else batch.actions.to(device)
     poses = None if batch.poses is None else batch.poses.to(device)
-    return shortcut_forcing_loss(model, batch.latents.to(device), actions, plan.to(device), bootstrap_space, poses)
+    times = None if batch.times is None else batch.times.to(device)
+    return shortcut_forcing_loss(model, batch.latents.to(device), actions, plan.to(device), bootstrap_space, poses,
+                                 times)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -147,10 +151,12 @@ class History:
     tau_max: float = -math.inf
     short_batches: int = 0
     long_batches: int = 0
+    gapped_batches: int = 0
 
     def add(self, batch: Batch, plan: NoisePlan) -> None:
         self.short_batches += batch.kind == "S"
         self.long_batches += batch.kind == "L"
+        self.gapped_batches += batch.kind == "G"
         self.tau_min = min(self.tau_min, float(plan.tau.min()))
         self.tau_max = max(self.tau_max, float(plan.tau.max()))
 
@@ -289,6 +295,7 @@ def train_dynamics(params: Params, *, latents: Path, out_dir: Path, metrics_path
         "steps": tp.steps, "final_loss": history.final_loss, "best_loss": history.best_loss,
         "tau_min": history.tau_min, "tau_max": history.tau_max,
         "short_batches": history.short_batches, "long_batches": history.long_batches,
+        "gapped_batches": history.gapped_batches,
         "batches_per_s": speed.batches / max(speed.seconds, 1e-9), "frames_per_s": speed.frames / max(speed.seconds, 1e-9),
         "train_seconds_this_run": round(speed.seconds, 1), "loader_wait_share": speed.wait_share,
         "params": n_params, "processes": run.dist.world, "latent_mean": data.latent_mean, "latent_std": data.latent_std,

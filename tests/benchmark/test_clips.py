@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from pipeline.benchmark.clips import BenchmarkError, select_clips, window_starts
-from tests.benchmark.toy import VIDEOS
+from tests.benchmark.toy import VIDEOS, make_revisit_stores
 
 
 def test_clips_come_only_from_test_videos_long_enough(stores):
@@ -60,3 +60,19 @@ def test_window_starts_are_uniform_over_disjoint_placements():
 def test_window_starts_spread_evenly_when_windows_must_overlap():
     starts = window_starts(500, 72, 7, np.random.default_rng(0))  # 7 x 72 > 500
     assert starts[0] == 0 and starts[-1] == 500 - 72 and np.all(np.diff(starts) >= 71)
+
+
+def test_revisit_clips_predict_the_return_to_views_only_the_old_context_showed(tmp_path):
+    frames, latents = make_revisit_stores(tmp_path)  # spin 0-15, out 16-55, back 56-95, spin 96-111
+    clips = select_clips(frames, latents, 96, 16, 5, seed=0, revisit_gap=64, workload="revisit")
+    assert [(c.video_id, c.start) for c in clips] == [("r_test", 0)]  # one return: one clip, never train
+    assert clips[0].poses.shape == (112, 3)
+
+
+def test_revisit_clips_need_poses_and_a_return(stores, tmp_path):
+    frames, latents = stores  # no poses
+    with pytest.raises(BenchmarkError, match=r"benchmark.workloads.revisit.revisit_gap: test video .* has no poses"):
+        select_clips(frames, latents, 3, 4, 2, seed=0, revisit_gap=2, workload="revisit")
+    frames, latents = make_revisit_stores(tmp_path)
+    with pytest.raises(BenchmarkError, match="benchmark.workloads.revisit: no test video returns to a view last seen 100"):
+        select_clips(frames, latents, 96, 16, 2, seed=0, revisit_gap=100, workload="revisit")

@@ -4,10 +4,14 @@ import csv
 import json
 import re
 
+import pandas as pd
 import pytest
 
+from pipeline.benchmark.clips import select_clips
 from pipeline.benchmark.outputs import JSON_KEYS, metrics_json, write_outputs
-from tests.benchmark.toy import run
+from pipeline.benchmark.run import run_benchmark
+from tests.benchmark.toy import bench_params, make_revisit_stores, run
+from tests.rollout.toy_host import ToyHost
 
 
 def test_benchmark_runs_every_cell_and_writes_stable_outputs(stores, scorer, tmp_path):
@@ -20,7 +24,8 @@ def test_benchmark_runs_every_cell_and_writes_stable_outputs(stores, scorer, tmp
     assert data["eval_mode"] == "real_rollout"
     assert sorted(data["baselines"]) == ["full_history", "recent_window"]
     cell = data["rollouts"]["short"]["tight"]["recent_window"]["kv"]
-    assert set(cell) == set(JSON_KEYS) - {"memory_gain", "memory_gain_ci95"}  # those: full_history under a budget
+    # memory_gain: full_history under a budget; psnr_vs_random: runs with the random policy
+    assert set(cell) == set(JSON_KEYS) - {"memory_gain", "memory_gain_ci95", "psnr_vs_random", "psnr_vs_random_ci95"}
     gain = data["rollouts"]["long"]["tight"]["full_history"]["recompute"]
     full = data["rollouts"]["long"]["full"]["full_history"]["recompute"]
     assert gain["memory_gain"] == pytest.approx(full["psnr"] - gain["psnr"]) and gain["memory_gain_ci95"] >= 0
@@ -52,3 +57,27 @@ def test_the_metrics_list_the_baselines_among_the_policies_run_and_not_the_candi
     cell = {"psnr": 20.0}
     summary = {("long", "tight", policy, "kv"): cell for policy in ("fifo", "pose_retrieval", "zoo.py:Mine", "full_history")}
     assert metrics_json(summary, {}, {})["baselines"] == ["fifo", "full_history"]
+
+
+def test_a_revisit_run_reports_returns_bounds_and_the_share_of_the_gap_closed(scorer, tmp_path):
+    stores = make_revisit_stores(tmp_path)
+    bench = bench_params(policies=["full_history", "random", "pose_coverage", "oracle_copy"], modes=["kv"],
+                         workloads={"revisit": {"context": 96, "predict": 16, "revisit_gap": 64}},
+                         budgets={"full": None, "tight": 4}, n_clips=1)
+    clips = {"revisit": select_clips(*stores, 96, 16, 1, 0, revisit_gap=64, workload="revisit")}
+    result = run_benchmark(ToyHost(), bench, clips, seed=0, scorer=scorer, progress=False)
+    write_outputs(result, bench.budgets, {}, tmp_path / "b.json", tmp_path / "h.csv", tmp_path / "bud.csv",
+                  tmp_path / "r.csv")
+    data = json.loads((tmp_path / "b.json").read_text())
+    assert data["hindsight_references"] == ["oracle_copy"] and "oracle_copy" not in data["baselines"]
+    tight = data["rollouts"]["revisit"]["tight"]
+    for cells in tight.values():
+        cell = cells["kv"]
+        assert cell["returning_frames"] == 13  # 13 of the 16 spin frames return; 3 face the way back
+        assert "psnr_vs_random" in cell and "gap_closed" in cell
+    assert tight["full_history"]["kv"]["gap_closed"] == pytest.approx(0.0)
+    # the oracle keeps the first spin's views: its copies beat the newest 4 frames' (the walk back)
+    assert tight["oracle_copy"]["kv"]["memory_oracle_psnr"] > tight["full_history"]["kv"]["memory_oracle_psnr"] + 3
+    table = pd.read_csv(tmp_path / "r.csv")
+    assert set(table["since_seen"]) == {"1-8", "9-32", "64-127"}  # west +- a step: seen walking back; the rest: the first spin
+    assert table.groupby(["budget", "policy"])["frames"].sum().eq(16).all()

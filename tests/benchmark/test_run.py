@@ -121,7 +121,7 @@ def test_the_metrics_do_not_depend_on_the_batch_size_or_the_sharding(stores, sco
              for name, w in bench.workloads.items()}
     shares = [run_benchmark(ToyHost(), bench, clips, seed=0, media_clips=bench.media_clips, scorer=scorer,
                             progress=False, batch_size=2, shard=(rank, 2)).share() for rank in (0, 1)]
-    merged = merge_runs(shares, clips, bench.budgets)
+    merged = merge_runs(shares, clips, bench.budgets, bench)
     assert metrics_without_timings(merged) == metrics_without_timings(one)
     assert [r.per_frame for r in merged.records] == [r.per_frame for r in one.records]
     assert len({r.clip for r in shares[0]["records"]}) == 2 and {r.clip for r in shares[1]["records"]} == {1}

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from pipeline.benchmark.stats import paired_difference, standard_error
+from pipeline.benchmark.stats import paired_difference, paired_ratio, standard_error
 
 
 def test_the_paired_interval_is_the_one_a_paired_t_test_implies():
@@ -38,3 +38,26 @@ def test_unpaired_lengths_are_rejected():
 def test_identical_policies_have_a_zero_gap_and_a_zero_interval():
     gap, half = paired_difference([1.0, 5.0, 2.0], [1.0, 5.0, 2.0])
     assert gap == 0.0 and half == 0.0 and not math.isnan(half)
+
+
+def test_the_share_of_a_gap_closed_is_the_ratio_of_means_with_a_delta_method_interval():
+    rng = np.random.default_rng(1)
+    gap = rng.uniform(2.0, 6.0, 400)  # full history minus newest B, per clip
+    closed = 0.6 * gap + rng.normal(0, 0.5, 400)  # what a policy recovers of it
+    ratio, half = paired_ratio(closed, gap)
+    assert ratio == pytest.approx(closed.mean() / gap.mean())
+    assert ratio - half < 0.6 < ratio + half and half < 0.05
+    # the interval covers the truth at about the nominal rate
+    hits = 0
+    for seed in range(200):
+        r = np.random.default_rng(seed)
+        g = r.uniform(2.0, 6.0, 30)
+        c = 0.6 * g + r.normal(0, 1.0, 30)
+        est, h = paired_ratio(c, g)
+        hits += est - h <= 0.6 <= est + h
+    assert 0.9 <= hits / 200 <= 0.99
+
+
+def test_no_gap_to_close_gives_no_share():
+    assert paired_ratio([1.0, -1.0], [1.0, -1.0]) == (None, None)
+    assert paired_ratio([0.5], [1.0]) == (0.5, None)

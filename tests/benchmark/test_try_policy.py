@@ -226,7 +226,7 @@ def test_the_stage_names_a_policy_that_raises_and_shows_the_traceback_only_in_de
 @pytest.mark.parametrize("benchmark, message", [
     ({"policies": ["recent_window", "full_history", "packcash"]},
      "benchmark: benchmark.policies[2]: policy 'packcash': not a baseline or built-in policy (recent_window, packcache, "
-     "causalcache_vdm, flowcache, full_history, fifo, sink_recent, h2o, tova, rkv, pose_retrieval)"),
+     "causalcache_vdm, flowcache, full_history, fifo, sink_recent, h2o, tova, rkv, random, pose_retrieval, pose_coverage)"),
     ({"policies": ["my_policy.py:Mine"]}, "benchmark: benchmark.policies[0]: policy 'my_policy.py:Mine': file "
      "my_policy.py not found"),
     ({"workloads": {"short": {"context": 3, "predict": 3}, "long": {"context": 12, "predict": 12}}},

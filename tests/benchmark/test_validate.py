@@ -21,7 +21,7 @@ def test_valid_params_pass(stores):
 def test_an_unknown_builtin_policy_names_its_key_and_the_known_ones(stores):
     with pytest.raises(BenchmarkError, match=r"^benchmark\.policies\[2\]: policy 'packcash': not a baseline or built-in "
                                              r"policy \(recent_window, packcache, causalcache_vdm, flowcache, full_history, "
-                                             r"fifo, sink_recent, h2o, tova, rkv, pose_retrieval\)"):
+                                             r"fifo, sink_recent, h2o, tova, rkv, random, pose_retrieval, pose_coverage\)"):
         validate_benchmark(params(policies=["recent_window", "full_history", "packcash"]), frames=stores[0])
 
 

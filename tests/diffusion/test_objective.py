@@ -123,6 +123,35 @@ def test_loss_is_the_ramp_weighted_error_against_x0_or_the_bootstrap_target():
     assert model.patch_in.weight.grad is not None
 
 
+def test_a_gapped_batch_s_frame_times_reach_the_student_and_the_bootstrap_teacher():
+    model = tiny_model()
+    x0 = torch.randn(4, 3, 4, 8, 8, generator=gen(2))
+    actions = torch.randint(-1, 3, (4, 3), generator=gen(3))
+    plan = sample_plan(tuple(x0.shape), k_max=8, bootstrap_fraction=0.5, single_frame_fraction=0.0, generator=gen(4))
+    times = torch.tensor([[0, 50, 51], [7, 8, 9], [3, 90, 91], [0, 1, 2]])
+    loss, err = shortcut_forcing_loss(model, x0, actions, plan, times=times)
+    z = add_noise(x0, plan.eps, plan.tau)
+    with torch.no_grad():
+        pred = model(z, plan.tau, plan.d, actions, visible=plan.visible, memory=x0, times=times)
+        target = x0.clone()
+        rows = plan.bootstrap
+        target[rows] = bootstrap_target(model, z[rows], plan.tau[rows], plan.d[rows], actions[rows],
+                                        visible=plan.visible[rows], memory=x0[rows], times=times[rows])
+        plain_teacher = bootstrap_target(model, z[rows], plan.tau[rows], plan.d[rows], actions[rows],
+                                         visible=plan.visible[rows], memory=x0[rows])
+    assert not torch.allclose(target[rows], plain_teacher, atol=1e-4)  # the teacher sees the times too
+    expected = (pred - target).pow(2).mean(dim=(2, 3, 4))
+    torch.testing.assert_close(err, expected, rtol=1e-5, atol=1e-6)
+    assert math.isclose(loss.item(), (ramp_weight(plan.tau) * expected).mean().item(), rel_tol=1e-5)
+    # frames at 0..T-1 are the default; a shift of a row's times changes nothing (RoPE is relative)
+    default, _ = shortcut_forcing_loss(model, x0, actions, plan)
+    at_arange, _ = shortcut_forcing_loss(model, x0, actions, plan, times=torch.arange(3).expand(4, 3))
+    shifted, _ = shortcut_forcing_loss(model, x0, actions, plan, times=torch.arange(3).expand(4, 3) + 120)
+    assert at_arange.item() == pytest.approx(default.item(), rel=1e-6)
+    assert shifted.item() == pytest.approx(default.item(), rel=1e-4)
+    assert loss.item() != pytest.approx(default.item(), rel=1e-4)
+
+
 def test_history_dropout_rows_see_the_newest_frames_some_older_ones_and_themselves():
     g = torch.Generator().manual_seed(0)
     for _ in range(50):

@@ -262,6 +262,47 @@ def test_a_gapped_history_through_the_kv_cache_equals_forward_with_that_visibili
     torch.testing.assert_close(out, full[:, 5], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("softcap", [0.0, 50.0])
+def test_frames_at_times_zero_to_t_are_the_default_and_rope_sees_only_time_differences(softcap):
+    model = tiny(logit_softcap=softcap)
+    x, tau, d, actions = inputs()
+    visible = causal_visibility(2, 6)
+    visible[1, 4, 1:3] = False  # a gapped row: the mask path too
+    with torch.no_grad():
+        for vis in (None, visible):
+            base = model(x, tau, d, actions, visible=vis)
+            arange = torch.arange(6).expand(2, 6)
+            torch.testing.assert_close(model(x, tau, d, actions, visible=vis, times=arange), base, rtol=0, atol=1e-6)
+            # RoPE is relative: shifting every frame of a row (rows by different amounts) changes nothing
+            shifted = arange + torch.tensor([[100], [57]])
+            torch.testing.assert_close(model(x, tau, d, actions, visible=vis, times=shifted), base, rtol=1e-4, atol=1e-4)
+            gapped = torch.tensor([[0, 30, 90, 150, 151, 152]] * 2)  # other distances: other outputs
+            out = model(x, tau, d, actions, visible=vis, times=gapped)
+            torch.testing.assert_close(out[:, 0], base[:, 0], rtol=1e-4, atol=1e-4)  # the first frame sees only itself
+            assert not torch.allclose(out[:, 1:], base[:, 1:], atol=1e-3)
+            one = model(x[:1], tau[:1], d[:1], actions[:1], visible=None if vis is None else vis[:1], times=gapped[:1])
+            torch.testing.assert_close(one, out[:1], rtol=1e-5, atol=1e-5)  # each row at its own times
+    with pytest.raises(ValueError, match=r"times of shape \(6,\), expected \(B, T\) = \(2, 6\)"):
+        model(x, tau, d, actions, times=torch.arange(6))
+
+
+@pytest.mark.parametrize("softcap", [0.0, 50.0])
+def test_kept_frames_at_their_own_times_through_the_kv_cache_equal_forward_at_those_times(softcap):
+    """A gapped training row (frames kept from a long span, causal over the kept ones) is what a rollout
+    computes for a cache holding those frames at their clip times."""
+    model = posed(logit_softcap=softcap)
+    x, tau, d, actions = inputs()
+    poses = pose_track()
+    clean = torch.randn_like(x)
+    times = torch.tensor([[0, 41, 97, 150, 174, 175], [3, 12, 120, 173, 174, 175]])
+    with torch.no_grad():
+        full = model(x, tau, d, actions, poses, causal_visibility(2, 6), memory=clean, times=times)
+        cache = model.new_cache(2)
+        steps = [model.step(cache, x[:, t], tau[:, t], d[:, t], actions[:, t], append=True, pose=poses[:, t],
+                            time=times[:, t], memory=clean[:, t]) for t in range(6)]
+    torch.testing.assert_close(torch.stack(steps, 1), full, rtol=1e-4, atol=1e-5)
+
+
 def test_poses_condition_a_pose_model_and_unknown_poses_count_as_none():
     model = posed()
     x, tau, d, actions = inputs()

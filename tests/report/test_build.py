@@ -115,3 +115,28 @@ def test_the_docs_results_page_is_generated_from_the_metrics_with_claims_only_wh
     for link in ("charts/psnr_vs_horizon.svg", "charts/psnr_gap_vs_budget.svg"):
         assert f"]({link})" in page and (run_dir / "docs" / link).is_file()
     assert "memory_headroom" not in page  # no copy oracles in this run: nothing drawn
+
+
+def test_returns_get_their_section_and_chart_and_a_hindsight_reference_is_never_the_best(run_dir):
+    bench = json.loads((run_dir / "metrics/benchmark.json").read_text())
+    tight = bench["rollouts"]["long"]["tight"]
+    for policy, extra in (("packcache", {"gap_closed": 0.55, "gap_closed_ci95": 0.2}),
+                          ("full_history", {"gap_closed": 0.0, "gap_closed_ci95": 0.0})):
+        tight[policy]["kv"].update(returning_frames=40, returning_psnr=21.5, returning_lpips=0.2,
+                                   psnr_vs_random=1.2, psnr_vs_random_ci95=0.5, **extra)
+    oracle = {"temporal_quality_main": 60.0, "psnr": 24.0, "psnr_sem": 0.3, "psnr_vs_full_history": 3.0,
+              "psnr_vs_full_history_ci95": 0.5, "lpips": 0.1, "mean_frames_kept": 4.0}
+    tight["oracle_copy"] = {"kv": oracle}
+    (run_dir / "metrics/benchmark.json").write_text(json.dumps(bench))
+    rows = ["workload,budget,policy,mode,since_seen,psnr,lpips,frames"]
+    rows += [f"long,tight,{p},kv,{b},{v},0.2,10" for p in ("packcache", "full_history")
+             for b, v in (("1-8", 25.0), ("64-127", 20.0), ("new", 18.0))]
+    (run_dir / "metrics/benchmark_revisit.csv").write_text("\r\n".join(rows) + "\r\n")
+    result = build_report(Inputs(**{**inputs(run_dir).__dict__, "revisit_csv": run_dir / "metrics/benchmark_revisit.csv"}),
+                          outputs(run_dir))
+    assert result["long"]["tight"]["best_policy"] != "oracle_copy/kv"  # +3.0 dB, but it reads the truth
+    page = (run_dir / "docs/results.md").read_text()
+    assert "## Returns" in page and "| packcache | kv | 21.50 | 0.200 | +0.10 ± 0.05 | +1.20 ± 0.50 | 0.55 ± 0.20 |" in page
+    assert "| oracle_copy | kv | 24.00 ± 0.30 | +3.00 ± 0.50 | 0.100 | 4.0 | hindsight reference, not a policy |" in page
+    assert "](charts/psnr_vs_since_seen.svg)" in page and (run_dir / "docs/charts/psnr_vs_since_seen.svg").is_file()
+    assert "<h2>Returns</h2>" in (run_dir / "reports/index.html").read_text()

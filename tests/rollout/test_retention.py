@@ -29,7 +29,7 @@ from pipeline.rollout.retention import (
 )
 from tests.rollout.toy_host import ToyHost
 
-BUDGET_POLICIES = ["fifo", "sink_recent", "h2o", "tova", "rkv", "pose_retrieval"]
+BUDGET_POLICIES = ["fifo", "sink_recent", "h2o", "tova", "rkv", "random", "pose_retrieval", "pose_coverage"]
 
 
 def meta(i, n, *, time=None, pose=None, attention=None, sim=1.0, access=0) -> FrameMeta:
@@ -51,8 +51,10 @@ def frames(n, *, poses=None, attention=None, sims=None, times=None, access=None)
 MODEL_RATE = 50.0  # a host model's initial pose-bias rate (RolloutState.pose_bias_rate)
 
 
-def state(step=5, target=None, rate=MODEL_RATE) -> RolloutState:
-    return RolloutState(step=step, budget_capacity_mb=1.0, total_steps=36, target_pose=target, pose_bias_rate=rate)
+def state(step=5, target=None, rate=MODEL_RATE, upcoming=None) -> RolloutState:
+    target = upcoming[0] if upcoming and target is None else target
+    return RolloutState(step=step, budget_capacity_mb=1.0, total_steps=36, target_pose=target, pose_bias_rate=rate,
+                        upcoming_poses=upcoming)
 
 
 def budget(n) -> dict:
@@ -76,12 +78,13 @@ def kept(policy, metas, st, max_frames) -> list[int]:
 # ------------------------------------------------------------------ registry
 def test_registry_names_baselines_and_ours():
     assert set(BASELINES) == {"recent_window", "packcache", "causalcache_vdm", "flowcache", "full_history",
-                              "fifo", "sink_recent", "h2o", "tova", "rkv"}
-    assert set(POLICIES) == set(BASELINES) | {"pose_retrieval"}
+                              "fifo", "sink_recent", "h2o", "tova", "rkv", "random"}
+    assert set(POLICIES) == set(BASELINES) | {"pose_retrieval", "pose_coverage"}
     for name in POLICIES:
         policy = load_policy(name)
         assert policy.name == name
-        assert policy.__doc__ and (name == "full_history" or "arXiv" in policy.__doc__ or name == "recent_window")
+        assert policy.__doc__ and ("arXiv" in policy.__doc__ or name in ("full_history", "recent_window", "random",
+                                                                          "pose_coverage"))
     for name in BUDGET_POLICIES:
         assert load_policy(name).uses_budget_state is True
 
@@ -274,6 +277,33 @@ def test_pose_retrieval_without_poses_falls_back():
     # no poses but attention: R-KV's importance minus redundancy
     metas = frames(6, attention=[0.4, 0.05, 0.05, 0.05, 0.05, None], sims=[1.0, 0.1, 0.9, 0.9, 0.9, 0.9])
     assert kept("pose_retrieval", metas, state(), 2) == kept(RKV(), metas, state(), 2) == [0, 5]
+
+
+# ------------------------------------------------------------------ pose coverage, random
+def test_pose_coverage_keeps_views_the_later_frames_need_not_only_the_next():
+    # a spin in place; the next frame looks at 90 degrees, the ones after it turn on to 180 and 270
+    metas = frames(16, poses=SPIN)
+    upcoming = [(0.0, 0.0, 90.0), (0.0, 0.0, 180.0), (0.0, 0.0, 270.0)]
+    assert kept("pose_coverage", metas, state(upcoming=upcoming), 4) == [4, 8, 12, 15]
+    # pose retrieval spends its slots around the next view only
+    assert 8 not in kept("pose_retrieval", metas, state(target=upcoming[0]), 4)
+
+
+def test_pose_coverage_fills_leftover_slots_as_pose_retrieval_and_falls_back_without_upcoming_poses():
+    metas = frames(16, poses=SPIN)
+    # one upcoming view, covered exactly by frame 4: the other slots are pose retrieval's
+    assert kept("pose_coverage", metas, state(upcoming=[(0.0, 0.0, 90.0)]), 4) == \
+        kept("pose_retrieval", metas, state(target=(0.0, 0.0, 90.0)), 4)
+    assert kept("pose_coverage", metas, state(target=(0.0, 0.0, 80.0)), 3) == \
+        kept("pose_retrieval", metas, state(target=(0.0, 0.0, 80.0)), 3)
+
+
+def test_random_keeps_the_newest_and_a_draw_that_depends_only_on_the_history():
+    a = kept("random", frames(20), state(step=3), 5)
+    assert len(a) == 5 and a[-1] == 19
+    assert kept("random", frames(20), state(step=3), 5) == a  # same candidates and step: same draw
+    draws = {tuple(kept("random", frames(20), state(step=s), 5)) for s in range(8)}
+    assert len(draws) > 4  # another step draws again
 
 
 def test_policy_classes_are_exported():

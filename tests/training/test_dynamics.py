@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,8 @@ def tiny_raw(**train):
     raw["model"].update(dim=32, depth=2, heads=2, kv_heads=1, patch_size=2, num_registers=1, temporal_every=2, k_max=8)
     raw["train"].update(steps=20, seq_len_short=8, seq_len_long=16, batch_size_short=4, batch_size_long=2,
                         long_ratio=0.2, stride=2, lr=3e-3, warmup_steps=10, log_every=5, val_every=1000,
-                        checkpoint_every=10, ema_decay=0.9, bootstrap_fraction=0.5, single_frame_fraction=0.25)
+                        checkpoint_every=10, ema_decay=0.9, bootstrap_fraction=0.5, single_frame_fraction=0.25,
+                        gapped_ratio=0.0)  # the 40-frame fixture videos are shorter than settings.yaml's gapped_span
     raw["train"].update(train)
     return raw
 
@@ -198,6 +200,40 @@ def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkp
 def test_windows_longer_than_every_video_name_train_seq_len_long(tmp):
     with pytest.raises(WindowError, match=r"train\.seq_len_long=80: .*longest of 3: 'v0' with 40 frames"):
         run(tmp, tiny_params(seq_len_long=80))
+
+
+def test_a_run_with_gapped_long_span_batches_trains_on_them_and_counts_them(tmp):
+    out, metrics = run(tmp, tiny_params(steps=8, long_ratio=0.25, gapped_ratio=0.5, gapped_span=32, log_every=4,
+                                        checkpoint_every=4))
+    counts = [metrics[f"{kind}_batches"] for kind in ("short", "long", "gapped")]
+    assert counts[2] > 0 and sum(counts) == 8
+    assert np.isfinite(metrics["final_loss"])
+    with pytest.raises(WindowError, match=r"train\.gapped_span=48: .*longest of 3: 'v0' with 40 frames"):
+        run(tmp, tiny_params(gapped_ratio=0.5, gapped_span=48), "too_long")
+
+
+def test_a_rank_s_loss_on_its_rows_of_a_gapped_batch_is_those_rows_of_the_whole_batch_s(tmp):
+    params = tiny_params(gapped_ratio=1.0, long_ratio=0.0, gapped_span=32)
+    windows = LatentWindows(SplitIndex.open(tmp / "latents.zarr", "train", "latents"))
+    kw = dict(seq_len_short=8, seq_len_long=16, batch_size_short=4, batch_size_long=2, long_ratio=0.0, stride=2,
+              seed=params.seed, gapped_ratio=1.0, gapped_span=32)
+    torch.manual_seed(0)
+    model = DynamicsTransformer(dynamics_config(params.model, (4, 8, 8), n_actions=3)).eval()
+    with torch.no_grad():
+        model.patch_out.weight.normal_(0, 0.02)
+    whole = AlternatingBatches(windows, **kw)[5]
+    plan = dt.global_plan(whole, params, 5)
+    assert whole.kind == "G" and not torch.equal(whole.times, torch.arange(8).expand(4, 8))
+    with torch.no_grad():
+        _, expected = dt.local_loss(model, whole, plan, "velocity", torch.device("cpu"))
+        parts = []
+        for rank in (0, 1):
+            rows = shard(4, Dist(rank, 2, 0), "train.batch_size_short")
+            mine = AlternatingBatches(windows, rows={"S": rows, "L": rows, "G": rows}, **kw)[5]
+            parts.append(dt.local_loss(model, mine, plan.rows(rows), "velocity", torch.device("cpu"))[1])
+        untimed = dt.local_loss(model, replace(whole, times=None), plan, "velocity", torch.device("cpu"))[1]
+    torch.testing.assert_close(torch.cat(parts), expected, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(untimed, expected, atol=1e-5)  # the times reach the model
 
 
 # ---------------------------------------------------------------------------------------------

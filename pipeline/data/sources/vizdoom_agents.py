@@ -1,13 +1,14 @@
 """The `vizdoom:` recorder's action set and agents: an explorer that revisits views on purpose (exact
-turns, motifs from standstill, so a pan or spin returns to the bit-identical view), and the sticky
-random agent. Why, and measurements: docs/sources.md (Inside the recorders).
+turns, motifs from standstill, so a pan or spin returns to the bit-identical view, and a walk played
+backwards leads back to where it started), and the sticky random agent. Why, and measurements:
+docs/sources.md (Inside the recorders).
 """
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import numpy as np
 
@@ -21,6 +22,7 @@ STOP = -1  # BRAKE (or NOOP without braking) until the player stands still
 WALK = -2  # FORWARD, or stop and look for a way on when a wall is ahead
 LOOK = -3  # spin 360 degrees if the panorama of this spot is incomplete
 FACE = -4  # turn in place toward the best heading of the panorama
+ANCHOR = -5  # (standing still) remember this pose, then leave and come back to it (the revisit motif)
 
 HFOV_DEG = 90.0  # horizontal field of view of a 4:3 ViZDoom screen
 DEPTH_UNIT = 8.0  # map units per depth-buffer step (measured: ~7.6-8 at 160x120)
@@ -28,14 +30,65 @@ CELL = 96.0  # map units per cell of the visit-count grid
 WALK_HALF_DEG = 17.5  # a heading is walkable if nothing is close within +- this many degrees
 PANO_BIN = 5.0  # degrees per bin of the panorama (free depth per absolute heading)
 MAX_VIEW = 320.0  # map units: farther openings count no more than this
+OFF_COURSE_DEG = 0.15  # a free walk moves within 0.06 degrees of its heading; sliding along a wall more
 
 Pose = tuple[float, float, float]  # x, y (map units), angle (degrees, counter-clockwise from +x)
+
+
+class Return(NamedTuple):
+    """A completed revisit: where and when the explorer left its anchor and where it came back to."""
+
+    anchor_frame: int
+    anchor: Pose
+    end_frame: int  # the first frame after the way back
+    end: Pose
+
+
+def return_plan(log: list[int], half_turn: int = 8) -> list[int]:
+    """The way back to where `log` (the actions played since standing still there) started, facing the
+    way it faced: turn half_turn frames (180 degrees), replay the log backwards (its walks forward, each
+    braked to a stop, its turns negated), turn 180 degrees again. Exact if the log turns only standing
+    still and every walk (a run of consecutive FORWARD) ends in a stop: BRAKE and NOOP frames only end
+    walks. Consecutive turns are merged and cut to under half a circle either way."""
+    ops: list[list] = []  # ["turn", frames, + = left] or ["walk", frames of FORWARD]
+    previous = NOOP
+    for action in log:
+        if action in (TURN_LEFT, TURN_RIGHT):
+            step = 1 if action == TURN_LEFT else -1
+            if ops and ops[-1][0] == "turn":
+                ops[-1][1] += step
+            else:
+                ops.append(["turn", step])
+        elif action == FORWARD:
+            if previous == FORWARD:
+                ops[-1][1] += 1
+            else:
+                ops.append(["walk", 1])
+        previous = action
+    back = [["turn", half_turn]] + [["turn", -n] if kind == "turn" else [kind, n] for kind, n in reversed(ops)]
+    back.append(["turn", half_turn])
+    plan: list[int] = []
+    turn = 0  # frames still to turn, + = left: consecutive turns are merged
+    for kind, n in back:
+        if kind == "turn":
+            turn += n
+            continue
+        plan += _turn(turn, half_turn) + [FORWARD] * n + [STOP]
+        turn = 0
+    return plan + _turn(turn, half_turn)
+
+
+def _turn(frames: int, half_turn: int) -> list[int]:
+    """A turn of `frames` (+ = left) the short way round."""
+    frames = half_turn - (half_turn - frames) % (2 * half_turn)  # in (-half_turn, half_turn]
+    return [TURN_LEFT if frames > 0 else TURN_RIGHT] * abs(frames)
 
 
 @dataclass(frozen=True)
 class ExplorerConfig:
     """Parameters of the explorer (defaults: the measured best mix). Ranges are inclusive (lo, hi) frame
-    counts; `weights` choose the next motif (explore, pan, spin, outback, pause) once the plan is empty."""
+    counts; `weights` choose the next motif (explore, pan, spin, outback, pause, revisit) once the plan is
+    empty."""
 
     turn_deg: float = 22.5  # per frame: 180 degrees = 8 frames, 360 = 16
     walk: tuple[int, int] = (8, 20)
@@ -43,7 +96,12 @@ class ExplorerConfig:
     hold: tuple[int, int] = (0, 2)
     spin_extra: tuple[int, int] = (2, 8)
     outback: tuple[int, int] = (4, 8)
-    weights: dict = field(default_factory=lambda: {"explore": 0.3, "pan": 0.4, "spin": 0.2, "outback": 0.1, "pause": 0.0})
+    # Revisit: frames from leaving the anchor (with the other motifs) to standing on it again; the walk
+    # back starts once the frames away so far plus its own length reach the drawn number.
+    away: tuple[int, int] = (100, 140)
+    # revisit 2 (2/3 of the motifs begun outside a revisit): ~2.2 returns per 500 frames (measured)
+    weights: dict = field(default_factory=lambda: {"explore": 0.3, "pan": 0.4, "spin": 0.2, "outback": 0.1, "pause": 0.0,
+                                                   "revisit": 2.0})  # fmt: skip
     brake: bool = True  # False: stop by coasting (NOOP); measured: 13.5 -> 7.9 dB of memory headroom
     look_min_deg: float = 270.0  # spin first when less than this much of the panorama is known
     clear_depth: int = 6  # depth-buffer steps below which "ahead" is a wall
@@ -97,6 +155,20 @@ class Explorer:
         names = list(config.weights)
         weights = np.array([config.weights[n] for n in names], float)
         self._motifs, self._motif_p = names, weights / weights.sum()
+        leaving = np.where(np.array(names) == "revisit", 0.0, weights)  # no revisit within a revisit
+        if leaving.sum() <= 0:
+            raise ValueError("the revisit motif leaves with the other motifs: give one of them a weight")
+        self._leave_p = leaving / leaving.sum()
+        # The revisit motif: anchor (frame, pose), the frame by which to stand there again, the actions
+        # played since the anchor (None unless leaving), whether walking back; completed and abandoned returns.
+        self.frame = 0  # frames acted on so far
+        self._anchor: tuple[int, Pose] | None = None
+        self._back_by = 0
+        self._log: list[int] | None = None
+        self._returning = False
+        self.returns: list[Return] = []
+        self.abandoned = 0
+        self._previous: tuple[Pose, float, int] | None = None  # the last frame's pose, moved, and what moved it
 
     # -- small helpers ---------------------------------------------------------------------------
     def _randint(self, lo_hi: tuple[int, int]) -> int:
@@ -155,6 +227,20 @@ class Explorer:
         i = int(np.argmax(score + 1e-6 * self.rng.random(n)))  # random tie-break
         return None if score[i] < 0 else float(heading[i])
 
+    def _off_course(self, obs: Observation) -> bool:
+        """Whether the last frame moved other than a free walk does: sideways off its heading (a slide
+        along a wall), or, walking on, less far than the frame before (a bump; < 1 map unit: stuck).
+        Played backwards, such a frame would not lead back."""
+        if self._previous is None:
+            return False
+        (px, py, _), before, moved_by = self._previous
+        x, y, angle = obs.pose
+        a = np.radians(angle)
+        sideways = (y - py) * np.cos(a) - (x - px) * np.sin(a)  # (braking may overshoot by ~0.01 backwards)
+        if abs(sideways) > 0.01 + obs.moved * np.tan(np.radians(OFF_COURSE_DEG)):
+            return True
+        return self.last_action == FORWARD and obs.moved < max(1.0, before - 0.1 if moved_by == FORWARD else 0.0)
+
     # -- planning --------------------------------------------------------------------------------
     def _face(self, obs: Observation) -> list[int]:
         """Turn frames toward the best known heading; 90 or 180 degrees if nothing is open."""
@@ -180,9 +266,31 @@ class Explorer:
         return ([STOP] + [FORWARD] * n + [STOP] + [turn] * half + [FORWARD] * n + [STOP]
                 + [self._opposite(turn)] * half + [FORWARD] * n)  # fmt: skip
 
-    def _new_plan(self, obs: Observation) -> list[int]:
+    def _next_plan(self, obs: Observation) -> list[int]:
+        """The plan once the current one is done: the revisit's way back when it is time, else a motif."""
+        if self._returning:  # the way back is done
+            self.returns.append(Return(*self._anchor, self.frame, obs.pose))
+            self._returning = False
+        if self._log is None:
+            return self._new_plan(obs, self._motif_p)
+        plan = return_plan(self._log, self._frames_for(180))
+        # Its frames: a frame per turn or step, and each walk's stop as long as the mirrored one out.
+        if self.frame + len(plan) - plan.count(STOP) + self._log.count(BRAKE) < self._back_by:
+            return self._new_plan(obs, self._leave_p)
+        if not obs.still:
+            return [STOP]  # the last walk must end in a stop to be walked back exactly
+        self._log = None
+        if not plan:  # never left (or only turned full circles)
+            self.returns.append(Return(*self._anchor, self.frame, obs.pose))
+            return self._new_plan(obs, self._motif_p)
+        self._returning = True
+        return plan
+
+    def _new_plan(self, obs: Observation, p: np.ndarray) -> list[int]:
         cfg = self.cfg
-        motif = self._motifs[int(self.rng.choice(len(self._motifs), p=self._motif_p))]
+        motif = self._motifs[int(self.rng.choice(len(self._motifs), p=p))]
+        if motif == "revisit":
+            return [STOP, ANCHOR]
         if motif == "explore":
             return self._explore()
         if motif == "pan":
@@ -199,10 +307,18 @@ class Explorer:
     def act(self, obs: Observation) -> int:
         """The action for this frame: the next one of the plan, plan tokens resolved."""
         self._update_memory(obs)
+        if (self._log is not None or self._returning) and self._off_course(obs):
+            # A wall touched: the walk would not lead back exactly. Give the revisit up; the plan of a
+            # motif leaving goes on, a way back is dropped (it would run into walls again).
+            if self._returning:
+                self.plan.clear()
+            self._log, self._returning = None, False
+            self.abandoned += 1
+        self._previous = (obs.pose, obs.moved, self.last_action)
         replans = 0  # times a blocked walk was re-planned without acting
         while True:
             if not self.plan:
-                self.plan.extend(self._new_plan(obs))
+                self.plan.extend(self._next_plan(obs))
             token = self.plan.popleft()
             if token == STOP:
                 if obs.still:
@@ -214,6 +330,10 @@ class Explorer:
                 continue
             elif token == FACE:
                 self.plan.extendleft(reversed(self._face(obs)))
+                continue
+            elif token == ANCHOR:
+                self._anchor, self._log = (self.frame, obs.pose), []
+                self._back_by = self.frame + self._randint(self.cfg.away)
                 continue
             elif token == WALK:
                 stuck = self.last_action == FORWARD and obs.moved < 1.0
@@ -227,10 +347,16 @@ class Explorer:
                         self.plan.extendleft([WALK, FACE, LOOK, STOP])
                     continue
                 action = FORWARD
+            elif self._log is not None and token in (TURN_LEFT, TURN_RIGHT, NOOP) and not obs.still:
+                self.plan.extendleft([token, STOP])  # turning or coasting while moving would not walk back exactly
+                continue
             else:
                 action = token
             break
+        if self._log is not None:
+            self._log.append(action)
         self.last_action = action
+        self.frame += 1
         return action
 
 
