@@ -15,6 +15,7 @@ import argparse
 import errno
 import signal
 import sys
+import threading
 import webbrowser
 from pathlib import Path
 
@@ -117,8 +118,22 @@ def serve(session: PlaySession, args, save_recording) -> None:
             if session.recording and session.played is not None and session.played.steps:
                 save_recording(session)
         finally:
-            session.close()
+            close_within(session, CLOSE_SECONDS)
             print("play: stopped", flush=True)
+
+
+CLOSE_SECONDS = 10.0  # Ctrl-C must stop the server even when the game engine does not answer its close
+
+
+def close_within(session: PlaySession, seconds: float) -> None:
+    """Close the session's game; an engine that has not closed after ``seconds`` is left to end with
+    this process (seen once in a while under load: the engine's close never returned)."""
+    closer = threading.Thread(target=session.close, daemon=True)
+    closer.start()
+    closer.join(seconds)
+    if closer.is_alive():
+        print(f"play: the game engine did not close within {seconds:.0f} s; stopping without it", file=sys.stderr,
+              flush=True)
 
 
 if __name__ == "__main__":
