@@ -89,9 +89,9 @@ class OracleCopy(BudgetPolicy):
         if self.oracle is None:
             raise RuntimeError("oracle_copy needs the clip's ground truth: the benchmark gives it (see_truth)")
         n = len(metas)
-        times = [m.time for m in metas]
+        times = torch.tensor([m.time for m in metas])
         table = self.oracle.table[state.step :]  # per frame still to come: PSNR against every earlier clip frame
-        score = [[min(float(row[t]), COPY_PSNR_CAP) for row in table] for t in times]  # (n, upcoming)
+        score = torch.stack([row[times] for row in table], dim=1).clamp(max=COPY_PSNR_CAP).tolist()  # (n, upcoming)
         chosen = [n - 1]
         covered = list(score[n - 1])
         while len(chosen) < budget:

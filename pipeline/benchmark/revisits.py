@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.benchmark.keys import GAP_BINS
+from pipeline.benchmark.keys import GAP_BINS, GAP_LABELS
 
 VIEW_RADIUS = 48.0  # map units
 VIEW_TURN = 22.5  # degrees: one turn step of the explorer
@@ -56,9 +56,9 @@ def gap_bin(gap: float) -> str:
     """The GAP_BINS label of a gap ("new" when the view was not seen)."""
     if not np.isfinite(gap):
         return "new"
-    for lo, hi in GAP_BINS:
+    for (lo, hi), label in zip(GAP_BINS, GAP_LABELS):
         if lo <= gap <= hi:
-            return f"{lo}+" if hi >= 10**9 else f"{lo}-{hi}"
+            return label
     raise ValueError(f"gap {gap} below 1")
 
 
@@ -66,8 +66,13 @@ def revisit_score(poses: np.ndarray, n_ctx: int, min_gap: int) -> float:
     """Share of the predicted frames that return: the context showed their view, but not in its newest
     ``min_gap`` frames (so no budget of fewer frames holds it by keeping the newest)."""
     poses = np.asarray(poses, dtype=np.float64)
-    match = same_view(poses[n_ctx:], poses[:n_ctx])
-    old, recent = match[:, : max(0, n_ctx - min_gap)].any(axis=1), match[:, max(0, n_ctx - min_gap):].any(axis=1)
+    return _returning_share(same_view(poses[n_ctx:], poses[:n_ctx]), min_gap)
+
+
+def _returning_share(match: np.ndarray, min_gap: int) -> float:
+    """:func:`revisit_score` from the (predicted, context) same-view matrix."""
+    cut = max(0, match.shape[1] - min_gap)
+    old, recent = match[:, :cut].any(axis=1), match[:, cut:].any(axis=1)
     return float((old & ~recent).mean())
 
 
@@ -77,7 +82,9 @@ def revisit_starts(poses: np.ndarray, context: int, predict: int, min_gap: int, 
     ``min_gap`` apart counting as one; its clip starts where the share is highest (earliest on ties)."""
     poses = np.asarray(poses, dtype=np.float64)
     length = context + predict
-    scores = np.array([revisit_score(poses[s : s + length], context, min_gap) for s in range(len(poses) - length + 1)])
+    views = same_view(poses, poses)  # once per video; each start reads its window's block
+    scores = np.array([_returning_share(views[s + context : s + length, s : s + context], min_gap)
+                       for s in range(len(poses) - length + 1)])
     qualifying = np.flatnonzero(scores >= min_share)
     if not len(qualifying):
         return []
