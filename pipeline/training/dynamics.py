@@ -25,7 +25,6 @@ from pipeline.diffusion.objective import (
     sample_plan,
     shortcut_forcing_loss,
 )
-from pipeline.metrics import pooled_psnr
 from pipeline.networks.dynamics import KIND, DynamicsTransformer, config_dict, dynamics_config
 from pipeline.networks.pose_memory import PoseStats, pose_stats
 from pipeline.runtime.device import autocast
@@ -112,30 +111,51 @@ def local_loss(model, batch: Batch, plan: NoisePlan, bootstrap_space: str, devic
 # ---------------------------------------------------------------------------------------------
 @torch.no_grad()
 def one_step_psnr(model, videos: LatentWindows, *, length: int, taus, k_max: int, seed: int, device,
-                  max_windows: int = 32) -> dict[str, float]:
+                  max_windows: int = 32, batch_size: int = 8) -> dict[str, float]:
     """Teacher-forced one-step validation: clean context, each window's last frame noised at tau; latent PSNR
     (data range of the clean windows, so normalisation does not matter) of the model's x0, of the noisy
-    input and of persistence."""
+    input and of persistence, each pooled over every window.
+
+    The model sees ``batch_size`` windows at a time (the trainer passes its short batch's rows), so validation
+    never holds more than a training step does, however many windows the split offers up to ``max_windows``."""
     length = max(2, min(length, int(videos.index.lengths.max())))
     counts = videos.count(length, length)
     picks = np.linspace(0, counts.sum() - 1, min(max_windows, counts.sum())).astype(int)
-    latents, acts, poses = videos.stack(window_starts(counts, picks, length), length)
-    x0 = model.normalize(latents.to(device))  # (B, T, C, h, w)
-    acts = None if acts is None else acts.to(device)
-    poses = None if poses is None else poses.to(device)
-    data_range = (x0.max() - x0.min()).item()
-    eps = torch.randn(x0[:, -1].shape, generator=torch.Generator().manual_seed(seed)).to(device)
-    d = torch.full(x0.shape[:2], 1.0 / k_max, device=device)
-    out = {"persistence_psnr": pooled_psnr(x0[:, -2], x0[:, -1], data_range)}
-    for tau in taus:
-        tau_t = torch.zeros(x0.shape[:2], device=device)
-        tau_t[:, -1] = tau
-        z = x0.clone()
-        z[:, -1] = add_noise(x0[:, -1], eps, tau_t[:, -1])
-        pred = model(z, tau_t, d, acts, poses, memory=x0)[:, -1]
-        out[f"psnr_tau_{tau:g}"] = pooled_psnr(pred, x0[:, -1], data_range)
-        out[f"input_psnr_tau_{tau:g}"] = pooled_psnr(z[:, -1], x0[:, -1], data_range)
-    return out
+    groups = [window_starts(counts, picks[i : i + batch_size], length) for i in range(0, len(picks), batch_size)]
+
+    def clean(group):  # (b, T, C, h, w) normalised latents, actions, poses of a group of windows
+        latents, acts, poses = videos.stack(group, length)
+        return (model.normalize(latents.to(device)), None if acts is None else acts.to(device),
+                None if poses is None else poses.to(device))
+
+    # The data range spans every window: one pass reading them, a second predicting (reads are cheap).
+    lo, hi = math.inf, -math.inf
+    for group in groups:
+        x0 = clean(group)[0]
+        lo, hi = min(lo, x0.min().item()), max(hi, x0.max().item())
+    shape = (len(picks), *videos.index.frame_shape)
+    eps_all = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(device)  # last frames' noise
+    sse: dict[str, float] = {}  # squared errors summed over every window, per metric
+
+    def add(name: str, pred: torch.Tensor, target: torch.Tensor) -> None:
+        sse[name] = sse.get(name, 0.0) + (pred.float() - target.float()).pow(2).sum(dtype=torch.float64).item()
+
+    first = 0
+    for group in groups:
+        x0, acts, poses = clean(group)  # (b, T, C, h, w)
+        eps = eps_all[first : first + len(group)]
+        first += len(group)
+        d = torch.full(x0.shape[:2], 1.0 / k_max, device=device)
+        add("persistence_psnr", x0[:, -2], x0[:, -1])
+        for tau in taus:
+            tau_t = torch.zeros(x0.shape[:2], device=device)
+            tau_t[:, -1] = tau
+            z = x0.clone()
+            z[:, -1] = add_noise(x0[:, -1], eps, tau_t[:, -1])
+            add(f"psnr_tau_{tau:g}", model(z, tau_t, d, acts, poses, memory=x0)[:, -1], x0[:, -1])
+            add(f"input_psnr_tau_{tau:g}", z[:, -1], x0[:, -1])
+    values = math.prod(shape)
+    return {name: 10 * math.log10((hi - lo) ** 2 / max(total / values, 1e-12)) for name, total in sse.items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,7 +304,8 @@ def train_dynamics(params: Params, *, latents: Path, out_dir: Path, metrics_path
             log_interval(run, done, interval, history, batch, opt.lr)
         if run.main and len(data.val.index) and run.due(done, tp.val_every):
             val_metrics = one_step_psnr(opt.ema.module, data.val, length=tp.seq_len_short, taus=tp.val_taus,
-                                        k_max=mp.k_max, seed=params.seed, device=run.device)
+                                        k_max=mp.k_max, seed=params.seed, device=run.device,
+                                        batch_size=len(range(tp.batch_size_short)[data.rows["S"]]))
             tqdm.write("val " + " ".join(f"{k} {v:.2f}" for k, v in val_metrics.items()))
             run.log(done, {f"val/{k}": v for k, v in val_metrics.items()})
         if done % tp.checkpoint_every == 0 and done < tp.steps:

@@ -197,6 +197,38 @@ def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkp
     assert not list((tmp / "run/models").glob("*.tmp-*"))
 
 
+def test_validation_in_groups_of_windows_gives_the_metrics_of_all_windows_at_once(tmp):
+    from pipeline.metrics import pooled_psnr
+
+    params = tiny_params()
+    torch.manual_seed(0)
+    model = DynamicsTransformer(dynamics_config(params.model, (4, 8, 8), n_actions=3, latent_mean=0.3,
+                                                latent_std=2.0)).eval()
+    with torch.no_grad():
+        model.patch_out.weight.normal_(0, 0.02)
+    val = LatentWindows(SplitIndex.open(tmp / "latents.zarr", "train", "latents"))  # 3 videos, 15 windows of 8
+    kw = dict(length=8, taus=(0.5, 0.9), k_max=8, seed=3, device=torch.device("cpu"))
+    grouped = [dt.one_step_psnr(model, val, batch_size=b, **kw) for b in (1, 4, 32)]
+    # The same windows and noise, every window through the model at once.
+    counts = val.count(8, 8)
+    latents, acts, poses = val.stack(dt.window_starts(counts, np.arange(counts.sum()), 8), 8)
+    x0 = model.normalize(latents)
+    eps = torch.randn(x0[:, -1].shape, generator=torch.Generator().manual_seed(3))
+    data_range = (x0.max() - x0.min()).item()
+    tau = torch.zeros(x0.shape[:2])
+    tau[:, -1] = 0.9
+    z = x0.clone()
+    z[:, -1] = dt.add_noise(x0[:, -1], eps, tau[:, -1])
+    with torch.no_grad():
+        pred = model(z, tau, torch.full(x0.shape[:2], 1 / 8), acts, poses, memory=x0)[:, -1]
+    assert counts.sum() == 15 and list(grouped[0]) == ["persistence_psnr", "psnr_tau_0.5", "input_psnr_tau_0.5",
+                                                       "psnr_tau_0.9", "input_psnr_tau_0.9"]
+    for metrics in grouped:
+        assert metrics == pytest.approx(grouped[-1], abs=1e-4)
+    assert grouped[0]["psnr_tau_0.9"] == pytest.approx(pooled_psnr(pred, x0[:, -1], data_range), abs=1e-4)
+    assert grouped[0]["persistence_psnr"] == pytest.approx(pooled_psnr(x0[:, -2], x0[:, -1], data_range), abs=1e-4)
+
+
 def test_windows_longer_than_every_video_name_train_seq_len_long(tmp):
     with pytest.raises(WindowError, match=r"train\.seq_len_long=80: .*longest of 3: 'v0' with 40 frames"):
         run(tmp, tiny_params(seq_len_long=80))
