@@ -1,7 +1,7 @@
 """What the streaming loaders deliver, next to what a training step consumes, in one run.
 
     python bench/bench_loader.py                 # default sizes and the GPU preset's, workers 0, 1, 2
-    python bench/bench_loader.py --steps 40 --workers 0 2
+    python bench/bench_loader.py --steps 64 --workers 0 2
 
 For each data shape, a store laid out as the stages write it (chunks of ``extract.chunk_frames``,
 shards of ``extract.shard_frames``, Blosc/zstd), then:
@@ -44,8 +44,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 from measure import write_block  # noqa: E402
 
-GPU_PRESET = {"frame_size": 256, "latent_shape": (8, 64, 64), "seq_len_short": 32, "seq_len_long": 64,
-              "batch_size_short": 32, "batch_size_long": 8}  # docs/models.md, GPU presets
+GPU_PRESET = {"frame_size": 256, "frames_per_chunk": 8, "block_steps": 64, "latent_shape": (8, 64, 64),
+              "seq_len_short": 32, "seq_len_long": 64, "batch_size_short": 32, "batch_size_long": 8}  # docs/models.md
 
 
 def default_params():
@@ -78,9 +78,9 @@ def write_store(path: Path, array: str, videos: dict[str, np.ndarray], splits: d
     return path
 
 
-def loader_rate(batches, frames_per_batch, steps: int, workers: int) -> float:
-    """Frames/s the loader alone delivers over `steps` batches (after the first, which starts the workers)."""
-    it = iter(loader(batches, 0, steps + 1, workers=workers, device=torch.device("cpu")))
+def loader_rate(batches, frames_per_batch, items: int, workers: int) -> float:
+    """Frames/s the loader alone delivers over `items` items (after the first, which starts the workers)."""
+    it = iter(loader(batches, 0, items + 1, workers=workers, device=torch.device("cpu")))
     next(it)
     t = time.perf_counter()
     n = sum(frames_per_batch(b) for b in it)
@@ -89,7 +89,7 @@ def loader_rate(batches, frames_per_batch, steps: int, workers: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--steps", type=int, default=128, help="steps per case: several of the tokenizer's shuffle blocks")
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--videos", type=int, default=6, help="videos per store (500 frames each)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results/loader.json")
@@ -103,12 +103,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         cases = []
-        for label, size in (("tokenizer frames, default", ex.size), ("tokenizer frames, GPU preset", GPU_PRESET["frame_size"])):
+        default_blocks = {"frame_size": ex.size, "frames_per_chunk": tok.frames_per_chunk, "block_steps": tok.block_steps}
+        for label, shape in (("tokenizer frames, default", default_blocks), ("tokenizer frames, GPU preset", GPU_PRESET)):
+            size = shape["frame_size"]
             videos = {v: source_frames(500, size) for v in splits}
             store = write_store(tmp / f"frames{size}.zarr", "frames", videos, splits, ex.chunk_frames, ex.shard_frames)
             batches = FrameBlocks(SplitIndex.open(store, "train", "frames"), batch_size=tok.batch_size,
-                                  per_chunk=tok.frames_per_chunk, block_steps=tok.block_steps, seed=0)
-            cases.append((label, store, batches, lambda b: b.shape[0] * b.shape[1], size == ex.size))
+                                  per_chunk=shape["frames_per_chunk"], block_steps=shape["block_steps"], seed=0)
+            cases.append((label, store, batches, lambda b: b.shape[0] * b.shape[1], shape is default_blocks,
+                          max(1, args.steps // shape["block_steps"])))  # an item is a block of steps
         rng = np.random.default_rng(0)
         default_latent = (tok.latent_channels, ex.size // tok.downsample, ex.size // tok.downsample)
         for label, shape, lens in (("dynamics windows, default", default_latent, tp),
@@ -119,11 +122,13 @@ def main() -> None:
                           batch_size_long=tp.batch_size_long) if lens else
                      {k: GPU_PRESET[k] for k in ("seq_len_short", "seq_len_long", "batch_size_short", "batch_size_long")})
             batches = AlternatingBatches(LatentWindows(SplitIndex.open(store, "train", "latents")), long_ratio=tp.long_ratio,
-                                         stride=tp.stride, seed=0, **sizes)
-            cases.append((label, store, batches, lambda b: b.latents.shape[0] * b.latents.shape[1], lens is not None))
+                                         stride=tp.stride, seed=0, gapped_ratio=tp.gapped_ratio,
+                                         gapped_span=tp.gapped_span, **sizes)  # the presets keep the gapped batches
+            cases.append((label, store, batches, lambda b: b.latents.shape[0] * b.latents.shape[1], lens is not None,
+                          args.steps))  # an item is a step's batch
 
-        for label, store, batches, count, trains in cases:
-            case = {"loader_frames_per_s": {w: loader_rate(batches, count, args.steps, w) for w in args.workers}}
+        for label, store, batches, count, trains, items in cases:
+            case = {"loader_frames_per_s": {w: loader_rate(batches, count, items, w) for w in args.workers}}
             if trains:
                 case["training"] = {w: train_case(tmp, store, params, w, args.steps, "frames" in label) for w in args.workers}
             results["cases"][label] = case
@@ -138,7 +143,10 @@ def main() -> None:
 def loader_table(results: dict) -> str:
     workers = results["workers"]
     lines = [f"Frames/s with {' / '.join(map(str, workers))} loader workers; training: the real loop for "
-             f"{results['steps']} steps on this machine, and the share of its time it waited for data.", "",
+             f"{results['steps']} steps on this machine, and the share of its time it waited for data (with workers, "
+             "they share the 2 cores with training). GPU preset: {frame_size} px frames read {frames_per_chunk} a chunk "
+             "in blocks of {block_steps} steps; latent windows of {latent}.".format(
+                 **GPU_PRESET, latent="x".join(map(str, GPU_PRESET["latent_shape"]))), "",
              "| data | loader delivers, frames/s | training consumes, frames/s | training waits for data |",
              "| --- | --- | --- | --- |"]
     for label, case in results["cases"].items():
