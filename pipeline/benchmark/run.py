@@ -1,7 +1,8 @@
 """Running the benchmark: every rollout of workload x budget x policy x mode x clip x seed, scored per frame.
 
 A (seed, clip) pair's noise is shared by every policy, budget and mode, so scores are paired; budgets run
-largest first and reuse unchanged rollouts; neither rollouts nor scores depend on the batch size or the
+largest first and reuse unchanged rollouts, and under no budget every policy that then keeps every frame
+shares one rollout; neither rollouts nor scores depend on the batch size or the
 process count (docs/statistics.md#what-a-number-depends-on).
 """
 
@@ -31,6 +32,8 @@ from pipeline.benchmark.revisits import RETURN_GAP, earlier_generated
 from pipeline.benchmark.validate import load_policies
 from pipeline.metrics import psnr
 from pipeline.rollout.loop import run_rollouts
+from pipeline.rollout.policies import FullHistory
+from pipeline.rollout.retention import BudgetPolicy
 
 METRIC_NAMES = ("psnr", "ssim", "lpips")
 
@@ -57,7 +60,7 @@ class RolloutRecord:
     peak_retained_bytes: int
     kept_per_step: list[int]
     pixels: torch.Tensor | None = None  # decoded prediction, kept for the media clips
-    reused: bool = False  # identical to the rollout under a larger budget (see unchanged_under)
+    reused: bool = False  # identical to another policy's or budget's rollout (keeps_everything, unchanged_under)
     order: tuple = ()  # where one process running the whole benchmark lists it (see merge_runs)
 
 
@@ -170,6 +173,14 @@ def unchanged_under(policy, larger: RolloutRecord, max_frames: int | None) -> bo
     return max_frames is None or max(larger.kept_per_step) <= max_frames
 
 
+def keeps_everything(policy, max_frames: int | None) -> bool:
+    """Whether ``policy`` keeps every frame under this budget by construction, so that its rollout is
+    ``full_history``'s: under no budget, full_history's rule and :class:`BudgetPolicy`'s (keep all that
+    fit) do. A subclass that replaces that rule is not assumed to, and runs its own rollouts."""
+    rule = type(policy).build_temporal_cache_plan
+    return max_frames is None and rule in (FullHistory.build_temporal_cache_plan, BudgetPolicy.build_temporal_cache_plan)
+
+
 def largest_first(budgets: dict[str, int | None]) -> list[tuple[str, int | None]]:
     """(name, max_frames) from unlimited down, so a smaller budget can reuse a larger one's rollout."""
     return sorted(budgets.items(), key=lambda kv: -math.inf if kv[1] is None else -kv[1])
@@ -217,13 +228,17 @@ def run_benchmark(host, bench, clips: dict[str, list[Clip]], *, seed: int, polic
                 context = clip.context_latents if clip.context_latents is not None else host.encode(clip.pixels[:n_ctx])
                 contexts[ci] = context.to(getattr(host, "device", "cpu"))
             for group in batches(mine[workload], batch_size):
+                keeping_all: dict[tuple[int, int, int], RolloutRecord] = {}  # (seed, mode, clip) -> the shared rollout
                 for (si, sample_seed), (pi, policy), (mi, mode) in itertools.product(
                         enumerate(bench.seeds), enumerate(runs_on[workload]), enumerate(modes)):
                     previous: dict[int, RolloutRecord] = {}
                     for budget, max_frames in largest_first(budgets):
                         cell = Cell(workload, budget, policy.name, mode)
-                        rerun = [ci for ci in group
-                                 if ci not in previous or not unchanged_under(policy, previous[ci], max_frames)]
+                        shared = keeps_everything(policy, max_frames)
+                        if shared:  # another policy's rollout under no budget is this one's
+                            previous = {ci: keeping_all[si, mi, ci] for ci in group if (si, mi, ci) in keeping_all}
+                        rerun = [ci for ci in group if ci not in previous
+                                 or not (shared or unchanged_under(policy, previous[ci], max_frames))]
                         media = {ci for ci in rerun if ci < media_clips and si == 0}
                         fresh = _rollouts(host, policy, frames, wclips, rerun, seed, sample_seed, contexts, oracles,
                                           n_pred, cell, max_frames, media, protocol=bench.protocol)
@@ -236,6 +251,8 @@ def run_benchmark(host, bench, clips: dict[str, list[Clip]], *, seed: int, polic
                             record.order = (wi, ci, si, pi, mi, order[budget])
                             run.records.append(record)
                             previous[ci] = record
+                            if shared and not record.reused:
+                                keeping_all[si, mi, ci] = record
                             bar.update()
     frames.flush()
     for record, source in reuses:  # the source's pixels came with its scores

@@ -59,6 +59,34 @@ def test_policies_that_may_read_the_budget_are_always_rerun(stores, scorer, tmp_
     assert not any(r.reused for r in result.records)
 
 
+def test_under_no_budget_policies_that_keep_every_frame_share_one_rollout_identical_to_their_own(stores, scorer):
+    policies = ["full_history", "h2o", "random", "oracle_copy"]
+    together = run(stores, scorer, bench_params(policies=policies, modes=["kv"]))
+    reused = {(r.cell.workload, r.cell.budget, r.cell.policy) for r in together.records if r.reused}
+    assert reused == {(w, "full", p) for w in ("short", "long") for p in policies[1:]}
+    key = lambda rs, p: [(r.cell.workload, r.clip, r.per_frame, r.kept_per_step)  # noqa: E731
+                         for r in rs if r.cell.budget == "full" and r.cell.policy == p]
+    for policy in policies[1:]:  # each run on its own gives what it shared
+        alone = run(stores, scorer, bench_params(policies=[policy], modes=["kv"], budgets={"full": None}))
+        assert not any(r.reused for r in alone.records)
+        assert key(together.records, policy) == key(alone.records, policy) == key(together.records, "full_history")
+
+
+def test_a_policy_that_replaces_the_keep_all_rule_runs_its_own_rollout_under_no_budget(stores, scorer, tmp_path):
+    path = tmp_path / "capped.py"
+    path.write_text(
+        "from pipeline.rollout.retention import SinkRecent\n"
+        "class Capped(SinkRecent):\n"
+        "    name = 'capped'\n"
+        "    def build_temporal_cache_plan(self, metas, state, budget_state):  # a budget of 2 even when there is none\n"
+        "        return super().build_temporal_cache_plan(metas, state, {**budget_state, 'max_frames': 2})\n"
+    )
+    records = run(stores, scorer, bench_params(policies=["full_history", f"{path}:Capped"], modes=["kv"])).records
+    capped = [r for r in records if r.cell.policy == "capped" and r.cell.budget == "full"]
+    assert capped and not any(r.reused for r in capped)
+    assert max(max(r.kept_per_step) for r in capped) <= 2
+
+
 HARNESS_STYLE_POLICY = '''
 class VideoTemporalKVPolicy:
     """recent_window's rule, written as for the published harness: its names are not imported."""
