@@ -69,6 +69,14 @@ class ConvEncoder(nn.Module):
         return self.net(x)
 
 
+class Upsample2x(nn.Module):
+    """Nearest-neighbour x2, the values of ``nn.Upsample(scale_factor=2)``: an expand and a reshape run
+    several times faster on CPU than interpolate's kernel at the decoder's sizes."""
+
+    def forward(self, x):  # (B, C, H, W) -> (B, C, 2H, 2W)
+        return repeat(x, "b c h w -> b c (h h2) (w w2)", h2=2, w2=2)
+
+
 class ConvDecoder(nn.Module):
     def __init__(self, latent_channels: int, downsample: int, base_channels: int):
         super().__init__()
@@ -76,7 +84,7 @@ class ConvDecoder(nn.Module):
         chs = [base_channels * 2**i for i in range(levels + 1)][::-1]
         layers: list[nn.Module] = [nn.Conv2d(latent_channels, chs[0], 3, padding=1), ResBlock(chs[0])]
         for i in range(levels):
-            layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(chs[i], chs[i + 1], 3, padding=1),
+            layers += [Upsample2x(), nn.Conv2d(chs[i], chs[i + 1], 3, padding=1),
                        ResBlock(chs[i + 1])]
         layers += [_norm(chs[-1]), nn.SiLU(), nn.Conv2d(chs[-1], 3, 3, padding=1)]
         self.net = nn.Sequential(*layers)

@@ -5,6 +5,7 @@ import torch
 
 from pipeline.networks.checkpoint import CheckpointError, load_trained, save_checkpoint
 from pipeline.networks.tokenizer import (
+    Upsample2x,
     build_tokenizer,
     random_patch_mask,
     regrid,
@@ -121,3 +122,13 @@ def test_transformer_latents_have_a_local_path_to_the_patches_under_them(patch_s
     covered = torch.zeros(8, 8, dtype=torch.bool)
     covered[: patch_size // 4, : patch_size // 4] = True
     assert torch.equal(changed, covered)
+
+
+def test_the_decoders_upsampling_gives_nn_upsamples_values_and_gradients():
+    x = torch.randn(3, 5, 4, 6, requires_grad=True)
+    ours, torchs = Upsample2x()(x), torch.nn.Upsample(scale_factor=2, mode="nearest")(x)
+    assert ours.shape == (3, 5, 8, 12) and torch.equal(ours, torchs)
+    g = torch.randn_like(ours)
+    (a,) = torch.autograd.grad(ours, x, g)
+    (b,) = torch.autograd.grad(torchs, x, g)
+    torch.testing.assert_close(a, b)
