@@ -235,10 +235,11 @@ def run_benchmark(host, bench, clips: dict[str, list[Clip]], *, seed: int, polic
                     for budget, max_frames in largest_first(budgets):
                         cell = Cell(workload, budget, policy.name, mode)
                         shared = keeps_everything(policy, max_frames)
-                        if shared:  # another policy's rollout under no budget is this one's
-                            previous = {ci: keeping_all[si, mi, ci] for ci in group if (si, mi, ci) in keeping_all}
-                        rerun = [ci for ci in group if ci not in previous
-                                 or not (shared or unchanged_under(policy, previous[ci], max_frames))]
+                        if shared:  # under no budget: the rollout every policy that keeps everything shares
+                            reusable = {ci: keeping_all[si, mi, ci] for ci in group if (si, mi, ci) in keeping_all}
+                        else:  # this policy's rollout under a larger budget, where it is this budget's too
+                            reusable = {ci: r for ci, r in previous.items() if unchanged_under(policy, r, max_frames)}
+                        rerun = [ci for ci in group if ci not in reusable]
                         media = {ci for ci in rerun if ci < media_clips and si == 0}
                         fresh = _rollouts(host, policy, frames, wclips, rerun, seed, sample_seed, contexts, oracles,
                                           n_pred, cell, max_frames, media, protocol=bench.protocol)
@@ -246,13 +247,13 @@ def run_benchmark(host, bench, clips: dict[str, list[Clip]], *, seed: int, polic
                             if ci in fresh:
                                 record = fresh[ci]
                             else:
-                                record = replace(previous[ci], cell=cell, reused=True)
-                                reuses.append((record, previous[ci]))
+                                record = replace(reusable[ci], cell=cell, reused=True)
+                                reuses.append((record, reusable[ci]))
                             record.order = (wi, ci, si, pi, mi, order[budget])
                             run.records.append(record)
                             previous[ci] = record
-                            if shared and not record.reused:
-                                keeping_all[si, mi, ci] = record
+                            if shared:
+                                keeping_all.setdefault((si, mi, ci), record)
                             bar.update()
     frames.flush()
     for record, source in reuses:  # the source's pixels came with its scores
